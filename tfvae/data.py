@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tfvae.choices import BINARIZATIONS
 from tfvae.idx import IdxError, read_idx
 
-BINARIZATIONS = ("dynamic", "static")
 # The test split is binarized once with this seed (numpy PCG64), the same
 # draw as the PyTorch peer's, so test figures compare across runs and packages.
 TEST_BINARIZATION_SEED = 0
@@ -66,7 +66,12 @@ class ImageDataset:
 
     def fixed_binarized_test(self) -> np.ndarray:
         """The test images under the one fixed binarization, float32 0/1."""
-        return fixed_binarization(self, self.test_images, TEST_BINARIZATION_SEED)
+        return self.fixed_binarized("test")
+
+    def fixed_binarized(self, split: str) -> np.ndarray:
+        """A split's images under one fixed binarization (for scoring), float32 0/1."""
+        images = {"train": self.train_images, "test": self.test_images}[split]
+        return fixed_binarization(self, images, TEST_BINARIZATION_SEED)
 
 
 def fixed_binarization(data: ImageDataset, images: np.ndarray, seed: int) -> np.ndarray:
@@ -144,15 +149,24 @@ def load_idx_folder(folder: str | Path, name: str | None = None) -> ImageDataset
     return ImageDataset(name=name or f"idx:{folder}", **arrays)
 
 
-def load_dataset(spec: str = "mnist") -> ImageDataset:
-    """Load a data set by name: `mnist` (bundled, offline) or `idx:DIR`."""
+def load_dataset(spec: str = "mnist", data_dir: str | None = None) -> ImageDataset:
+    """Load a data set by name.
+
+    `mnist` (bundled, offline), `idx:DIR` (four MNIST-format IDX files) or
+    `tfds:NAME[/CONFIG]` (the TensorFlow Datasets catalog; `data_dir` is
+    TFDS's data folder).
+    """
     if spec == "mnist":
         folder = bundled_mnist_dir()
         verify_checksums(folder)
         return load_idx_folder(folder, name="mnist")
     if spec.startswith("idx:"):
         return load_idx_folder(spec[len("idx:") :])
-    raise DataError(f"unknown dataset '{spec}'; use 'mnist' or 'idx:DIR'")
+    if spec.startswith("tfds:"):
+        from tfvae.tfds_source import load_tfds
+
+        return load_tfds(spec[len("tfds:") :], data_dir=data_dir)
+    raise DataError(f"unknown dataset '{spec}'; use 'mnist', 'idx:DIR' or 'tfds:NAME[/CONFIG]'")
 
 
 # --- pipelines -------------------------------------------------------------
@@ -182,9 +196,7 @@ def train_pipeline(
         raise ValueError(f"binarize must be one of {BINARIZATIONS}, got {binarize!r}")
     n = len(data.train_images)
     if binarize == "static" and not data.binary:
-        images = tf.constant(
-            fixed_binarization(data, data.train_images, seed).astype(np.uint8)
-        )
+        images = tf.constant(fixed_binarization(data, data.train_images, seed).astype(np.uint8))
         binary = True
     else:
         images, binary = tf.constant(data.train_images), data.binary

@@ -13,9 +13,10 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfvae.choices import ARCHS
+
 tfd = tfp.distributions
 
-ARCHS = ("mlp", "conv")
 # softplus can underflow to 0 for very negative inputs; the floor keeps
 # sigma > 0 so log sigma^2 and the KL stay finite.
 SCALE_FLOOR = 1e-4

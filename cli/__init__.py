@@ -1,0 +1,1 @@
+"""The `tfvae` command-line application (click)."""

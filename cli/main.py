@@ -1,0 +1,303 @@
+"""The `tfvae` command line: parses arguments and calls the library.
+
+TensorFlow is imported inside the commands, never at module level, so
+`tfvae --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from tfvae.choices import ACTIVATIONS, ARCHS, BINARIZATIONS, STRATEGIES
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter (absl INFO lines about
+    oneDNN and CUDA, which ignore TF_CPP_MIN_LOG_LEVEL) sent to /dev/null.
+
+    Users who set TF_CPP_MIN_LOG_LEVEL themselves see everything.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+class IntList(click.ParamType):
+    """Comma-separated positive integers, e.g. `400` or `200,200`."""
+
+    name = "N[,N...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            sizes = tuple(int(part) for part in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
+        if min(sizes) < 1:
+            self.fail(f"{value!r}: every size must be a positive integer", param, ctx)
+        return sizes
+
+
+POSITIVE = click.IntRange(min=1)
+RUN_DIR = click.Path(file_okay=False, path_type=Path)
+EXISTING_RUN = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+def user_errors(command):
+    """Turn the library's user-facing errors into one line and exit code 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        _import_tensorflow_quietly()
+        from tfvae.callbacks import NonFiniteLossError
+        from tfvae.data import DataError
+        from tfvae.runs import RunError
+
+        try:
+            return command(*args, **kwargs)
+        except (RunError, DataError, NonFiniteLossError) as err:
+            raise click.ClickException(str(err)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tfvae")
+def main():
+    """tfvae: a variational auto-encoder (Kingma & Welling) in Keras 3 and TFP.
+
+    \b
+    Typical session:
+      tfvae train --epochs 10 --run-dir runs/mnist
+      tfvae evaluate runs/mnist --k 5000
+      tfvae sample runs/mnist -n 64 -o samples.png
+      tfvae reconstruct runs/mnist -n 16 -o reconstructions.png
+    """
+
+
+@main.command()
+@click.option(
+    "--dataset",
+    default="mnist",
+    show_default=True,
+    help="mnist (bundled), idx:DIR or tfds:NAME[/CONFIG].",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="TensorFlow Datasets data folder (for tfds: sets).",
+)
+@click.option(
+    "--arch",
+    type=click.Choice(ARCHS),
+    default="mlp",
+    show_default=True,
+    help="Encoder/decoder body.",
+)
+@click.option(
+    "--latent-dim",
+    type=POSITIVE,
+    default=20,
+    show_default=True,
+    help="Size of z. 2 also draws manifold.png and latent.png.",
+)
+@click.option(
+    "--hidden",
+    type=IntList(),
+    default="400",
+    show_default=True,
+    help="Hidden layer sizes, e.g. 400 or 200,200.",
+)
+@click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu", show_default=True)
+@click.option("--epochs", type=POSITIVE, default=10, show_default=True)
+@click.option(
+    "--batch-size",
+    type=POSITIVE,
+    default=128,
+    show_default=True,
+    help="Global batch size (split across replicas).",
+)
+@click.option(
+    "--learning-rate",
+    type=click.FloatRange(min=0, min_open=True, max=10),
+    default=1e-3,
+    show_default=True,
+    help="Adam learning rate.",
+)
+@click.option(
+    "--binarize",
+    type=click.Choice(BINARIZATIONS),
+    default="dynamic",
+    show_default=True,
+    help="Fresh Bernoulli draw each pass, or one fixed draw.",
+)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--strategy",
+    type=click.Choice(STRATEGIES),
+    default="auto",
+    show_default=True,
+    help="tf.distribute strategy.",
+)
+@click.option(
+    "--limit",
+    type=POSITIVE,
+    default=None,
+    help="Use only the first N train and test images (quick runs).",
+)
+@click.option(
+    "--run-dir",
+    type=RUN_DIR,
+    default=None,
+    help="Run folder [default: runs/<date-time>]. An unfinished one is resumed.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace a finished run in --run-dir.")
+@user_errors
+def train(run_dir, overwrite, hidden, **settings):
+    """Train a VAE and write a run folder.
+
+    The run folder gets config.json, model.keras, metrics.csv, TensorBoard
+    logs/, reconstructions.png and samples.png. Rerunning the same command
+    after an interruption resumes where it stopped.
+
+    \b
+    Examples:
+      tfvae train
+      tfvae train --arch conv --latent-dim 2 --epochs 20 --run-dir runs/conv2d
+    """
+    from tfvae.runs import TrainConfig
+    from tfvae.training import train as train_run
+
+    config = TrainConfig(hidden_units=hidden, **settings)
+    try:
+        train_run(config, run_dir, overwrite=overwrite, echo=click.echo)
+    except KeyboardInterrupt:
+        click.echo(
+            "\nInterrupted. Rerun the same command (with the same --run-dir) to resume.",
+            err=True,
+        )
+        sys.exit(130)
+
+
+@main.command()
+@click.argument("run_dir", type=EXISTING_RUN)
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option(
+    "--k",
+    type=POSITIVE,
+    default=1,
+    show_default=True,
+    help="Importance samples per image for the NLL estimate (literature: 5000).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
+@user_errors
+def evaluate(run_dir, split, k, as_json):
+    """Score a trained run: ELBO, KL, log-likelihood and importance-weighted NLL.
+
+    All figures are nats per image on one fixed binarization of the split.
+
+    \b
+    Examples:
+      tfvae evaluate runs/mnist
+      tfvae evaluate runs/mnist --k 5000 --json
+    """
+    from tfvae.scoring import score_run
+
+    if k == 1:
+        scores = score_run(run_dir, split=split, k=k)
+    else:
+        with click.progressbar(length=1, label=f"IW estimate, K={k}", file=sys.stderr) as bar:
+
+            def progress(done: int, total: int):
+                bar.length = total
+                bar.update(done)
+
+            scores = score_run(run_dir, split=split, k=k, progress=progress)
+    if as_json:
+        click.echo(json.dumps(scores))
+        return
+    click.echo(f"{split} split, {scores['n_images']} images, nats per image:")
+    click.echo(f"  ELBO            {scores['elbo']:10.3f}")
+    click.echo(f"  KL              {scores['kl']:10.3f}")
+    click.echo(f"  log-likelihood  {scores['log_likelihood']:10.3f}   (E_q ln p(x|z))")
+    click.echo(f"  NLL (IW, K={k:<4}) {scores['nll']:9.3f}   (-ln p(x), upper bound)")
+    click.echo(f"  active units    {scores['active_units']:6d} of {scores['latent_dim']}")
+
+
+def _output(run_dir: Path, output: Path | None, default: str) -> Path:
+    return output if output is not None else run_dir / default
+
+
+@main.command()
+@click.argument("run_dir", type=EXISTING_RUN)
+@click.option("-n", "count", type=POSITIVE, default=64, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--binary", is_flag=True, help="Bernoulli draws instead of pixel means.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PNG file [default: RUN_DIR/samples-seed<S>.png].",
+)
+@user_errors
+def sample(run_dir, count, seed, binary, output):
+    """Decode images from the prior z ~ N(0, I) into a PNG grid.
+
+    \b
+    Example:
+      tfvae sample runs/mnist -n 100 --seed 3 -o samples.png
+    """
+    from tfvae import plots
+    from tfvae.runs import load_run
+
+    model = load_run(run_dir).model
+    path = _output(run_dir, output, f"samples-seed{seed}.png")
+    plots.save_png(plots.samples(model, count, seed=seed, binary=binary), path)
+    click.echo(f"Wrote {count} samples to {path}")
+
+
+@main.command()
+@click.argument("run_dir", type=EXISTING_RUN)
+@click.option("-n", "count", type=POSITIVE, default=16, show_default=True)
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PNG file [default: RUN_DIR/reconstruct-<split>.png].",
+)
+@user_errors
+def reconstruct(run_dir, count, split, output):
+    """Show the first N images of a split above their reconstructions.
+
+    \b
+    Example:
+      tfvae reconstruct runs/mnist -n 16 -o reconstructions.png
+    """
+    from tfvae import plots
+    from tfvae.scoring import run_images
+
+    run, images = run_images(run_dir, split, limit=count)
+    path = _output(run_dir, output, f"reconstruct-{split}.png")
+    plots.save_png(plots.reconstructions(run.model, images), path)
+    click.echo(f"Wrote {len(images)} originals and reconstructions to {path}")

@@ -1,0 +1,139 @@
+"""Training callbacks that keep a run folder consistent through crashes.
+
+Each epoch's state goes into its own folder, written under a temporary name
+and renamed when complete; the previous one is kept until the next is, so a
+kill at any moment leaves at least one whole checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import keras
+
+from tfvae.runs import write_atomic
+
+_WEIGHTS = "state.weights.h5"
+_META = "meta.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN or Inf; the last good checkpoint is untouched."""
+
+    def __init__(self, epoch: int, step: int):
+        super().__init__(
+            f"loss became NaN/Inf at epoch {epoch + 1}, step {step + 1}; training stopped "
+            "and the last good checkpoint was kept (check the data, lower --learning-rate)"
+        )
+        self.epoch, self.step = epoch, step
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Saves weights, optimizer state and the epoch count after every epoch.
+
+    Unlike `keras.callbacks.BackupAndRestore`, no file is ever overwritten in
+    place: a kill during the write leaves the previous epoch's folder intact.
+    """
+
+    def __init__(self, backup_dir: Path, keep: int = 2):
+        super().__init__()
+        self.backup_dir = Path(backup_dir)
+        self.keep = keep
+
+    def _folders(self) -> list[Path]:
+        if not self.backup_dir.is_dir():
+            return []
+        return sorted(p for p in self.backup_dir.glob("epoch-*") if (p / _META).is_file())
+
+    def restore(self, model: keras.Model) -> int:
+        """Load the newest readable checkpoint into `model`; return its epoch (0 if none)."""
+        for folder in reversed(self._folders()):
+            try:
+                epoch = int(json.loads((folder / _META).read_text())["epoch"])
+                if model.optimizer is not None and not model.optimizer.built:
+                    model.optimizer.build(model.trainable_variables)
+                model.load_weights(folder / _WEIGHTS)
+                return epoch
+            except (OSError, ValueError, KeyError):
+                continue  # a damaged checkpoint: fall back to the one before
+        return 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.backup_dir.mkdir(parents=True, exist_ok=True)
+        final = self.backup_dir / f"epoch-{epoch + 1:05d}"
+        tmp = self.backup_dir / f".tmp-{final.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        self.model.save_weights(tmp / _WEIGHTS)
+        write_atomic(tmp / _META, json.dumps({"epoch": epoch + 1}))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in self._folders()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Raises before the epoch ends, so no NaN weights reach a checkpoint."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLossError(self._epoch, batch)
+
+
+class EpochSeconds(keras.callbacks.Callback):
+    """Adds the epoch's wall-clock time to the logs as `seconds`."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["seconds"] = time.perf_counter() - self._start
+
+
+class MetricsCSV(keras.callbacks.Callback):
+    """`metrics.csv`, one row per epoch, rewritten atomically.
+
+    Rows of epochs that a resumed run replays are replaced, never repeated.
+    """
+
+    COLUMNS = (
+        "epoch",
+        *(
+            f"{split}_{name}"
+            for split in ("train", "test")
+            for name in ("loss", "elbo", "kl", "log_likelihood")
+        ),
+        "seconds",
+    )
+
+    def __init__(self, path: Path, initial_epoch: int = 0):
+        super().__init__()
+        self.path = Path(path)
+        self.rows: list[dict[str, str]] = []
+        if self.path.is_file():
+            with open(self.path, newline="") as stream:
+                self.rows = [r for r in csv.DictReader(stream) if int(r["epoch"]) <= initial_epoch]
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        row = {"epoch": str(epoch + 1), "seconds": f"{logs.get('seconds', float('nan')):.3f}"}
+        for name in ("loss", "elbo", "kl", "log_likelihood"):
+            row[f"train_{name}"] = f"{float(logs.get(name, float('nan'))):.4f}"
+            row[f"test_{name}"] = f"{float(logs.get('val_' + name, float('nan'))):.4f}"
+        self.rows = [r for r in self.rows if int(r["epoch"]) < epoch + 1] + [row]
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=self.COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_atomic(self.path, out.getvalue())

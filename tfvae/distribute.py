@@ -1,0 +1,41 @@
+"""Choosing the `tf.distribute` strategy a run trains under."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfvae.choices import STRATEGIES
+from tfvae.runs import RunError
+
+
+def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
+    """`auto`: all GPUs mirrored when there are several, one GPU alone, else the
+    default (CPU) strategy. `multi-worker` reads the cluster from `TF_CONFIG`."""
+    if name not in STRATEGIES:
+        raise RunError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}")
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "one-device" if gpus else "default"
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "one-device":
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi-worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.NotFoundError) as err:
+        raise RunError(f"--strategy tpu: no TPU found ({err}); use another strategy") from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def describe(strategy: tf.distribute.Strategy) -> dict[str, object]:
+    """What went into the run's config: the strategy class and replica count."""
+    return {
+        "strategy_class": type(strategy).__name__,
+        "replicas": int(strategy.num_replicas_in_sync),
+    }

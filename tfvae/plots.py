@@ -1,0 +1,89 @@
+"""Pictures of a trained VAE: reconstructions, samples, the 2-D manifold and
+the latent space. Pixel grids are drawn with Pillow (exact pixels, no
+smoothing); the latent scatter plot uses matplotlib."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+from PIL import Image
+
+from tfvae.evaluation import posterior_means
+from tfvae.runs import write_atomic
+
+
+def image_grid(images: np.ndarray, columns: int, scale: int = 2, gap: int = 2) -> Image.Image:
+    """Tile `[n, h, w, c]` images in [0, 1] into one picture, white gaps between."""
+    n, height, width, channels = images.shape
+    rows = math.ceil(n / columns)
+    cell_h, cell_w = height * scale + gap, width * scale + gap
+    canvas = np.full((rows * cell_h + gap, columns * cell_w + gap, channels), 255, np.uint8)
+    pixels = np.clip(np.asarray(images) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    pixels = 255 - pixels  # dark strokes on white, as digits are usually shown
+    for i, image in enumerate(pixels):
+        top, left = gap + (i // columns) * cell_h, gap + (i % columns) * cell_w
+        big = image.repeat(scale, axis=0).repeat(scale, axis=1)
+        canvas[top : top + height * scale, left : left + width * scale] = big
+    return Image.fromarray(canvas[..., 0] if channels == 1 else canvas)
+
+
+def save_png(picture: Image.Image, path: Path) -> Path:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    write_atomic(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def reconstructions(model, images: np.ndarray, columns: int = 16) -> Image.Image:
+    """Rows of originals, each directly above its reconstructions."""
+    recon = np.asarray(model.reconstruct(images))
+    pairs = []
+    for start in range(0, len(images), columns):
+        pairs += [images[start : start + columns], recon[start : start + columns]]
+    return image_grid(np.concatenate(pairs), columns=min(columns, len(images)))
+
+
+def samples(model, n: int = 64, seed: int = 0, binary: bool = False) -> Image.Image:
+    """Images decoded from prior draws z ~ N(0, I)."""
+    images = np.asarray(model.sample(n, seed=seed, binary=binary))
+    return image_grid(images, columns=math.ceil(math.sqrt(n)))
+
+
+def manifold(model, steps: int = 20) -> Image.Image:
+    """The decoder over a grid of the 2-D latent space, at the normal quantiles
+    (Kingma & Welling, fig. 4): equal steps in probability, not in z."""
+    if model.latent_dim != 2:
+        raise ValueError("the manifold picture needs a 2-D latent space")
+    quantiles = [NormalDist().inv_cdf((i + 0.5) / steps) for i in range(steps)]
+    grid = np.array([(x, y) for y in reversed(quantiles) for x in quantiles], np.float32)
+    images = np.asarray(model.decode(grid).mean())
+    return image_grid(images, columns=steps, scale=1, gap=0)
+
+
+def latent_scatter(model, images: np.ndarray, labels: np.ndarray | None, path: Path) -> Path:
+    """Posterior means of `images` in a 2-D latent space, coloured by label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z_mean = posterior_means(model, images)
+    figure, axes = plt.subplots(figsize=(6, 5.4), dpi=100)
+    points = axes.scatter(
+        z_mean[:, 0], z_mean[:, 1], c=labels, cmap="tab10", s=2, alpha=0.7, rasterized=True
+    )
+    if labels is not None:
+        figure.colorbar(points, ax=axes, ticks=np.unique(labels), label="label")
+    axes.set_xlabel("$z_1$ (posterior mean)")
+    axes.set_ylabel("$z_2$ (posterior mean)")
+    axes.set_title("Test images in the latent space")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    write_atomic(Path(path), buffer.getvalue())
+    return Path(path)

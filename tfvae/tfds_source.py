@@ -1,0 +1,231 @@
+"""TensorFlow Datasets (TFDS) image sets, decoded once into an `ImageDataset`.
+
+TFDS downloads on first use, and without a network `tfds.load` retries for
+minutes before it gives up. This loader therefore only reads sets that are
+already prepared in `data_dir`, and otherwise fails at once with the command to
+run on a machine that has internet.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from tfvae.data import DataError, ImageDataset
+
+log = logging.getLogger(__name__)
+
+# Splits used as the test set, best first (binarized_mnist: train/validation/test).
+TEST_SPLITS = ("test", "validation", "valid", "val")
+# Sets with no test split give up the last tenth of `train`, always the same images.
+HELD_OUT_FRACTION = 0.1
+# Examples decoded per step: bounds the extra memory next to the final arrays.
+_READ_BATCH = 1024
+
+
+def load_tfds(name_config: str, data_dir: str | None = None) -> ImageDataset:
+    """Load the prepared TFDS set `NAME[/CONFIG]` as uint8 `[n, h, w, c]` arrays.
+
+    Everything that can be checked without reading data (name, features,
+    prepared files) is checked first, so mistakes fail in well under a second.
+    """
+    spec = f"tfds:{name_config}"
+    builder = _builder(name_config, data_dir)
+    info = builder.info
+    image_key, label_key = pick_features(info.features, info.supervised_keys, spec)
+    if not builder.is_prepared():
+        raise DataError(_not_prepared_message(name_config, builder, data_dir))
+    train_split, test_split = pick_splits(list(info.splits.keys()), spec)
+
+    train_images, train_labels = _read_split(builder, train_split, image_key, label_key, spec)
+    if test_split is not None:
+        test_images, test_labels = _read_split(builder, test_split, image_key, label_key, spec)
+    else:
+        n = len(train_images)
+        if n < 2:
+            raise DataError(f"{spec}: only {n} example(s), too few to hold out a test set")
+        n_test = max(1, round(n * HELD_OUT_FRACTION))
+        log.warning(
+            "%s has no test split (splits: %s); using the last %d of %d '%s' examples as test",
+            spec,
+            ", ".join(info.splits.keys()),
+            n_test,
+            n,
+            train_split,
+        )
+        test_images, train_images = train_images[-n_test:], train_images[:-n_test]
+        if train_labels is not None:
+            test_labels, train_labels = train_labels[-n_test:], train_labels[:-n_test]
+        else:
+            test_labels = None
+
+    return ImageDataset(
+        name=spec,
+        train_images=train_images,
+        test_images=test_images,
+        train_labels=train_labels,
+        test_labels=test_labels,
+        binary=is_binary(train_images, test_images),
+    )
+
+
+def is_binary(*arrays: np.ndarray) -> bool:
+    """True when the pixels are already 0/1 (max 1), so they must not be rescaled."""
+    return max((int(a.max()) for a in arrays if a.size), default=0) == 1
+
+
+def pick_features(
+    features: tfds.features.FeaturesDict,
+    supervised_keys: tuple | None,
+    spec: str,
+) -> tuple[str, str | None]:
+    """The keys of the image and of the integer label (None if unlabelled).
+
+    `image`/`label` win when they have the right type (omniglot also has an
+    `alphabet` label); otherwise the supervised keys, then a single feature of
+    the type.
+    """
+    top = dict(features.items())
+    image_key = _pick(top, tfds.features.Image, "image", supervised_keys, 0)
+    if image_key is None:
+        raise DataError(
+            f"{spec}: no single image feature (features: {', '.join(top)}); "
+            "only image data sets can be used"
+        )
+    image = top[image_key]
+    if None in image.shape:
+        raise DataError(
+            f"{spec}: images vary in size ('{image_key}' has shape {image.shape}); "
+            "pass --resize H W to bring them to one size"
+        )
+    if len(image.shape) != 3 or np.dtype(image.np_dtype) != np.uint8:
+        raise DataError(
+            f"{spec}: '{image_key}' is {image.np_dtype} {image.shape}, "
+            "expected uint8 images [height, width, channels]"
+        )
+    label_key = _pick(top, tfds.features.ClassLabel, "label", supervised_keys, 1)
+    return image_key, label_key
+
+
+def _pick(top: dict, kind: type, preferred: str, supervised_keys: tuple | None, index: int):
+    if isinstance(top.get(preferred), kind):
+        return preferred
+    if isinstance(supervised_keys, tuple) and len(supervised_keys) == 2:
+        key = supervised_keys[index]
+        if isinstance(key, str) and isinstance(top.get(key), kind):
+            return key
+    matches = [key for key, feature in top.items() if isinstance(feature, kind)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def pick_splits(names: list[str], spec: str) -> tuple[str, str | None]:
+    """The train split and the test split (None: hold out part of train)."""
+    if "train" in names:
+        train = "train"
+    elif len(names) == 1:
+        train = names[0]
+    else:
+        raise DataError(f"{spec}: no 'train' split (splits: {', '.join(names) or 'none'})")
+    test = next((s for s in TEST_SPLITS if s in names), None)
+    return train, test
+
+
+def _builder(name_config: str, data_dir: str | None):
+    """`tfds.builder` with its errors turned into one-line `DataError`s.
+
+    Making a builder reads only code and local metadata, never the network.
+    """
+    spec = f"tfds:{name_config}"
+    try:
+        return tfds.builder(name_config, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(_unknown_message(name_config)) from None
+    except (ValueError, AssertionError, ImportError) as err:
+        # Bad config or version, malformed name, optional package missing.
+        message = _bad_config_message(name_config) or " ".join(str(err).split())
+        raise DataError(f"{spec}: {message}") from None
+
+
+def _bad_config_message(name_config: str) -> str | None:
+    """Name the configs when CONFIG is wrong (TFDS 4.9.10 promises a list but prints none)."""
+    name, _, config = name_config.partition("/")
+    config = config.split(":")[0].split("/")[0]
+    try:
+        configs = [c.name for c in tfds.builder_cls(name).BUILDER_CONFIGS]
+    except Exception:  # only a hint: the caller falls back on TFDS's own message
+        return None
+    if not config or config in configs:
+        return None
+    if not configs:
+        return f"'{name}' has no configs; use tfds:{name}"
+    return f"'{name}' has no config '{config}'; its configs: {', '.join(configs)}"
+
+
+def _base_name(name_config: str) -> str:
+    """`NAME` of `[NAMESPACE:]NAME[/CONFIG][:VERSION]`."""
+    base = name_config.split("/")[0]
+    head, _, tail = base.partition(":")
+    return tail if tail and not tail[0].isdigit() else head
+
+
+def _unknown_message(name_config: str) -> str:
+    typed, name = name_config.split("/")[0], _base_name(name_config)
+    known = tfds.list_builders(with_community_datasets=False)  # local; community needs GCS
+    close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return (
+        f"tfds:{name_config}: TFDS has no data set named '{typed}'; {hint}"
+        "see tensorflow_datasets.list_builders() for the names"
+    )
+
+
+def _not_prepared_message(name_config: str, builder, data_dir: str | None) -> str:
+    root = _data_root(builder, data_dir)
+    return (
+        f"tfds:{name_config} is not downloaded in {root} (and it is not fetched here, "
+        f"to never hang without a network): on a machine with internet run "
+        f'`tfds build {name_config} --data_dir {root}` (or `python -c "import '
+        f"tensorflow_datasets as tfds; tfds.load('{name_config}', data_dir='{root}')\"`), "
+        f"copy that folder here if needed, then pass --data-dir {root}"
+    )
+
+
+def _data_root(builder, data_dir: str | None) -> str:
+    """The TFDS data folder the builder looked in (`data_dir` or TFDS's default)."""
+    if data_dir:
+        return os.fspath(data_dir)
+    variant = os.fspath(builder.data_dir)
+    suffix = "/" + builder.info.full_name
+    return variant[: -len(suffix)] if variant.endswith(suffix) else variant
+
+
+def _read_split(
+    builder, split: str, image_key: str, label_key: str | None, spec: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode one split in batches into uint8 images and int64 labels.
+
+    `builder.as_dataset` never downloads; autocache is off because the arrays
+    are the only copy we keep.
+    """
+    ds = builder.as_dataset(
+        split=split,
+        shuffle_files=False,
+        read_config=tfds.ReadConfig(try_autocache=False),
+    )
+    keys = (image_key,) if label_key is None else (image_key, label_key)
+    ds = ds.map(lambda example: tuple(example[k] for k in keys)).batch(_READ_BATCH)
+    images, labels = [], []
+    for batch in tfds.as_numpy(ds):
+        images.append(batch[0])
+        if label_key is not None:
+            labels.append(batch[1])
+    if not images:
+        raise DataError(f"{spec}: split '{split}' is empty")
+    return (
+        np.concatenate(images).astype(np.uint8, copy=False),
+        np.concatenate(labels).astype(np.int64, copy=False) if label_key else None,
+    )
