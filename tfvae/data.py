@@ -101,10 +101,12 @@ def verify_checksums(folder: Path) -> None:
     """Check every file named in `folder/SHA256SUMS` against its digest."""
     for line in (folder / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split()
-        actual = hashlib.sha256((folder / name).read_bytes()).hexdigest()
-        if actual != digest:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"{path}: missing; reinstall tfvae to restore the bundled MNIST")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
             raise DataError(
-                f"{folder / name}: SHA256 mismatch (file corrupt or replaced); "
+                f"{path}: SHA256 mismatch (file corrupt or replaced); "
                 "reinstall tfvae to restore the bundled MNIST"
             )
 

@@ -60,6 +60,7 @@ class VAE(keras.Model):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
         self.trackers = {name: keras.metrics.Mean(name=name) for name in METRICS}
+        self.build()
 
     # --- distributions ------------------------------------------------------
 

@@ -72,12 +72,32 @@ def latent_scatter(model, images: np.ndarray, labels: np.ndarray | None, path: P
     import matplotlib.pyplot as plt
 
     z_mean = posterior_means(model, images)
-    figure, axes = plt.subplots(figsize=(6, 5.4), dpi=100)
-    points = axes.scatter(
-        z_mean[:, 0], z_mean[:, 1], c=labels, cmap="tab10", s=2, alpha=0.7, rasterized=True
-    )
-    if labels is not None:
-        figure.colorbar(points, ax=axes, ticks=np.unique(labels), label="label")
+    figure, axes = plt.subplots(figsize=(6.4, 5.4), dpi=100)
+    if labels is None:
+        axes.scatter(z_mean[:, 0], z_mean[:, 1], s=2, alpha=0.6, rasterized=True)
+    else:
+        colours = plt.get_cmap("tab10" if len(np.unique(labels)) <= 10 else "turbo")
+        classes = np.unique(labels)
+        for i, label in enumerate(classes):
+            at = labels == label
+            colour = colours(i if len(classes) <= 10 else i / max(1, len(classes) - 1))
+            axes.scatter(
+                z_mean[at, 0],
+                z_mean[at, 1],
+                s=2,
+                alpha=0.6,
+                color=colour,
+                label=str(label),
+                rasterized=True,
+            )
+        if len(classes) <= 20:
+            axes.legend(
+                title="label",
+                markerscale=5,
+                loc="center left",
+                bbox_to_anchor=(1.0, 0.5),
+                frameon=False,
+            )
     axes.set_xlabel("$z_1$ (posterior mean)")
     axes.set_ylabel("$z_2$ (posterior mean)")
     axes.set_title("Test images in the latent space")

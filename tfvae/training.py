@@ -127,10 +127,11 @@ def train(
         data = data.limit(config.limit, config.limit)
     if replace_old:
         shutil.rmtree(run_dir)
+    # Before the pipelines: tf.data combines its op seeds with the global seed.
+    keras.utils.set_random_seed(config.seed)
     train_ds = datasets.train_pipeline(data, config.batch_size, config.binarize, config.seed)
     test_ds = datasets.test_pipeline(data, max(config.batch_size, 500))
 
-    keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy)
     with strategy.scope():
         model = VAE(
@@ -141,7 +142,6 @@ def train(
             activation=config.activation,
             seed=config.seed,
         )
-        model.build()
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
 
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,5 @@
+"""`python -m cli` runs the `tfvae` command."""
+
+from cli.main import main
+
+main()

@@ -1,0 +1,44 @@
+"""Shared fixtures; silences TensorFlow's C++ logging before anything imports it."""
+
+import os
+
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+
+import gzip  # noqa: E402
+import struct  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """Serialise a uint8 array as IDX (independent of `tfvae.idx`)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    head = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return head + array.tobytes()
+
+
+def _write_idx(path, array: np.ndarray, gz: bool = False):
+    blob = _idx_bytes(array)
+    path.write_bytes(gzip.compress(blob) if gz else blob)
+    return path
+
+
+@pytest.fixture(scope="session")
+def idx_bytes():
+    """Serialise a uint8 array as IDX bytes (a writer independent of `tfvae.idx`)."""
+    return _idx_bytes
+
+
+@pytest.fixture(scope="session")
+def write_idx():
+    """`write_idx(path, array, gz=False)` writes an IDX file (gzipped if `gz`), returns path."""
+    return _write_idx
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The bundled MNIST `ImageDataset` (loaded and checksummed once per session)."""
+    from tfvae.data import load_dataset
+
+    return load_dataset("mnist")

@@ -1,0 +1,220 @@
+"""The `tfvae` command line, driven the way users drive it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli.main import main
+
+TFVAE = [sys.executable, "-m", "cli"]
+SMALL = ["--limit", "1000", "--hidden", "64", "--latent-dim", "2"]
+
+
+def tfvae(*args, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*TFVAE, *map(str, args)], capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A real 2-epoch run on 1000 images with a 2-D latent space."""
+    run = tmp_path_factory.mktemp("runs") / "small"
+    result = tfvae("train", *SMALL, "--epochs", "2", "--run-dir", run)
+    assert f"Run folder: {run}" in result.stdout
+    return run
+
+
+def test_train_writes_a_complete_run_folder(trained):
+    """Every file the CLI contract names is there and readable."""
+    for name in (
+        "config.json",
+        "model.keras",
+        "metrics.csv",
+        "reconstructions.png",
+        "samples.png",
+        "manifold.png",
+        "latent.png",
+    ):
+        assert (trained / name).is_file(), name
+    assert any((trained / "logs").rglob("events.out.tfevents.*"))
+    assert not (trained / "backup").exists()
+    state = json.loads((trained / "config.json").read_text())
+    assert state["status"] == "finished"
+    assert state["config"]["latent_dim"] == 2 and state["config"]["hidden_units"] == [64]
+    assert state["versions"]["tensorflow"].startswith("2.")
+    rows = (trained / "metrics.csv").read_text().splitlines()
+    assert rows[0].split(",")[:2] == ["epoch", "train_loss"] and len(rows) == 3
+    last = dict(zip(rows[0].split(","), rows[-1].split(","), strict=True))
+    assert float(last["test_loss"]) == pytest.approx(-float(last["test_elbo"]))
+    assert 0 < float(last["seconds"]) < 120
+
+
+def test_evaluate_json_matches_training_and_bounds(trained):
+    """The JSON line has the contract's keys; the IW NLL is at most -ELBO (plus noise)
+    and the ELBO equals the one training reported on the same fixed binarization."""
+    out = tfvae("evaluate", trained, "--k", "50", "--json").stdout.strip().splitlines()[-1]
+    scores = json.loads(out)
+    assert {"split", "n_images", "k", "elbo", "kl", "log_likelihood", "nll"} <= set(scores)
+    assert scores["split"] == "test" and scores["n_images"] == 1000 and scores["k"] == 50
+    assert scores["elbo"] == pytest.approx(scores["log_likelihood"] - scores["kl"], abs=1e-6)
+    assert scores["nll"] <= -scores["elbo"] + 0.5
+    trained_test = json.loads((trained / "config.json").read_text())["test"]
+    assert scores["elbo"] == pytest.approx(trained_test["elbo"], abs=1e-4)
+
+
+def test_sample_png_is_a_seeded_grid(trained, tmp_path):
+    """-n 9 gives a 3x3 grid of 56-pixel cells (2x scale, 2-pixel gaps); the
+    same seed gives the same picture, another seed another one."""
+    a, b, c = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    tfvae("sample", trained, "-n", "9", "--seed", "4", "-o", a)
+    tfvae("sample", trained, "-n", "9", "--seed", "4", "-o", b)
+    tfvae("sample", trained, "-n", "9", "--seed", "5", "-o", c)
+    pictures = [np.asarray(Image.open(p)) for p in (a, b, c)]
+    assert pictures[0].shape == (3 * 58 + 2, 3 * 58 + 2)
+    np.testing.assert_array_equal(pictures[0], pictures[1])
+    assert np.abs(pictures[0].astype(int) - pictures[2]).max() > 0
+
+
+def test_reconstruct_puts_originals_above_reconstructions(trained, tmp_path, mnist):
+    """The top row holds the first test images (fixed binarization, inverted)."""
+    path = tmp_path / "r.png"
+    tfvae("reconstruct", trained, "-n", "5", "-o", path)
+    picture = np.asarray(Image.open(path))
+    assert picture.shape == (2 * 58 + 2, 5 * 58 + 2)
+    first = mnist.fixed_binarized_test()[0, :, :, 0]
+    expected = (255 - first * 255).astype(np.uint8).repeat(2, 0).repeat(2, 1)
+    np.testing.assert_array_equal(picture[2:58, 2:58], expected)
+
+
+def test_finished_run_is_not_overwritten_without_flag(trained):
+    result = tfvae("train", *SMALL, "--epochs", "2", "--run-dir", trained, check=False)
+    assert result.returncode == 1
+    assert "already finished" in result.stderr and "--overwrite" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["train", "--epochs", "0"], "--epochs"),
+        (["train", "--batch-size", "-3"], "--batch-size"),
+        (["train", "--latent-dim", "two"], "--latent-dim"),
+        (["train", "--arch", "resnet"], "--arch"),
+        (["train", "--hidden", "4,x"], "--hidden"),
+        (["train", "--hidden", "0"], "--hidden"),
+        (["train", "--learning-rate", "0"], "--learning-rate"),
+        (["train", "--binarize", "soft"], "--binarize"),
+        (["train", "--strategy", "gpu"], "--strategy"),
+        (["train", "--seed", "-1"], "--seed"),
+        (["evaluate", "no/such/run"], "RUN_DIR"),
+        (["evaluate", ".", "--k", "0"], "--k"),
+        (["evaluate", ".", "--split", "val"], "--split"),
+        (["sample", ".", "-n", "0"], "-n"),
+        (["reconstruct", "no/such/run"], "RUN_DIR"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(args, option):
+    """One message naming the option, exit code 2, no traceback."""
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert option in result.output
+    assert "Traceback" not in result.output
+
+
+def test_run_folder_errors_name_the_folder_and_fix(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["evaluate", str(tmp_path)])
+    assert result.exit_code == 1 and "not a run folder" in result.output
+
+    (tmp_path / "config.json").write_text("{not json")
+    result = runner.invoke(main, ["sample", str(tmp_path)])
+    assert result.exit_code == 1 and "unreadable" in result.output
+
+    (tmp_path / "config.json").write_text(
+        json.dumps({"config": {}, "image_shape": [28, 28, 1], "status": "running"})
+    )
+    result = runner.invoke(main, ["evaluate", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "has not finished" in result.output and "resume" in result.output
+
+
+def test_bad_dataset_leaves_no_run_folder(tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        main, ["train", "--dataset", f"idx:{tmp_path / 'nowhere'}", "--run-dir", str(run)]
+    )
+    assert result.exit_code == 1 and "no such folder" in result.output
+    assert not run.exists()
+
+
+def test_foreign_folder_is_never_used_as_run_dir(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["train", "--run-dir", str(tmp_path), "--overwrite"])
+    assert result.exit_code == 1 and "not a tfvae run folder" in result.output
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_help_is_fast_and_has_examples():
+    """--help must not import TensorFlow."""
+    start = time.perf_counter()
+    result = subprocess.run([*TFVAE, "train", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "Examples:" in result.stdout
+    assert time.perf_counter() - start < 2.0
+    probe = "import sys, cli.main; print('tensorflow' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
+        == "False"
+    )
+
+
+@pytest.mark.slow
+def test_sigkilled_training_resumes_to_the_requested_epochs(tmp_path):
+    """SIGKILL mid-run, rerun the same command: it resumes from its last epoch
+    checkpoint, and the run ends with every epoch counted exactly once."""
+    run = tmp_path / "run"
+    args = [
+        *TFVAE,
+        "train",
+        "--limit",
+        "2000",
+        "--hidden",
+        "32",
+        "--epochs",
+        "15",
+        "--run-dir",
+        str(run),
+    ]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "backup" / "epoch-00002").is_dir():
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert json.loads((run / "config.json").read_text())["status"] == "running"
+    assert not (run / "model.keras").exists()
+    refused = tfvae("evaluate", run, check=False)
+    assert refused.returncode == 1 and "has not finished" in refused.stderr
+
+    changed = tfvae(*args[3:-2], "--run-dir", run, "--epochs", "16", check=False)
+    assert changed.returncode == 1 and "epochs: 15 -> 16" in changed.stderr
+
+    resumed = tfvae(*args[3:])
+    assert "Resuming after epoch" in resumed.stdout
+    epochs = [
+        int(line.split(",")[0]) for line in (run / "metrics.csv").read_text().splitlines()[1:]
+    ]
+    assert epochs == list(range(1, 16))
+    assert json.loads((run / "config.json").read_text())["status"] == "finished"
