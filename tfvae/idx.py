@@ -86,8 +86,7 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
             payload = _read_exact(stream, size, path, "data")
             if stream.read(1):
                 raise IdxError(
-                    f"{path}: extra bytes after the {size} the header promises; "
-                    "the file is corrupt"
+                    f"{path}: extra bytes after the {size} the header promises; the file is corrupt"
                 )
     except (OSError, EOFError, zlib.error) as err:
         raise IdxError(f"{path}: cannot be read ({err}); download or copy it again") from None
