@@ -137,7 +137,7 @@ def main():
 )
 @click.option(
     "--learning-rate",
-    type=click.FloatRange(min=0, min_open=True, max=10),
+    type=click.FloatRange(min=0, min_open=True, max=10, max_open=True),
     default=1e-3,
     show_default=True,
     help="Adam learning rate.",
@@ -147,7 +147,7 @@ def main():
     type=click.Choice(BINARIZATIONS),
     default="dynamic",
     show_default=True,
-    help="Fresh Bernoulli draw each pass, or one fixed draw.",
+    help="A fresh Bernoulli draw each pass, one fixed draw, or none (grey levels as targets).",
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option(
@@ -156,6 +156,23 @@ def main():
     default="auto",
     show_default=True,
     help="tf.distribute strategy.",
+)
+@click.option(
+    "--jit-compile/--no-jit-compile",
+    default=None,
+    help="XLA-compile the training step [default: on with a GPU, off on the CPU].",
+)
+@click.option(
+    "--mixed-precision",
+    is_flag=True,
+    help="float16 compute, float32 variables and losses (for GPUs with tensor cores).",
+)
+@click.option(
+    "--steps-per-execution",
+    type=POSITIVE,
+    default=1,
+    show_default=True,
+    help="Training steps per call into TensorFlow (fewer Python round trips).",
 )
 @click.option(
     "--limit",

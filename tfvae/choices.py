@@ -5,5 +5,5 @@ Kept free of TensorFlow imports so the command line can offer them instantly.
 
 ARCHS = ("mlp", "conv")
 ACTIVATIONS = ("relu", "tanh", "elu", "softplus")
-BINARIZATIONS = ("dynamic", "static")
+BINARIZATIONS = ("dynamic", "static", "none")
 STRATEGIES = ("auto", "default", "one-device", "mirrored", "multi-worker", "tpu")

@@ -68,9 +68,12 @@ class ImageDataset:
         """The test images under the one fixed binarization, float32 0/1."""
         return self.fixed_binarized("test")
 
-    def fixed_binarized(self, split: str) -> np.ndarray:
-        """A split's images under one fixed binarization (for scoring), float32 0/1."""
+    def fixed_binarized(self, split: str, binarize: str = "dynamic") -> np.ndarray:
+        """A split's images as scored: one fixed binarization (float32 0/1), or
+        the intensities themselves when the run trains with `binarize="none"`."""
         images = {"train": self.train_images, "test": self.test_images}[split]
+        if binarize == "none":
+            return self.intensities(images)
         return fixed_binarization(self, images, TEST_BINARIZATION_SEED)
 
 
@@ -180,60 +183,83 @@ def _as_float(images, binary: bool):
     return tf.cast(images, tf.float32) / (1.0 if binary else 255.0)
 
 
+def _with_noise(x, noise_shape, seed):
+    """Pair a batch with the standard-normal noise of its reparameterized draws.
+
+    Drawn here, with the batch, the noise of each image is the same however
+    many replicas share the batch, so 1 and N replicas give the same update.
+    """
+    import tensorflow as tf
+
+    if noise_shape is None:
+        return x
+    shape = tf.concat([tf.shape(x)[:1], noise_shape], axis=0)
+    return x, tf.random.stateless_normal(shape, seed=seed, alg="philox")
+
+
 def train_pipeline(
     data: ImageDataset,
     batch_size: int,
     binarize: str = "dynamic",
     seed: int = 0,
+    noise_shape: tuple[int, ...] | None = None,
 ):
-    """Shuffled batches of binary training images, float32 `[batch, h, w, c]`.
+    """Shuffled batches of training images, float32 `[batch, h, w, c]`.
 
     `dynamic` draws a fresh Bernoulli sample of every batch on every pass (the
-    usual choice in the literature); `static` draws one sample up front. Both
-    are deterministic for a given `seed`.
+    usual choice in the literature); `static` draws one sample up front;
+    `none` keeps the intensities in [0, 1] as Bernoulli targets (for colour
+    or grey-level sets). Sets that are already binary are never binarized.
+    With `noise_shape` (e.g. `(latent,)`), batches come as `(images, noise)`.
+    Deterministic for a given `seed` (and TensorFlow global seed).
     """
     import tensorflow as tf
 
     if binarize not in BINARIZATIONS:
         raise ValueError(f"binarize must be one of {BINARIZATIONS}, got {binarize!r}")
     n = len(data.train_images)
+    images, binary = tf.constant(data.train_images), data.binary
     if binarize == "static" and not data.binary:
         images = tf.constant(fixed_binarization(data, data.train_images, seed).astype(np.uint8))
         binary = True
-    else:
-        images, binary = tf.constant(data.train_images), data.binary
+    dynamic = binarize == "dynamic" and not binary
+
+    def draw(idx, pair):
+        # philox explicitly: XLA's auto-selected generator is ~40x slower on CPU.
+        binarize_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(pair, 2))
+        x = _as_float(tf.gather(images, idx), binary)
+        if dynamic:
+            u = tf.random.stateless_uniform(tf.shape(x), seed=binarize_seed, alg="philox")
+            x = tf.cast(u < x, tf.float32)
+        return _with_noise(x, noise_shape, noise_seed)
 
     indices = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    batches = indices.batch(batch_size)
-    if binary:
-        return batches.map(
-            lambda idx: _as_float(tf.gather(images, idx), True),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        ).prefetch(tf.data.AUTOTUNE)
-
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-
-    def binarize_batch(idx, pair):
-        x = _as_float(tf.gather(images, idx), False)
-        # philox explicitly: XLA's auto-selected generator is ~40x slower on CPU.
-        u = tf.random.stateless_uniform(tf.shape(x), seed=pair, alg="philox")
-        return tf.cast(u < x, tf.float32)
-
     return (
-        tf.data.Dataset.zip(batches, seeds)
-        .map(binarize_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        tf.data.Dataset.zip(indices.batch(batch_size), seeds)
+        .map(draw, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
 
 
-def test_pipeline(data: ImageDataset, batch_size: int):
-    """Batches of the fixed-binarization test images, in order."""
+def test_pipeline(
+    data: ImageDataset,
+    batch_size: int,
+    noise_shape: tuple[int, ...] | None = None,
+    seed: int = 1,
+    binarize: str = "dynamic",
+):
+    """Batches of the test images under their one fixed binarization, in order.
+
+    With `noise_shape`, each batch comes with fixed noise too, so every
+    evaluation of the same weights gives the same numbers.
+    """
     import tensorflow as tf
 
-    x = data.fixed_binarized_test().astype(np.uint8)
+    x = data.fixed_binarized("test", binarize)
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
     return (
-        tf.data.Dataset.from_tensor_slices(x)
-        .batch(batch_size)
-        .map(lambda b: tf.cast(b, tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
+        tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices(x).batch(batch_size), seeds)
+        .map(lambda b, pair: _with_noise(b, noise_shape, pair), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )

@@ -13,6 +13,10 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     default (CPU) strategy. `multi-worker` reads the cluster from `TF_CONFIG`."""
     if name not in STRATEGIES:
         raise RunError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}")
+    if name == "multi-worker":
+        # First, before any other TensorFlow call: collective ops can only be
+        # configured while the runtime is still uninitialised.
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "one-device" if gpus else "default"
@@ -22,8 +26,6 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
-    if name == "multi-worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)

@@ -18,9 +18,12 @@ tfd = tfp.distributions
 METRICS = ("loss", "elbo", "kl", "log_likelihood")
 
 
-def _images(data):
-    """`fit` may hand us `x` or `(x, y)`; the VAE only needs `x`."""
-    return data[0] if isinstance(data, (tuple, list)) else data
+def _unpack(data):
+    """`fit` hands over `x`, `(x,)` or `(x, noise)`: images and, when the input
+    pipeline drew it, the standard-normal noise of the reparameterization."""
+    if isinstance(data, (tuple, list)):
+        return data[0], (data[1] if len(data) > 1 else None)
+    return data, None
 
 
 def _stateless_seed(seed):
@@ -86,6 +89,14 @@ class VAE(keras.Model):
         self.decoder.build(None)
         super().build((None, *self.image_shape))
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras pulls one batch and all-reduces it here only to infer shapes
+        for an unbuilt model, which fails under MultiWorkerMirroredStrategy
+        (a PerReplica batch cannot be reduced). The VAE is built in `__init__`,
+        so only the optimizer is left to build, under the strategy's scope."""
+        with self.distribute_strategy.scope():
+            self._symbolic_build()
+
     def call(self, images):
         """Deterministic reconstruction: pixel probabilities of p(x | z = E[q(z|x)])."""
         return self.decode(self.encode(images).mean()).mean()
@@ -108,40 +119,58 @@ class VAE(keras.Model):
 
     # --- objective ----------------------------------------------------------
 
-    def elbo_terms(self, images, seed=None) -> dict[str, tf.Tensor]:
+    def elbo_terms(self, images, noise=None, seed=None) -> dict[str, tf.Tensor]:
         """Per-image `elbo`, `kl` and `log_likelihood`, each `[batch]`, in nats.
 
-        log p(x|z) uses one reparameterized z ~ q(z|x); the KL is analytic.
+        log p(x|z) uses one reparameterized z = z_mean + z_stddev * noise with
+        noise ~ N(0, I) `[batch, latent]` (given, or drawn from `seed` / the
+        model's seed generator); the KL is analytic.
         """
         q_z = self.encode(images)
-        z = q_z.sample(seed=_stateless_seed(self.seed_generator.next() if seed is None else seed))
+        if noise is None:
+            noise = self._standard_normal([tf.shape(images)[0], self.latent_dim], seed)
+        z = q_z.bijector.forward(noise)
         log_likelihood = self.decode(z).log_prob(images)
         kl = tfd.kl_divergence(q_z, self.prior)
         return {"elbo": log_likelihood - kl, "kl": kl, "log_likelihood": log_likelihood}
+
+    def _standard_normal(self, shape, seed=None):
+        seed = self.seed_generator.next() if seed is None else seed
+        # philox explicitly: XLA's auto-selected generator is ~40x slower on CPU.
+        return tf.random.stateless_normal(shape, seed=_stateless_seed(seed), alg="philox")
 
     def _record(self, terms) -> dict[str, tf.Tensor]:
         self.trackers["loss"].update_state(-terms["elbo"])
         for name in ("elbo", "kl", "log_likelihood"):
             self.trackers[name].update_state(terms[name])
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        results = {name: tracker.result() for name, tracker in self.trackers.items()}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras reduces multi-worker logs along axis 0, which a scalar lacks
+            # (tensorflow/tensorflow#72388).
+            results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+        return results
 
     @property
     def metrics(self):
         return list(self.trackers.values())
 
     def train_step(self, data):
-        images = _images(data)
+        images, noise = _unpack(data)
         with tf.GradientTape() as tape:
-            terms = self.elbo_terms(images)
+            terms = self.elbo_terms(images, noise)
             # Divide by the *global* batch: Keras sums replica gradients, so
             # this gives the same update on 1 or N replicas.
             loss = tf.nn.compute_average_loss(-terms["elbo"])
-        gradients = tape.gradient(loss, self.trainable_variables)
+            # Under mixed precision the optimizer scales the loss against
+            # float16 underflow (and unscales the gradients in `apply`).
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         return self._record(terms)
 
     def test_step(self, data):
-        return self._record(self.elbo_terms(_images(data)))
+        images, noise = _unpack(data)
+        return self._record(self.elbo_terms(images, noise))
 
     # --- serialization ------------------------------------------------------
 

@@ -48,6 +48,9 @@ class TrainConfig:
     binarize: str = "dynamic"
     seed: int = 0
     strategy: str = "auto"
+    jit_compile: bool | None = None
+    mixed_precision: bool = False
+    steps_per_execution: int = 1
     limit: int | None = None
 
     def __post_init__(self):
@@ -58,7 +61,7 @@ class TrainConfig:
         need(isinstance(self.dataset, str) and bool(self.dataset), "dataset", "a data set name")
         need(self.data_dir is None or isinstance(self.data_dir, str), "data_dir", "a folder")
         need(self.arch in ARCHS, "arch", f"one of {', '.join(ARCHS)}")
-        for field in ("latent_dim", "epochs", "batch_size"):
+        for field in ("latent_dim", "epochs", "batch_size", "steps_per_execution"):
             value = getattr(self, field)
             need(_is_int(value) and value >= 1, field, "a positive integer")
         need(
@@ -77,6 +80,8 @@ class TrainConfig:
         need(self.binarize in BINARIZATIONS, "binarize", f"one of {', '.join(BINARIZATIONS)}")
         need(_is_int(self.seed) and self.seed >= 0, "seed", "a non-negative integer")
         need(self.strategy in STRATEGIES, "strategy", f"one of {', '.join(STRATEGIES)}")
+        need(self.jit_compile in (None, True, False), "jit_compile", "true, false or null (auto)")
+        need(self.mixed_precision in (True, False), "mixed_precision", "true or false")
         need(self.limit is None or (_is_int(self.limit) and self.limit >= 1), "limit", "> 0")
 
     @classmethod

@@ -24,7 +24,7 @@ def run_images(run_dir: str | Path, split: str = "test", limit: int | None = Non
             f"{config.dataset}: images are {data.image_shape}, the run was trained on "
             f"{run.state.image_shape}"
         )
-    images = data.fixed_binarized(split)
+    images = data.fixed_binarized(split, config.binarize)
     return run, images if limit is None else images[:limit]
 
 

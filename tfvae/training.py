@@ -35,6 +35,7 @@ class TrainResult:
     run_dir: Path
     test: dict[str, float]
     initial_epoch: int
+    model: object
 
 
 def _check_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> bool:
@@ -77,15 +78,14 @@ def _save_model(model, run_dir: Path) -> None:
     os.replace(tmp, run_dir / MODEL_FILE)
 
 
-def save_pictures(model, data, run_dir: Path) -> list[Path]:
+def save_pictures(model, data, test_images, run_dir: Path) -> list[Path]:
     """The run's pictures: reconstructions and samples, and for a 2-D latent
     space the manifold and the latent scatter plot."""
     from tfvae import plots
 
-    test = data.fixed_binarized_test()
     paths = [
         plots.save_png(
-            plots.reconstructions(model, test[:RECONSTRUCTION_IMAGES]),
+            plots.reconstructions(model, test_images[:RECONSTRUCTION_IMAGES]),
             run_dir / "reconstructions.png",
         ),
         plots.save_png(plots.samples(model, 64, seed=0), run_dir / "samples.png"),
@@ -94,9 +94,62 @@ def save_pictures(model, data, run_dir: Path) -> list[Path]:
         paths.append(plots.save_png(plots.manifold(model), run_dir / "manifold.png"))
         labels = None if data.test_labels is None else data.test_labels[:LATENT_PLOT_IMAGES]
         paths.append(
-            plots.latent_scatter(model, test[:LATENT_PLOT_IMAGES], labels, run_dir / "latent.png")
+            plots.latent_scatter(
+                model, test_images[:LATENT_PLOT_IMAGES], labels, run_dir / "latent.png"
+            )
         )
     return paths
+
+
+def _build_model(config: TrainConfig, image_shape, strategy):
+    """The VAE and its optimizer, created under the strategy's scope.
+
+    Mixed precision: float16 compute with float32 variables; the encoder and
+    decoder hand float32 tensors to the distributions, so log-probabilities
+    and the KL stay in float32. Keras wraps the optimizer in a loss scaler.
+    """
+    import keras
+
+    from tfvae.model import VAE
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16" if config.mixed_precision else "float32")
+    try:
+        with strategy.scope():
+            model = VAE(
+                image_shape=image_shape,
+                latent_dim=config.latent_dim,
+                arch=config.arch,
+                hidden_units=config.hidden_units,
+                activation=config.activation,
+                seed=config.seed,
+            )
+            model.compile(
+                optimizer=keras.optimizers.Adam(config.learning_rate),
+                jit_compile="auto" if config.jit_compile is None else config.jit_compile,
+                steps_per_execution=config.steps_per_execution,
+            )
+    finally:
+        keras.config.set_dtype_policy(previous)
+    return model
+
+
+def _worker_folder(run_dir: Path, strategy) -> tuple[Path, bool]:
+    """Where this process writes, and whether it is the chief.
+
+    Under multi-worker training only the chief writes the run folder; every
+    other worker keeps its own state (backups, a throwaway model file) in a
+    sibling folder, which it removes when the job finishes.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if task_type is None:
+        return run_dir, True
+    task_id = resolver.task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    if task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief):
+        return run_dir, True
+    return run_dir.with_name(f".{run_dir.name}.{task_type}-{task_id}"), False
 
 
 def train(
@@ -112,39 +165,40 @@ def train(
     no folder behind.
     """
     import keras
+    import tensorflow as tf
 
     from tfvae import data as datasets
     from tfvae.callbacks import EpochBackup, EpochSeconds, MetricsCSV, StopOnNonFinite
     from tfvae.distribute import describe, make_strategy
     from tfvae.evaluation import evaluate_elbo
-    from tfvae.model import VAE
 
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir()
-    replace_old = _check_run_dir(run_dir, config, overwrite)
+    strategy = make_strategy(config.strategy)
+    folder, is_chief = _worker_folder(run_dir, strategy)
+    replace_old = _check_run_dir(folder, config, overwrite)
 
     data = datasets.load_dataset(config.dataset, data_dir=config.data_dir)
     if config.limit is not None:
         data = data.limit(config.limit, config.limit)
     if replace_old:
-        shutil.rmtree(run_dir)
+        shutil.rmtree(folder)
     # Before the pipelines: tf.data combines its op seeds with the global seed.
     keras.utils.set_random_seed(config.seed)
-    train_ds = datasets.train_pipeline(data, config.batch_size, config.binarize, config.seed)
-    test_ds = datasets.test_pipeline(data, max(config.batch_size, 500))
+    noise_shape = (config.latent_dim,)
+    options = tf.data.Options()
+    # Every worker builds the same pipeline and keeps its share of each batch.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train_ds = datasets.train_pipeline(
+        data, config.batch_size, config.binarize, config.seed, noise_shape
+    ).with_options(options)
+    test_images = data.fixed_binarized("test", config.binarize)
+    test_ds = datasets.test_pipeline(
+        data, max(config.batch_size, 500), noise_shape, binarize=config.binarize
+    ).with_options(options)
 
-    strategy = make_strategy(config.strategy)
-    with strategy.scope():
-        model = VAE(
-            image_shape=data.image_shape,
-            latent_dim=config.latent_dim,
-            arch=config.arch,
-            hidden_units=config.hidden_units,
-            activation=config.activation,
-            seed=config.seed,
-        )
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    model = _build_model(config, data.image_shape, strategy)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     state = RunState(
         config,
         data.image_shape,
@@ -154,45 +208,52 @@ def train(
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
         },
     )
-    write_state(run_dir, state)
+    write_state(folder, state)
     echo(
-        f"Training in {run_dir} under {state.extra['strategy_class']} "
+        f"Training in {folder} under {state.extra['strategy_class']} "
         f"({state.extra['replicas']} replica(s))"
     )
 
-    backup = EpochBackup(run_dir / BACKUP_DIR)
+    backup = EpochBackup(folder / BACKUP_DIR)
     initial_epoch = backup.restore(model)
     if initial_epoch:
         echo(f"Resuming after epoch {initial_epoch} of {config.epochs}")
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
+    callbacks = [
+        StopOnNonFinite(),
+        EpochSeconds(),
+        MetricsCSV(folder / METRICS_FILE, initial_epoch),
+    ]
+    if is_chief:
+        callbacks.append(keras.callbacks.TensorBoard(str(folder / LOGS_DIR)))
     model.fit(
         train_ds,
         epochs=config.epochs,
         initial_epoch=initial_epoch,
         validation_data=test_ds,
         shuffle=False,
-        verbose=verbose,
-        callbacks=[
-            StopOnNonFinite(),
-            EpochSeconds(),
-            MetricsCSV(run_dir / METRICS_FILE, initial_epoch),
-            keras.callbacks.TensorBoard(str(run_dir / LOGS_DIR)),
-            backup,
-        ],
+        verbose=verbose if is_chief else 0,
+        callbacks=[*callbacks, backup],
     )
 
-    _save_model(model, run_dir)
-    test = evaluate_elbo(model, data.fixed_binarized_test())
-    save_pictures(model, data, run_dir)
+    # Every worker saves (saving can read synchronised variables, a collective
+    # step all workers must join); only the chief's copy is kept.
+    _save_model(model, folder)
+    if not is_chief:
+        shutil.rmtree(folder, ignore_errors=True)
+        echo(f"Worker finished; the chief wrote {run_dir}")
+        return TrainResult(run_dir, {}, initial_epoch, model)
+    test = evaluate_elbo(model, test_images)
+    save_pictures(model, data, test_images, folder)
     state.status = "finished"
     state.extra["test"] = test
     state.extra["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-    write_state(run_dir, state)
-    shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
+    write_state(folder, state)
+    shutil.rmtree(folder / BACKUP_DIR, ignore_errors=True)
     echo(f"Run folder: {run_dir}")
     echo(
         f"Test ELBO: {test['elbo']:.2f} nats (KL {test['kl']:.2f}, "
         f"log-likelihood {test['log_likelihood']:.2f})"
     )
-    return TrainResult(run_dir, test, initial_epoch)
+    return TrainResult(run_dir, test, initial_epoch, model)
