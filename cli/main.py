@@ -68,11 +68,12 @@ def user_errors(command):
         _import_tensorflow_quietly()
         from tfvae.callbacks import NonFiniteLossError
         from tfvae.data import DataError
+        from tfvae.export import ExportError
         from tfvae.runs import RunError
 
         try:
             return command(*args, **kwargs)
-        except (RunError, DataError, NonFiniteLossError) as err:
+        except (RunError, DataError, NonFiniteLossError, ExportError) as err:
             raise click.ClickException(str(err)) from None
 
     return wrapper
@@ -318,3 +319,51 @@ def reconstruct(run_dir, count, split, output):
     path = _output(run_dir, output, f"reconstruct-{split}.png")
     plots.save_png(plots.reconstructions(run.model, images), path)
     click.echo(f"Wrote {len(images)} originals and reconstructions to {path}")
+
+
+@main.command()
+@click.argument("run_dir", type=EXISTING_RUN)
+@click.option(
+    "--format",
+    "formats",
+    type=click.Choice(["savedmodel", "tflite", "onnx", "all"]),
+    default="savedmodel",
+    show_default=True,
+    help="all = savedmodel + tflite (+ onnx when its extra is installed).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("exports"),
+    show_default=True,
+    help="Export folder; models go to OUT/NAME/.",
+)
+@click.option("--name", default=None, help="Model name [default: the run folder's name].")
+@click.option(
+    "--version",
+    "version",
+    type=POSITIVE,
+    default=None,
+    help="SavedModel version [default: the next free integer].",
+)
+@click.option(
+    "--quantize",
+    type=click.Choice(["none", "float16", "dynamic"]),
+    default="none",
+    show_default=True,
+    help="TFLite weight quantization (smaller files; the manifest reports the error).",
+)
+@user_errors
+def export(run_dir, formats, out, name, version, quantize):
+    """Export a run for TF Serving (SavedModel), phones (TFLite) or ONNX.
+
+    \b
+    Examples:
+      tfvae export runs/mnist --name vae                  # exports/vae/1/
+      tfvae export runs/mnist --name vae --format all --quantize float16
+      docker run -p 8501:8501 -v $PWD/exports/vae:/models/vae -e MODEL_NAME=vae tensorflow/serving
+    """
+    from tfvae.exporting import export_run
+
+    for line in export_run(run_dir, formats, out, name, version, quantize):
+        click.echo(line)

@@ -122,6 +122,9 @@ def test_finished_run_is_not_overwritten_without_flag(trained):
         (["evaluate", ".", "--split", "val"], "--split"),
         (["sample", ".", "-n", "0"], "-n"),
         (["reconstruct", "no/such/run"], "RUN_DIR"),
+        (["export", ".", "--format", "pb"], "--format"),
+        (["export", ".", "--quantize", "int4"], "--quantize"),
+        (["export", ".", "--version", "0"], "--version"),
     ],
 )
 def test_bad_option_values_are_usage_errors(args, option):
@@ -218,3 +221,39 @@ def test_sigkilled_training_resumes_to_the_requested_epochs(tmp_path):
     ]
     assert epochs == list(range(1, 16))
     assert json.loads((run / "config.json").read_text())["status"] == "finished"
+
+
+def test_export_versions_and_formats(trained, tmp_path):
+    """SavedModel versions count up; TFLite files carry a manifest measured on
+    real test images; an existing version is refused with exit code 1."""
+    out = tmp_path / "exports"
+    first = tfvae("export", trained, "--out", out, "--name", "vae")
+    assert f"{out / 'vae' / '1'}" in first.stdout
+    tfvae(
+        "export",
+        trained,
+        "--out",
+        out,
+        "--name",
+        "vae",
+        "--format",
+        "tflite",
+        "--quantize",
+        "dynamic",
+    )
+    tfvae("export", trained, "--out", out, "--name", "vae")
+    assert sorted(p.name for p in (out / "vae").iterdir()) == ["1", "2", "tflite"]
+    assert (out / "vae" / "2" / "saved_model.pb").is_file()
+    manifest = json.loads((out / "vae" / "tflite" / "manifest.json").read_text())
+    assert manifest["quantization"] == "dynamic"
+    assert manifest["checked_on"] == "256 given images"
+    again = tfvae("export", trained, "--out", out, "--name", "vae", "--version", "1", check=False)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_export_into_a_file_is_refused(trained, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    result = tfvae("export", trained, "--out", target / "sub", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
