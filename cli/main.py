@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from tfvae.choices import ACTIVATIONS, ARCHS, BINARIZATIONS, STRATEGIES
+from tfvae.choices import ACTIVATIONS, ARCHS, BINARIZATIONS, OBJECTIVES, STRATEGIES
 
 
 def _import_tensorflow_quietly() -> None:
@@ -107,6 +107,13 @@ def main():
     help="TensorFlow Datasets data folder (for tfds: sets).",
 )
 @click.option(
+    "--resize",
+    type=(POSITIVE, POSITIVE),
+    default=None,
+    metavar="H W",
+    help="Resize every image to H x W (for sets whose images differ in size).",
+)
+@click.option(
     "--arch",
     type=click.Choice(ARCHS),
     default="mlp",
@@ -150,6 +157,34 @@ def main():
     show_default=True,
     help="A fresh Bernoulli draw each pass, one fixed draw, or none (grey levels as targets).",
 )
+@click.option(
+    "--objective",
+    type=click.Choice(OBJECTIVES),
+    default="elbo",
+    show_default=True,
+    help="elbo (Kingma & Welling) or iwae (importance-weighted bound, Burda et al.).",
+)
+@click.option(
+    "--k",
+    type=POSITIVE,
+    default=1,
+    show_default=True,
+    help="Samples of z per image (the IWAE's K; the ELBO averages over them).",
+)
+@click.option(
+    "--beta",
+    type=click.FloatRange(min=0, max=1000),
+    default=1.0,
+    show_default=True,
+    help="Weight of the KL term (beta-VAE); 1 is the ELBO.",
+)
+@click.option(
+    "--kl-warmup",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Epochs over which the KL weight ramps linearly from 0 to --beta.",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option(
     "--strategy",
@@ -161,7 +196,7 @@ def main():
 @click.option(
     "--jit-compile/--no-jit-compile",
     default=None,
-    help="XLA-compile the training step [default: on with a GPU, off on the CPU].",
+    help="XLA-compile the training step [default: on].",
 )
 @click.option(
     "--mixed-precision",
@@ -171,7 +206,7 @@ def main():
 @click.option(
     "--steps-per-execution",
     type=POSITIVE,
-    default=1,
+    default=32,
     show_default=True,
     help="Training steps per call into TensorFlow (fewer Python round trips).",
 )

@@ -279,3 +279,11 @@ def test_fixed_binarization_matches_peer_module(mnist):
     np.testing.assert_array_equal(
         peer.fixed_binarized_test(x_test), mnist.fixed_binarized_test().reshape(10000, 784)
     )
+
+
+def test_resize_averages_areas(mnist):
+    """--resize 14 14 on 28x28 MNIST: each pixel is the rounded mean of a 2x2 block."""
+    small = data.load_dataset("mnist", resize=(14, 14))
+    assert small.image_shape == (14, 14, 1) and len(small.train_images) == 60000
+    block = mnist.test_images[0, :, :, 0].astype(np.float64).reshape(14, 2, 14, 2).mean((1, 3))
+    np.testing.assert_allclose(small.test_images[0, :, :, 0], np.round(block), atol=1)

@@ -100,7 +100,7 @@ def keras_outputs(model, images, codes) -> dict[str, np.ndarray]:
         "encode/z_stddev": z_stddev.numpy(),
         "decode/probabilities": p_x.mean().numpy(),
         "decode/logits": model.decoder.logits(codes).numpy(),
-        **{f"elbo/{key}": value.numpy() for key, value in terms.items()},
+        **{f"elbo/{key}": terms[key].numpy() for key in ("elbo", "kl", "log_likelihood")},
     }
 
 

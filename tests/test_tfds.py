@@ -220,3 +220,33 @@ def test_real_records_read_in_a_fixed_order(tmp_path):
     labels = np.concatenate([first.train_labels, first.test_labels])
     assert sorted(index) == list(range(30))  # every example once, none lost in the split
     np.testing.assert_array_equal(labels, index % 3)  # labels stay with their images
+
+
+class TinyVarying(tfds.core.GeneratorBasedBuilder):
+    """A real prepared set whose images differ in size; pixel value = index."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        features = {"image": tfds.features.Image(shape=(None, None, 1))}
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(12), "test": self._generate_examples(4)}
+
+    def _generate_examples(self, n: int):
+        for i in range(n):
+            yield i, {"image": np.full((5 + i, 3 + 2 * i, 1), 10 * i, np.uint8)}
+
+
+def test_resize_brings_varying_sizes_to_one(tmp_path):
+    """Without --resize the set is refused; with it every image is 8x8 and an
+    image of one grey level keeps it (area averaging)."""
+    TinyVarying(data_dir=str(tmp_path)).download_and_prepare()
+    with pytest.raises(DataError, match="--resize H W"):
+        load_tfds("tiny_varying", data_dir=str(tmp_path))
+    data = load_dataset("tfds:tiny_varying", data_dir=str(tmp_path), resize=(8, 8))
+    assert data.train_images.shape == (12, 8, 8, 1) and data.train_labels is None
+    levels = sorted(int(image.min()) for image in data.train_images)
+    assert levels == [10 * i for i in range(12)]
+    assert all(image.min() == image.max() for image in data.train_images)

@@ -154,24 +154,51 @@ def load_idx_folder(folder: str | Path, name: str | None = None) -> ImageDataset
     return ImageDataset(name=name or f"idx:{folder}", **arrays)
 
 
-def load_dataset(spec: str = "mnist", data_dir: str | None = None) -> ImageDataset:
+def load_dataset(
+    spec: str = "mnist", data_dir: str | None = None, resize: tuple[int, int] | None = None
+) -> ImageDataset:
     """Load a data set by name.
 
     `mnist` (bundled, offline), `idx:DIR` (four MNIST-format IDX files) or
     `tfds:NAME[/CONFIG]` (the TensorFlow Datasets catalog; `data_dir` is
-    TFDS's data folder).
+    TFDS's data folder). `resize=(height, width)` brings every image to that
+    size (area averaging), for sets whose images differ in size.
     """
-    if spec == "mnist":
-        folder = bundled_mnist_dir()
-        verify_checksums(folder)
-        return load_idx_folder(folder, name="mnist")
-    if spec.startswith("idx:"):
-        return load_idx_folder(spec[len("idx:") :])
     if spec.startswith("tfds:"):
         from tfvae.tfds_source import load_tfds
 
-        return load_tfds(spec[len("tfds:") :], data_dir=data_dir)
-    raise DataError(f"unknown dataset '{spec}'; use 'mnist', 'idx:DIR' or 'tfds:NAME[/CONFIG]'")
+        return load_tfds(spec[len("tfds:") :], data_dir=data_dir, resize=resize)
+    if spec == "mnist":
+        folder = bundled_mnist_dir()
+        verify_checksums(folder)
+        data = load_idx_folder(folder, name="mnist")
+    elif spec.startswith("idx:"):
+        data = load_idx_folder(spec[len("idx:") :])
+    else:
+        raise DataError(f"unknown dataset '{spec}'; use 'mnist', 'idx:DIR' or 'tfds:NAME[/CONFIG]'")
+    if resize is None:
+        return data
+    return dataclasses.replace(
+        data,
+        train_images=resize_images(data.train_images, resize),
+        test_images=resize_images(data.test_images, resize),
+    )
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int], batch: int = 4096) -> np.ndarray:
+    """uint8 `[n, h, w, c]` images to `[n, *size, c]` by area averaging, rounded
+    (so 0/1 images stay 0/1)."""
+    import tensorflow as tf
+
+    if images.shape[1:3] == tuple(size):
+        return images
+    parts = [
+        tf.cast(
+            tf.round(tf.image.resize(images[i : i + batch], size, method="area")), tf.uint8
+        ).numpy()
+        for i in range(0, len(images), batch)
+    ]
+    return np.concatenate(parts) if parts else images
 
 
 # --- pipelines -------------------------------------------------------------

@@ -13,8 +13,6 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from tfvae.layers import image_distribution
-
 # Rows (samples x images) decoded at once by the IW estimate: bounds memory
 # at about rows * pixels * 4 bytes per tensor, whatever K is.
 IW_ROWS = 20_000
@@ -62,18 +60,12 @@ def iw_log_likelihood(
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     chunk = max(1, min(k, IW_ROWS // batch_size))
-    prior = model.prior
 
     @tf.function(reduce_retracing=True)
     def log_sum_weights(x, n_samples, chunk_seed):
         q_z = model.encode(x)
         z = q_z.sample(n_samples, seed=chunk_seed)  # [samples, batch, latent]
-        flat_z = tf.reshape(z, [-1, model.latent_dim])
-        logits = model.decoder.logits(flat_z)
-        logits = tf.reshape(logits, tf.concat([tf.shape(z)[:2], tf.shape(x)[1:]], 0))
-        log_px_z = image_distribution(logits).log_prob(x)  # [samples, batch]
-        log_w = log_px_z + prior.log_prob(z) - q_z.log_prob(z)
-        return tf.reduce_logsumexp(log_w, axis=0)  # [batch]
+        return tf.reduce_logsumexp(model.log_weights(x, q_z, z), axis=0)  # [batch]
 
     out = np.empty(len(images), dtype=np.float64)
     for start, x in _batches(images, batch_size):

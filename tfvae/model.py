@@ -11,7 +11,8 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.layers import BernoulliDecoder, GaussianEncoder
+from tfvae.choices import OBJECTIVES
+from tfvae.layers import BernoulliDecoder, GaussianEncoder, image_distribution
 
 tfd = tfp.distributions
 
@@ -46,9 +47,17 @@ class VAE(keras.Model):
         hidden_units=(400,),
         activation: str = "relu",
         seed: int | None = None,
+        objective: str = "elbo",
+        beta: float = 1.0,
+        kl_warmup_steps: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.objective = objective
+        self.beta = float(beta)
+        self.kl_warmup_steps = int(kl_warmup_steps)
         coder = dict(
             image_shape=image_shape,
             latent_dim=latent_dim,
@@ -119,28 +128,69 @@ class VAE(keras.Model):
 
     # --- objective ----------------------------------------------------------
 
-    def elbo_terms(self, images, noise=None, seed=None) -> dict[str, tf.Tensor]:
-        """Per-image `elbo`, `kl` and `log_likelihood`, each `[batch]`, in nats.
+    def log_weights(self, images, q_z, z):
+        """Importance log-weights log p(x|z) + log p(z) - log q(z|x), `[samples, batch]`,
+        for codes `z` `[samples, batch, latent]` drawn from `q_z` = q(z|x)."""
+        return self.log_likelihood(images, z) + self.prior.log_prob(z) - q_z.log_prob(z)
 
-        log p(x|z) uses one reparameterized z = z_mean + z_stddev * noise with
-        noise ~ N(0, I) `[batch, latent]` (given, or drawn from `seed` / the
-        model's seed generator); the KL is analytic.
+    def log_likelihood(self, images, z):
+        """log p(x|z) `[samples, batch]` for codes `z` `[samples, batch, latent]`."""
+        shape = tf.shape(z)
+        logits = self.decoder.logits(tf.reshape(z, [-1, self.latent_dim]))
+        logits = tf.reshape(logits, tf.concat([shape[:2], tf.shape(logits)[1:]], 0))
+        return image_distribution(logits).log_prob(images)
+
+    def elbo_terms(self, images, noise=None, seed=None) -> dict[str, tf.Tensor]:
+        """Per-image terms of the objective, each `[batch]`, in nats.
+
+        z = z_mean + z_stddev * noise, the reparameterization, with noise ~ N(0, I)
+        `[batch, latent]` or `[batch, k, latent]` for k samples per image (given,
+        or one sample drawn from `seed` / the model's seed generator).
+        `log_likelihood` is E_q[ln p(x|z)] averaged over the samples, `kl` the
+        analytic KL(q(z|x) || p(z)), `elbo` their difference, and `iw_bound`
+        the importance-weighted bound ln (1/k) sum_k p(x, z_k) / q(z_k|x)
+        (Burda et al.), which equals a one-sample ELBO estimate for k = 1.
         """
         q_z = self.encode(images)
         if noise is None:
             noise = self._standard_normal([tf.shape(images)[0], self.latent_dim], seed)
-        z = q_z.bijector.forward(noise)
-        log_likelihood = self.decode(z).log_prob(images)
+        noise = tf.convert_to_tensor(noise, tf.float32)
+        if noise.shape.rank == 2:
+            noise = noise[:, tf.newaxis, :]
+        z = q_z.bijector.forward(tf.transpose(noise, [1, 0, 2]))  # [k, batch, latent]
+        log_px_z = self.log_likelihood(images, z)
+        log_w = log_px_z + self.prior.log_prob(z) - q_z.log_prob(z)
+        k = tf.cast(tf.shape(z)[0], tf.float32)
+        log_likelihood = tf.reduce_mean(log_px_z, axis=0)
         kl = tfd.kl_divergence(q_z, self.prior)
-        return {"elbo": log_likelihood - kl, "kl": kl, "log_likelihood": log_likelihood}
+        return {
+            "elbo": log_likelihood - kl,
+            "kl": kl,
+            "log_likelihood": log_likelihood,
+            "iw_bound": tf.reduce_logsumexp(log_w, axis=0) - tf.math.log(k),
+        }
+
+    def kl_weight(self):
+        """beta, ramped up linearly from 0 over the first `kl_warmup_steps` steps."""
+        if self.kl_warmup_steps <= 0:
+            return tf.constant(self.beta)
+        done = tf.cast(self.optimizer.iterations, tf.float32) / self.kl_warmup_steps
+        return self.beta * tf.minimum(1.0, done)
+
+    def per_example_loss(self, terms):
+        """The minimised objective per image: -IW bound for `iwae`, else
+        -(E_q[ln p(x|z)] - weight * KL) (the negative ELBO when the weight is 1)."""
+        if self.objective == "iwae":
+            return -terms["iw_bound"]
+        return -(terms["log_likelihood"] - self.kl_weight() * terms["kl"])
 
     def _standard_normal(self, shape, seed=None):
         seed = self.seed_generator.next() if seed is None else seed
         # philox explicitly: XLA's auto-selected generator is ~40x slower on CPU.
         return tf.random.stateless_normal(shape, seed=_stateless_seed(seed), alg="philox")
 
-    def _record(self, terms) -> dict[str, tf.Tensor]:
-        self.trackers["loss"].update_state(-terms["elbo"])
+    def _record(self, terms, loss) -> dict[str, tf.Tensor]:
+        self.trackers["loss"].update_state(loss)
         for name in ("elbo", "kl", "log_likelihood"):
             self.trackers[name].update_state(terms[name])
         results = {name: tracker.result() for name, tracker in self.trackers.items()}
@@ -158,19 +208,21 @@ class VAE(keras.Model):
         images, noise = _unpack(data)
         with tf.GradientTape() as tape:
             terms = self.elbo_terms(images, noise)
+            per_example = self.per_example_loss(terms)
             # Divide by the *global* batch: Keras sums replica gradients, so
             # this gives the same update on 1 or N replicas.
-            loss = tf.nn.compute_average_loss(-terms["elbo"])
+            loss = tf.nn.compute_average_loss(per_example)
             # Under mixed precision the optimizer scales the loss against
             # float16 underflow (and unscales the gradients in `apply`).
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
-        return self._record(terms)
+        return self._record(terms, per_example)
 
     def test_step(self, data):
         images, noise = _unpack(data)
-        return self._record(self.elbo_terms(images, noise))
+        terms = self.elbo_terms(images, noise)
+        return self._record(terms, self.per_example_loss(terms))
 
     # --- serialization ------------------------------------------------------
 
@@ -183,4 +235,7 @@ class VAE(keras.Model):
             "hidden_units": list(self.encoder.hidden_units),
             "activation": self.encoder.activation,
             "seed": self.seed,
+            "objective": self.objective,
+            "beta": self.beta,
+            "kl_warmup_steps": self.kl_warmup_steps,
         }

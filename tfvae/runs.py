@@ -16,7 +16,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from tfvae.choices import ACTIVATIONS, ARCHS, BINARIZATIONS, STRATEGIES
+from tfvae.choices import ACTIVATIONS, ARCHS, BINARIZATIONS, OBJECTIVES, STRATEGIES
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
@@ -38,6 +38,7 @@ class TrainConfig:
 
     dataset: str = "mnist"
     data_dir: str | None = None
+    resize: tuple[int, int] | None = None
     arch: str = "mlp"
     latent_dim: int = 20
     hidden_units: tuple[int, ...] = (400,)
@@ -46,11 +47,15 @@ class TrainConfig:
     batch_size: int = 128
     learning_rate: float = 1e-3
     binarize: str = "dynamic"
+    objective: str = "elbo"
+    k: int = 1
+    beta: float = 1.0
+    kl_warmup: int = 0
     seed: int = 0
     strategy: str = "auto"
     jit_compile: bool | None = None
     mixed_precision: bool = False
-    steps_per_execution: int = 1
+    steps_per_execution: int = 32
     limit: int | None = None
 
     def __post_init__(self):
@@ -60,8 +65,18 @@ class TrainConfig:
 
         need(isinstance(self.dataset, str) and bool(self.dataset), "dataset", "a data set name")
         need(self.data_dir is None or isinstance(self.data_dir, str), "data_dir", "a folder")
+        need(
+            self.resize is None
+            or (
+                isinstance(self.resize, tuple)
+                and len(self.resize) == 2
+                and all(_is_int(d) and 1 <= d <= 4096 for d in self.resize)
+            ),
+            "resize",
+            "two sizes in 1..4096 (height, width)",
+        )
         need(self.arch in ARCHS, "arch", f"one of {', '.join(ARCHS)}")
-        for field in ("latent_dim", "epochs", "batch_size", "steps_per_execution"):
+        for field in ("latent_dim", "epochs", "batch_size", "steps_per_execution", "k"):
             value = getattr(self, field)
             need(_is_int(value) and value >= 1, field, "a positive integer")
         need(
@@ -80,6 +95,11 @@ class TrainConfig:
         need(self.binarize in BINARIZATIONS, "binarize", f"one of {', '.join(BINARIZATIONS)}")
         need(_is_int(self.seed) and self.seed >= 0, "seed", "a non-negative integer")
         need(self.strategy in STRATEGIES, "strategy", f"one of {', '.join(STRATEGIES)}")
+        need(self.objective in OBJECTIVES, "objective", f"one of {', '.join(OBJECTIVES)}")
+        need(
+            isinstance(self.beta, float) and 0 <= self.beta <= 1000, "beta", "a number in [0, 1000]"
+        )
+        need(_is_int(self.kl_warmup) and self.kl_warmup >= 0, "kl_warmup", "epochs >= 0")
         need(self.jit_compile in (None, True, False), "jit_compile", "true, false or null (auto)")
         need(self.mixed_precision in (True, False), "mixed_precision", "true or false")
         need(self.limit is None or (_is_int(self.limit) and self.limit >= 1), "limit", "> 0")
@@ -92,15 +112,18 @@ class TrainConfig:
         if unknown:
             raise RunError(f"config: unknown settings {sorted(unknown)}")
         values = dict(values)
-        if isinstance(values.get("hidden_units"), list):
-            values["hidden_units"] = tuple(values["hidden_units"])
-        if _is_int(values.get("learning_rate")):
-            values["learning_rate"] = float(values["learning_rate"])
+        for field in ("hidden_units", "resize"):
+            if isinstance(values.get(field), list):
+                values[field] = tuple(values[field])
+        for field in ("learning_rate", "beta"):
+            if _is_int(values.get(field)):
+                values[field] = float(values[field])
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["hidden_units"] = list(self.hidden_units)
+        values["resize"] = None if self.resize is None else list(self.resize)
         return values
 
 

@@ -16,7 +16,7 @@ def run_images(run_dir: str | Path, split: str = "test", limit: int | None = Non
     """A finished run and its data set's `split` under the fixed binarization."""
     run = load_run(run_dir)
     config = run.state.config
-    data = load_dataset(config.dataset, data_dir=config.data_dir)
+    data = load_dataset(config.dataset, config.data_dir, config.resize)
     if config.limit is not None:
         data = data.limit(config.limit, config.limit)
     if data.image_shape != run.state.image_shape:

@@ -13,6 +13,7 @@ import logging
 import os
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tfvae.data import DataError, ImageDataset
@@ -27,7 +28,9 @@ HELD_OUT_FRACTION = 0.1
 _READ_BATCH = 1024
 
 
-def load_tfds(name_config: str, data_dir: str | None = None) -> ImageDataset:
+def load_tfds(
+    name_config: str, data_dir: str | None = None, resize: tuple[int, int] | None = None
+) -> ImageDataset:
     """Load the prepared TFDS set `NAME[/CONFIG]` as uint8 `[n, h, w, c]` arrays.
 
     Everything that can be checked without reading data (name, features,
@@ -36,14 +39,15 @@ def load_tfds(name_config: str, data_dir: str | None = None) -> ImageDataset:
     spec = f"tfds:{name_config}"
     builder = _builder(name_config, data_dir)
     info = builder.info
-    image_key, label_key = pick_features(info.features, info.supervised_keys, spec)
+    image_key, label_key = pick_features(info.features, info.supervised_keys, spec, resize)
     if not builder.is_prepared():
         raise DataError(_not_prepared_message(name_config, builder, data_dir))
     train_split, test_split = pick_splits(list(info.splits.keys()), spec)
 
-    train_images, train_labels = _read_split(builder, train_split, image_key, label_key, spec)
+    keys = (image_key, label_key)
+    train_images, train_labels = _read_split(builder, train_split, keys, spec, resize)
     if test_split is not None:
-        test_images, test_labels = _read_split(builder, test_split, image_key, label_key, spec)
+        test_images, test_labels = _read_split(builder, test_split, keys, spec, resize)
     else:
         n = len(train_images)
         if n < 2:
@@ -82,6 +86,7 @@ def pick_features(
     features: tfds.features.FeaturesDict,
     supervised_keys: tuple | None,
     spec: str,
+    resize: tuple[int, int] | None = None,
 ) -> tuple[str, str | None]:
     """The keys of the image and of the integer label (None if unlabelled).
 
@@ -97,12 +102,12 @@ def pick_features(
             "only image data sets can be used"
         )
     image = top[image_key]
-    if None in image.shape:
+    if None in image.shape[:2] and resize is None:
         raise DataError(
             f"{spec}: images vary in size ('{image_key}' has shape {image.shape}); "
             "pass --resize H W to bring them to one size"
         )
-    if len(image.shape) != 3 or np.dtype(image.np_dtype) != np.uint8:
+    if len(image.shape) != 3 or image.shape[2] is None or np.dtype(image.np_dtype) != np.uint8:
         raise DataError(
             f"{spec}: '{image_key}' is {image.np_dtype} {image.shape}, "
             "expected uint8 images [height, width, channels]"
@@ -204,20 +209,33 @@ def _data_root(builder, data_dir: str | None) -> str:
 
 
 def _read_split(
-    builder, split: str, image_key: str, label_key: str | None, spec: str
+    builder,
+    split: str,
+    keys: tuple[str, str | None],
+    spec: str,
+    resize: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode one split in batches into uint8 images and int64 labels.
 
     `builder.as_dataset` never downloads; autocache is off because the arrays
-    are the only copy we keep.
+    are the only copy we keep. Images are resized one by one before batching,
+    so sets whose images differ in size can be stacked.
     """
+    image_key, label_key = keys
     ds = builder.as_dataset(
         split=split,
         shuffle_files=False,
         read_config=tfds.ReadConfig(try_autocache=False),
     )
-    keys = (image_key,) if label_key is None else (image_key, label_key)
-    ds = ds.map(lambda example: tuple(example[k] for k in keys)).batch(_READ_BATCH)
+    wanted = (image_key,) if label_key is None else (image_key, label_key)
+
+    def pick(example):
+        image = example[image_key]
+        if resize is not None:
+            image = tf.cast(tf.round(tf.image.resize(image, resize, method="area")), tf.uint8)
+        return (image, *(example[k] for k in wanted[1:]))
+
+    ds = ds.map(pick).batch(_READ_BATCH)
     images, labels = [], []
     for batch in tfds.as_numpy(ds):
         images.append(batch[0])
