@@ -196,7 +196,7 @@ def main():
 @click.option(
     "--jit-compile/--no-jit-compile",
     default=None,
-    help="XLA-compile the training step [default: on].",
+    help="XLA-compile the training step [default: on; off under mirrored/multi-worker].",
 )
 @click.option(
     "--mixed-precision",
@@ -206,9 +206,9 @@ def main():
 @click.option(
     "--steps-per-execution",
     type=POSITIVE,
-    default=32,
-    show_default=True,
-    help="Training steps per call into TensorFlow (fewer Python round trips).",
+    default=None,
+    help="Training steps per call into TensorFlow, fewer Python round trips "
+    "[default: 32; 1 under mirrored/multi-worker].",
 )
 @click.option(
     "--limit",

@@ -149,14 +149,35 @@ def test_xla_gives_the_same_numbers():
 
 
 def test_mixed_precision_keeps_float32_variables_and_losses():
-    """float16 compute, float32 variables and distributions; five Adam steps
-    end within 0.5% of the float32 loss."""
+    """float16 compute, float32 variables and distributions. On the same
+    weights the per-image ELBO moves by < 0.2%; after 20 Adam steps the loss is
+    within 2% (the loss scaler skips the first steps whose float16 gradients
+    overflow, then training follows the float32 run)."""
     full, mixed = build(), build(mixed_precision=True)
     mixed.set_weights(full.get_weights())
     dense = mixed.encoder.body.layers[1]
     assert dense.compute_dtype == "float16" and dense.kernel.dtype == "float32"
-    x = np.zeros((2, 28, 28, 1), np.float32)
-    assert all(t.dtype == tf.float32 for t in mixed.elbo_terms(x).values())
     assert type(mixed.optimizer).__name__ == "LossScaleOptimizer"
-    assert fit_steps(mixed) == pytest.approx(fit_steps(full), rel=5e-3)
+    rng = np.random.default_rng(2)
+    x = (rng.random((64, 28, 28, 1)) < 0.3).astype(np.float32)
+    noise = rng.standard_normal((64, 20)).astype(np.float32)
+    terms_mixed, terms_full = mixed.elbo_terms(x, noise), full.elbo_terms(x, noise)
+    assert all(t.dtype == tf.float32 for t in terms_mixed.values())
+    np.testing.assert_allclose(terms_mixed["elbo"], terms_full["elbo"], rtol=2e-3)
+    assert fit_steps(mixed, 20) == pytest.approx(fit_steps(full, 20), rel=2e-2)
     assert tf.keras.mixed_precision.global_policy().name == "float32"  # not leaked
+
+
+def test_replicated_strategies_on_the_cpu_use_plain_steps():
+    """Keras' multi-step loop and XLA replica steps fail under Mirrored /
+    MultiWorkerMirrored on the CPU: auto turns them off there, and asking for
+    them is refused with a clear message rather than a graph error mid-run."""
+    from tfvae.distribute import execution_settings
+    from tfvae.runs import RunError
+
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0"])
+    default = tf.distribute.get_strategy()
+    assert execution_settings(TrainConfig(), default) == (True, 32)
+    assert execution_settings(TrainConfig(strategy="mirrored"), mirrored) == (False, 1)
+    with pytest.raises(RunError, match="--jit-compile"):
+        execution_settings(TrainConfig(strategy="mirrored", jit_compile=True), mirrored)

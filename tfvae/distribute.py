@@ -41,3 +41,29 @@ def describe(strategy: tf.distribute.Strategy) -> dict[str, object]:
         "strategy_class": type(strategy).__name__,
         "replicas": int(strategy.num_replicas_in_sync),
     }
+
+
+def execution_settings(config, strategy: tf.distribute.Strategy) -> tuple[bool, int]:
+    """`(jit_compile, steps_per_execution)` for a run: the config's values, or
+    where they are left to auto, XLA and 32 steps per call.
+
+    Under MirroredStrategy and MultiWorkerMirroredStrategy, Keras' multi-step
+    loop and XLA-compiled replica steps fail on the CPU (seen with TF 2.21), so
+    auto means no XLA and one step per call there, and asking for them on a
+    machine without a GPU is refused up front.
+    """
+    replicated = isinstance(
+        strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
+    )
+    jit = (not replicated) if config.jit_compile is None else config.jit_compile
+    steps = (
+        (1 if replicated else 32)
+        if config.steps_per_execution is None
+        else config.steps_per_execution
+    )
+    if replicated and (jit or steps > 1) and not tf.config.list_logical_devices("GPU"):
+        raise RunError(
+            f"--strategy {config.strategy} on the CPU cannot use --jit-compile or "
+            "--steps-per-execution above 1; leave both at their defaults"
+        )
+    return jit, steps

@@ -455,20 +455,29 @@ def export_tflite(
         shutil.rmtree(saved_model)
         manifest = {
             "format": "tflite",
-            "model": name,
-            "image_shape": list(model.image_shape),
-            "latent_dim": int(model.latent_dim),
             "quantization": quantize,
             "tensorflow_version": tf.__version__,
-            "checked_on": images_note,
-            "input_policy": "pixels clipped to [0, 1]; NaN pixels give NaN outputs",
-            "files": files,
         }
-        (temp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _fsync_tree(temp)
-        _replace_folder(temp, target)
-        _fsync_dir(base)
+        _publish(model, name, images_note, files, manifest, temp, target)
     return target
+
+
+def _publish(model, name, images_note, files, manifest, temp: Path, target: Path) -> None:
+    """Write `manifest.json` (the format's fields plus the common ones) into
+    the finished temporary folder, then swap it in for `target`."""
+    manifest = {
+        **manifest,
+        "model": name,
+        "image_shape": list(model.image_shape),
+        "latent_dim": int(model.latent_dim),
+        "checked_on": images_note,
+        "input_policy": "pixels clipped to [0, 1]; NaN pixels give NaN outputs",
+        "files": files,
+    }
+    (temp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _fsync_tree(temp)
+    _replace_folder(temp, target)
+    _fsync_dir(target.parent)
 
 
 # --- ONNX ------------------------------------------------------------------------
@@ -536,19 +545,10 @@ def export_onnx(
             }
         manifest = {
             "format": "onnx",
-            "model": name,
             "opset": opset,
-            "image_shape": list(model.image_shape),
-            "latent_dim": int(model.latent_dim),
             "tf2onnx_version": tf2onnx.__version__,
-            "checked_on": images_note,
-            "input_policy": "pixels clipped to [0, 1]; NaN pixels give NaN outputs",
-            "files": files,
         }
-        (temp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _fsync_tree(temp)
-        _replace_folder(temp, target)
-        _fsync_dir(base)
+        _publish(model, name, images_note, files, manifest, temp, target)
     return target
 
 

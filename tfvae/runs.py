@@ -55,7 +55,7 @@ class TrainConfig:
     strategy: str = "auto"
     jit_compile: bool | None = None
     mixed_precision: bool = False
-    steps_per_execution: int = 32
+    steps_per_execution: int | None = None
     limit: int | None = None
 
     def __post_init__(self):
@@ -76,7 +76,7 @@ class TrainConfig:
             "two sizes in 1..4096 (height, width)",
         )
         need(self.arch in ARCHS, "arch", f"one of {', '.join(ARCHS)}")
-        for field in ("latent_dim", "epochs", "batch_size", "steps_per_execution", "k"):
+        for field in ("latent_dim", "epochs", "batch_size", "k"):
             value = getattr(self, field)
             need(_is_int(value) and value >= 1, field, "a positive integer")
         need(
@@ -101,6 +101,12 @@ class TrainConfig:
         )
         need(_is_int(self.kl_warmup) and self.kl_warmup >= 0, "kl_warmup", "epochs >= 0")
         need(self.jit_compile in (None, True, False), "jit_compile", "true, false or null (auto)")
+        need(
+            self.steps_per_execution is None
+            or (_is_int(self.steps_per_execution) and self.steps_per_execution >= 1),
+            "steps_per_execution",
+            "a positive integer or null (auto)",
+        )
         need(self.mixed_precision in (True, False), "mixed_precision", "true or false")
         need(self.limit is None or (_is_int(self.limit) and self.limit >= 1), "limit", "> 0")
 

@@ -111,8 +111,10 @@ def _build_model(config: TrainConfig, image_shape, strategy, steps_per_epoch: in
     """
     import keras
 
+    from tfvae.distribute import execution_settings
     from tfvae.model import VAE
 
+    jit_compile, steps_per_execution = execution_settings(config, strategy)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16" if config.mixed_precision else "float32")
     try:
@@ -132,8 +134,8 @@ def _build_model(config: TrainConfig, image_shape, strategy, steps_per_epoch: in
                 optimizer=keras.optimizers.Adam(config.learning_rate),
                 # XLA on by default, CPU included: the step holds no random op
                 # (the pipeline draws the noise), and fused it runs ~2x faster.
-                jit_compile=True if config.jit_compile is None else config.jit_compile,
-                steps_per_execution=config.steps_per_execution,
+                jit_compile=jit_compile,
+                steps_per_execution=steps_per_execution,
             )
     finally:
         keras.config.set_dtype_policy(previous)
@@ -212,6 +214,8 @@ def train(
         extra={
             "versions": versions(),
             **describe(strategy),
+            "jit_compile": bool(model.jit_compile),
+            "steps_per_execution": int(model.steps_per_execution),
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
         },
     )

@@ -1,0 +1,160 @@
+"""Helpers shared by the benchmark scripts: the machine, memory, results files
+and child processes that report one JSON result.
+
+Importing this module does not import TensorFlow; `machine()` does, unless
+asked not to, so a parent process that only orchestrates children stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+# A child prints its result on one line that starts with this marker.
+RESULT_MARKER = "RESULT "
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or what `platform` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def gpu_names() -> list[str]:
+    """Names of the visible GPUs (imports TensorFlow)."""
+    import tensorflow as tf
+
+    names = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        names.append(str(details.get("device_name", gpu.name)))
+    return names
+
+
+def machine(with_gpus: bool = True) -> dict[str, Any]:
+    """CPU, cores, load, OS and library versions; GPUs if `with_gpus` (imports TF)."""
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": _version("tensorflow"),
+        "keras": _version("keras"),
+        "tensorflow_probability": _version("tensorflow-probability"),
+        "tfvae": _version("tfvae"),
+    }
+    if with_gpus:
+        info["gpus"] = gpu_names()
+    return info
+
+
+def warn_if_busy() -> None:
+    """Say so when other work loads the machine: timings are then unreliable."""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > 0.3 * cores:
+        print(
+            f"WARNING: load average {load:.1f} on {cores} cores; other processes compete "
+            "and the timings are unreliable (measure on an idle machine)",
+            flush=True,
+        )
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def git_commit() -> str | None:
+    """`git rev-parse HEAD` of the repository (read-only), or None."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def write_results(name: str, payload: dict[str, Any], out: Path | None = None) -> Path:
+    """Write `payload` with date and commit to `results/<name>.json` (or `out`)."""
+    path = out or RESULTS_DIR / f"{name}.json"
+    document = {
+        "benchmark": name,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git_commit": git_commit(),
+        **payload,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def emit_result(result: dict[str, Any]) -> None:
+    """Print a child's result for `run_child` to pick up."""
+    print(RESULT_MARKER + json.dumps(result), flush=True)
+
+
+_CAUSES = r"INVALID_ARGUMENT|NOT_FOUND|UNIMPLEMENTED|INTERNAL:|Trying to access"
+
+
+class ChildError(RuntimeError):
+    """A child process that ended without a result; `summary` is its error line."""
+
+    def __init__(self, command: list[str], returncode: int, output: str):
+        lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+        self.tail = "\n".join(lines[-20:])
+        raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+        causes = [line for line in lines if re.search(_CAUSES, line) and "cuInit" not in line]
+        parts = [*(raised[-1:] or lines[-1:]), *causes[:1]]
+        self.summary = " | ".join(parts) or f"exit status {returncode}, no output"
+        super().__init__(f"child {command[:3]}... exited {returncode}: {self.summary}")
+
+
+def run_child(command: list[str], timeout: float | None = None) -> dict[str, Any]:
+    """Run `command` in a fresh process and return the dict it printed last
+    after `RESULT ` (the PyTorch peer prints the same marker).
+
+    The child's output (TensorFlow's chatter) is kept only for the error message.
+    """
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            return json.loads(line[len(RESULT_MARKER) :])
+    raise ChildError(command, proc.returncode, proc.stdout + proc.stderr)
+
+
+def quiet_tensorflow() -> None:
+    """Hide TensorFlow's C++ info logs (set before TensorFlow is imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
