@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -55,7 +57,47 @@ class IntList(click.ParamType):
         return sizes
 
 
+class FiniteFloatRange(click.FloatRange):
+    """A float range that also refuses NaN (which every comparison lets through)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(
+                f"{value!r} is not a number in the range {self._describe_range()}", param, ctx
+            )
+        return number
+
+
+class DatasetSpec(click.ParamType):
+    """`mnist`, `idx:DIR` or `tfds:NAME[/CONFIG]`; whether it exists is checked on load."""
+
+    name = "mnist|idx:DIR|tfds:NAME[/CONFIG]"
+
+    def convert(self, value, param, ctx):
+        if value == "mnist":
+            return value
+        for scheme, what in (("idx:", "a folder"), ("tfds:", "a TFDS name")):
+            if value.startswith(scheme):
+                if not value[len(scheme) :]:
+                    self.fail(f"{value!r}: give {what} after '{scheme}'", param, ctx)
+                return value
+        self.fail(
+            f"unknown dataset {value!r}; use mnist, idx:DIR or tfds:NAME[/CONFIG]", param, ctx
+        )
+
+
+def _model_name(ctx, param, value):
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", value):
+        raise click.BadParameter(
+            f"{value!r}: use letters, digits, '_', '-' and '.' (not first)", ctx, param
+        )
+    return value
+
+
 POSITIVE = click.IntRange(min=1)
+# Seeds become int32 stateless-random seeds: larger values would wrap.
+SEED = click.IntRange(min=0, max=2**31 - 1)
 RUN_DIR = click.Path(file_okay=False, path_type=Path)
 EXISTING_RUN = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -75,6 +117,9 @@ def user_errors(command):
             return command(*args, **kwargs)
         except (RunError, DataError, NonFiniteLossError, ExportError) as err:
             raise click.ClickException(str(err)) from None
+        except OSError as err:  # a full disk, a missing or read-only folder
+            where = f"{err.filename}: " if err.filename else ""
+            raise click.ClickException(f"{where}{err.strerror or err}") from None
 
     return wrapper
 
@@ -96,13 +141,14 @@ def main():
 @main.command()
 @click.option(
     "--dataset",
+    type=DatasetSpec(),
     default="mnist",
     show_default=True,
     help="mnist (bundled), idx:DIR or tfds:NAME[/CONFIG].",
 )
 @click.option(
     "--data-dir",
-    type=click.Path(file_okay=False),
+    type=click.Path(exists=True, file_okay=False),
     default=None,
     help="TensorFlow Datasets data folder (for tfds: sets).",
 )
@@ -145,7 +191,7 @@ def main():
 )
 @click.option(
     "--learning-rate",
-    type=click.FloatRange(min=0, min_open=True, max=10, max_open=True),
+    type=FiniteFloatRange(min=0, min_open=True, max=10, max_open=True),
     default=1e-3,
     show_default=True,
     help="Adam learning rate.",
@@ -173,7 +219,7 @@ def main():
 )
 @click.option(
     "--beta",
-    type=click.FloatRange(min=0, max=1000),
+    type=FiniteFloatRange(min=0, max=1000),
     default=1.0,
     show_default=True,
     help="Weight of the KL term (beta-VAE); 1 is the ELBO.",
@@ -185,7 +231,7 @@ def main():
     show_default=True,
     help="Epochs over which the KL weight ramps linearly from 0 to --beta.",
 )
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--strategy",
     type=click.Choice(STRATEGIES),
@@ -302,7 +348,7 @@ def _output(run_dir: Path, output: Path | None, default: str) -> Path:
 @main.command()
 @click.argument("run_dir", type=EXISTING_RUN)
 @click.option("-n", "count", type=POSITIVE, default=64, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--binary", is_flag=True, help="Bernoulli draws instead of pixel means.")
 @click.option(
     "-o",
@@ -373,7 +419,12 @@ def reconstruct(run_dir, count, split, output):
     show_default=True,
     help="Export folder; models go to OUT/NAME/.",
 )
-@click.option("--name", default=None, help="Model name [default: the run folder's name].")
+@click.option(
+    "--name",
+    default=None,
+    callback=_model_name,
+    help="Model name [default: the run folder's name].",
+)
 @click.option(
     "--version",
     "version",

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from tfvae.runs import write_atomic
 
@@ -85,9 +86,21 @@ class StopOnNonFinite(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        self._step = batch
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             raise NonFiniteLossError(self._epoch, batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        """The batch losses are computed before each update: the epoch's last
+        update can still ruin the weights. Check them (and the test loss)
+        before the backup that runs after this callback saves them."""
+        val_loss = (logs or {}).get("val_loss")
+        finite = val_loss is None or math.isfinite(float(val_loss))
+        if not finite or not all(
+            np.isfinite(np.asarray(w)).all() for w in self.model.trainable_weights
+        ):
+            raise NonFiniteLossError(epoch, getattr(self, "_step", 0))
 
 
 class EpochSeconds(keras.callbacks.Callback):

@@ -129,11 +129,18 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_stale_temps(base: Path) -> None:
-    """Delete temp folders left by killed exports of this host (their pid is gone)."""
+    """Clean up after killed exports of this host (their pid is gone): delete
+    their temporary folders, but put back a folder that was moved aside for
+    replacement when the kill came before its successor was renamed in."""
     host = socket.gethostname()
-    for path in base.iterdir():
+    for path in sorted(base.iterdir()):
         match = _TEMP.match(path.name)
-        if match and match["host"] == host and not _pid_alive(int(match["pid"])):
+        if not match or match["host"] != host or _pid_alive(int(match["pid"])):
+            continue
+        original = base / match["what"]
+        if path.name.startswith(".old-") and not original.exists():
+            os.rename(path, original)
+        else:
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -27,6 +27,18 @@ def _unpack(data):
     return data, None
 
 
+def _diag_normal(mvn_diag: tfd.MultivariateNormalDiag) -> tfd.Distribution:
+    """The same diagonal Gaussian as independent univariate normals.
+
+    Its `log_prob` and KL need no bijector: TFP's bijector cache keeps every
+    graph that calls a `MultivariateNormalDiag.log_prob` alive, so repeated
+    training and exports in one process would leak memory.
+    """
+    return tfd.Independent(
+        tfd.Normal(mvn_diag.loc, mvn_diag.stddev()), reinterpreted_batch_ndims=1
+    )
+
+
 def _stateless_seed(seed):
     return tf.cast(seed, tf.int32)
 
@@ -123,7 +135,8 @@ class VAE(keras.Model):
         z_seed, x_seed = tf.unstack(
             tf.random.experimental.stateless_split(_stateless_seed(draw), 2)
         )
-        p_x = self.decode(self.prior.sample(n, seed=z_seed))
+        z = tf.random.stateless_normal([n, self.latent_dim], seed=z_seed, alg="philox")
+        p_x = self.decode(z)  # z ~ p(z) = N(0, I)
         return p_x.sample(seed=x_seed) if binary else p_x.mean()
 
     # --- objective ----------------------------------------------------------
@@ -131,7 +144,9 @@ class VAE(keras.Model):
     def log_weights(self, images, q_z, z):
         """Importance log-weights log p(x|z) + log p(z) - log q(z|x), `[samples, batch]`,
         for codes `z` `[samples, batch, latent]` drawn from `q_z` = q(z|x)."""
-        return self.log_likelihood(images, z) + self.prior.log_prob(z) - q_z.log_prob(z)
+        return self.log_likelihood(images, z) + _diag_normal(self.prior).log_prob(z) - (
+            _diag_normal(q_z).log_prob(z)
+        )
 
     def log_likelihood(self, images, z):
         """log p(x|z) `[samples, batch]` for codes `z` `[samples, batch, latent]`."""
@@ -151,18 +166,23 @@ class VAE(keras.Model):
         the importance-weighted bound ln (1/k) sum_k p(x, z_k) / q(z_k|x)
         (Burda et al.), which equals a one-sample ELBO estimate for k = 1.
         """
-        q_z = self.encode(images)
+        z_mean, z_stddev = self.encoder.params(images)
+        q_z = tfd.Independent(tfd.Normal(z_mean, z_stddev), reinterpreted_batch_ndims=1)
+        p_z = _diag_normal(self.prior)
         if noise is None:
             noise = self._standard_normal([tf.shape(images)[0], self.latent_dim], seed)
         noise = tf.convert_to_tensor(noise, tf.float32)
         if noise.shape.rank == 2:
             noise = noise[:, tf.newaxis, :]
-        z = q_z.bijector.forward(tf.transpose(noise, [1, 0, 2]))  # [k, batch, latent]
+        # The reparameterization, written out rather than through the
+        # distribution's bijector, whose global cache would keep every traced
+        # graph alive.
+        z = z_mean + z_stddev * tf.transpose(noise, [1, 0, 2])  # [k, batch, latent]
         log_px_z = self.log_likelihood(images, z)
-        log_w = log_px_z + self.prior.log_prob(z) - q_z.log_prob(z)
+        log_w = log_px_z + p_z.log_prob(z) - q_z.log_prob(z)
         k = tf.cast(tf.shape(z)[0], tf.float32)
         log_likelihood = tf.reduce_mean(log_px_z, axis=0)
-        kl = tfd.kl_divergence(q_z, self.prior)
+        kl = tfd.kl_divergence(q_z, p_z)
         return {
             "elbo": log_likelihood - kl,
             "kl": kl,

@@ -22,6 +22,8 @@ CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.csv"
 BACKUP_DIR = "backup"
+# Seeds become int32 stateless-random seeds: larger values would wrap.
+MAX_SEED = 2**31 - 1
 LOGS_DIR = "logs"
 
 
@@ -93,21 +95,29 @@ class TrainConfig:
             "a number in (0, 10)",
         )
         need(self.binarize in BINARIZATIONS, "binarize", f"one of {', '.join(BINARIZATIONS)}")
-        need(_is_int(self.seed) and self.seed >= 0, "seed", "a non-negative integer")
+        need(
+            _is_int(self.seed) and 0 <= self.seed <= MAX_SEED,
+            "seed",
+            f"an integer in 0..{MAX_SEED}",
+        )
         need(self.strategy in STRATEGIES, "strategy", f"one of {', '.join(STRATEGIES)}")
         need(self.objective in OBJECTIVES, "objective", f"one of {', '.join(OBJECTIVES)}")
         need(
             isinstance(self.beta, float) and 0 <= self.beta <= 1000, "beta", "a number in [0, 1000]"
         )
         need(_is_int(self.kl_warmup) and self.kl_warmup >= 0, "kl_warmup", "epochs >= 0")
-        need(self.jit_compile in (None, True, False), "jit_compile", "true, false or null (auto)")
+        need(
+            self.jit_compile is None or isinstance(self.jit_compile, bool),
+            "jit_compile",
+            "true, false or null (auto)",
+        )
         need(
             self.steps_per_execution is None
             or (_is_int(self.steps_per_execution) and self.steps_per_execution >= 1),
             "steps_per_execution",
             "a positive integer or null (auto)",
         )
-        need(self.mixed_precision in (True, False), "mixed_precision", "true or false")
+        need(isinstance(self.mixed_precision, bool), "mixed_precision", "true or false")
         need(self.limit is None or (_is_int(self.limit) and self.limit >= 1), "limit", "> 0")
 
     @classmethod
@@ -203,7 +213,7 @@ def read_state(run_dir: str | Path) -> RunState:
         raise RunError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
     try:
         raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise RunError(f"{path}: unreadable ({err}); the run folder is damaged") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict):
         raise RunError(f"{path}: no 'config' object; the run folder is damaged")
@@ -240,7 +250,18 @@ def load_run(run_dir: str | Path) -> Run:
             f"{run_dir}: training has not finished; rerun the same 'tfvae train "
             f"--run-dir {run_dir}' command to resume it"
         )
-    return Run(run_dir, state, load_model_file(model_path))
+    model = load_model_file(model_path)
+    from tfvae.model import VAE
+
+    if not isinstance(model, VAE):
+        raise RunError(f"{model_path}: holds a {type(model).__name__}, not a tfvae VAE")
+    if tuple(model.image_shape) != state.image_shape or model.latent_dim != state.config.latent_dim:
+        raise RunError(
+            f"{model_path}: the model (image_shape {tuple(model.image_shape)}, latent_dim "
+            f"{model.latent_dim}) does not match config.json (image_shape "
+            f"{state.image_shape}, latent_dim {state.config.latent_dim}); the run folder is damaged"
+        )
+    return Run(run_dir, state, model)
 
 
 def load_model_file(path: Path):

@@ -49,6 +49,9 @@ def _check_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> bool:
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: exists and is a file; choose another --run-dir")
     if not (run_dir / CONFIG_FILE).is_file():
+        # An interrupted --overwrite may have left only the old run's files.
+        if overwrite and ((run_dir / MODEL_FILE).exists() or (run_dir / BACKUP_DIR).is_dir()):
+            return True
         if any(run_dir.iterdir()):
             raise RunError(
                 f"{run_dir}: exists and is not a tfvae run folder; choose another --run-dir"
@@ -75,8 +78,11 @@ def _check_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> bool:
 def _save_model(model, run_dir: Path) -> None:
     """`model.keras`, written under a temporary name and renamed into place."""
     tmp = run_dir / f".tmp-{os.getpid()}-{MODEL_FILE}"
-    model.save(tmp)
-    os.replace(tmp, run_dir / MODEL_FILE)
+    try:
+        model.save(tmp)
+        os.replace(tmp, run_dir / MODEL_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_pictures(model, data, test_images, run_dir: Path) -> list[Path]:
@@ -183,13 +189,18 @@ def train(
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir()
     strategy = make_strategy(config.strategy)
     folder, is_chief = _worker_folder(run_dir, strategy)
+    for leftover in folder.parent.glob(f".{folder.name}.deleting-*"):
+        shutil.rmtree(leftover, ignore_errors=True)  # of an --overwrite that was killed
     replace_old = _check_run_dir(folder, config, overwrite)
 
     data = datasets.load_dataset(config.dataset, config.data_dir, config.resize)
     if config.limit is not None:
         data = data.limit(config.limit, config.limit)
     if replace_old:
-        shutil.rmtree(folder)
+        # Rename first: a kill while deleting leaves no half-deleted run folder.
+        doomed = folder.with_name(f".{folder.name}.deleting-{os.getpid()}")
+        folder.rename(doomed)
+        shutil.rmtree(doomed)
     # Before the pipelines: tf.data combines its op seeds with the global seed.
     keras.utils.set_random_seed(config.seed)
     noise_shape = (config.latent_dim,) if config.k == 1 else (config.k, config.latent_dim)

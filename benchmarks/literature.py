@@ -1,0 +1,112 @@
+"""Reproduce the one-stochastic-layer VAE / IWAE of Burda, Grosse & Salakhutdinov
+(2015, table 1) with `tfvae train`, and score it with `tfvae evaluate --k 5000`.
+
+Their model: MLP 784-200-200-50 (tanh) with the mirror decoder, dynamic
+binarization, Adam, batch 20. Their schedule is 3^i passes at learning rate
+1e-3 * 10^(-i/7) for i = 0..7 (3280 passes); this script runs a given number
+of passes at 1e-3 (the first stage of that schedule) and records the curve
+(test -ELBO after every epoch, against wall-clock seconds, from the run's
+metrics.csv), then the importance-weighted NLL with K = 5000.
+
+    python benchmarks/literature.py --objective elbo --k 1 --epochs 30
+    python benchmarks/literature.py --objective iwae --k 50 --epochs 10
+
+Writes `benchmarks/results/literature-<objective>-k<K>.json` with the curve,
+the final figures and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine, write_results  # noqa: E402
+
+TFVAE = [sys.executable, "-m", "cli"]
+BURDA = [
+    "--hidden",
+    "200,200",
+    "--activation",
+    "tanh",
+    "--latent-dim",
+    "50",
+    "--batch-size",
+    "20",
+    "--learning-rate",
+    "1e-3",
+    "--binarize",
+    "dynamic",
+]
+
+
+def run(args: list[str]) -> str:
+    result = subprocess.run([*TFVAE, *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.exit(f"tfvae {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--objective", choices=["elbo", "iwae"], default="elbo")
+    parser.add_argument("--k", type=int, default=1, help="training samples per image")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--eval-k", type=int, default=5000)
+    parser.add_argument("--run-dir", type=Path, default=None)
+    args = parser.parse_args()
+
+    run_dir = args.run_dir or Path("runs") / f"burda-{args.objective}-k{args.k}"
+    train = [
+        *BURDA,
+        "--objective",
+        args.objective,
+        "--k",
+        str(args.k),
+        "--epochs",
+        str(args.epochs),
+        "--run-dir",
+        str(run_dir),
+    ]
+    start = time.perf_counter()
+    run(["train", *train])
+    train_seconds = time.perf_counter() - start
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    curve, clock = [], 0.0
+    for row in rows[1:]:
+        values = dict(zip(header, row.split(","), strict=True))
+        clock += float(values["seconds"])
+        curve.append(
+            {
+                "epoch": int(values["epoch"]),
+                "seconds": round(clock, 1),
+                "test_neg_elbo": -float(values["test_elbo"]),
+            }
+        )
+    start = time.perf_counter()
+    scores = json.loads(
+        run(["evaluate", str(run_dir), "--k", str(args.eval_k), "--json"]).strip().splitlines()[-1]
+    )
+    result = {
+        "command": " ".join(["tfvae", "train", *train]),
+        "eval_command": f"tfvae evaluate {run_dir} --k {args.eval_k}",
+        "train_seconds": round(train_seconds, 1),
+        "eval_seconds": round(time.perf_counter() - start, 1),
+        "test_nll": scores["nll"],
+        "test_neg_elbo": -scores["elbo"],
+        "active_units": scores["active_units"],
+        "curve": curve,
+        "machine": machine(with_gpus=False),
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "curve"}, indent=1))
+    write_results(f"literature-{args.objective}-k{args.k}", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""Every option of every command, fed invalid values: a usage error (exit code 2)
+whose one `Error:` line names the option and what it accepts, and no traceback.
+
+The table is checked against the commands themselves (`cli.main.main`), so an
+option added without a row here fails `test_table_covers_every_option`.
+
+No TensorFlow work: usage errors are raised by click before a command's body
+runs. Each call runs with the body replaced by a tripwire, so a value the
+parser wrongly accepts fails at once (exit code 1, `BodyReached`) instead of
+starting a training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import cli.main
+from cli.main import main
+from tfvae.choices import ACTIVATIONS, ARCHS, BINARIZATIONS, OBJECTIVES, STRATEGIES
+
+MISSING = "{tmp}/no/such/folder"
+A_FILE = "{tmp}/a-file"
+A_FOLDER = "{tmp}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Bad:
+    """One invalid value: the arguments after the command, and a regex the
+    `Error:` line must match (beyond naming the option), saying what is allowed."""
+
+    args: tuple[str, ...]
+    allowed: str = ""
+    xfail: str | None = None
+
+
+def choices(values) -> str:
+    """A regex requiring every allowed choice in the message."""
+    return "".join(f"(?=.*'{re.escape(v)}')" for v in values)
+
+
+POSITIVE = r"range x>=1"
+NON_NEGATIVE = r"range (0<=)?x(>=0|<=\d+)"
+NOT_INT = r"not a valid integer"
+
+
+def positive_int(option: str) -> list[Bad]:
+    return [
+        Bad((option, "0"), POSITIVE),
+        Bad((option, "-3"), POSITIVE),
+        Bad((option, "ten"), NOT_INT),
+        Bad((option, "2.5"), NOT_INT),
+        Bad((option, ""), NOT_INT),
+    ]
+
+
+def non_negative_int(option: str) -> list[Bad]:
+    return [
+        Bad((option, "-1"), NON_NEGATIVE),
+        Bad((option, "x"), NOT_INT),
+        Bad((option, "1e3"), NOT_INT),
+    ]
+
+
+def choice(option: str, allowed, bad=("bogus", "", "MLP ")) -> list[Bad]:
+    return [Bad((option, value), choices(allowed)) for value in bad]
+
+
+def flag(option: str) -> list[Bad]:
+    return [Bad((f"{option}=yes",), "does not take a value")]
+
+
+RUN_DIR_ARG = [
+    Bad((MISSING,), "does not exist"),
+    Bad((A_FILE,), "is a file"),
+]
+
+
+# command -> parameter name (click's `param.name`) -> invalid values.
+TABLE: dict[str, dict[str, list[Bad]]] = {
+    "train": {
+        "dataset": [
+            Bad(("--dataset", "cifar10"), r"mnist.*idx:.*tfds:"),
+            Bad(("--dataset", ""), r"mnist.*idx:.*tfds:"),
+            Bad(("--dataset", "idx:"), r"folder"),
+        ],
+        "data_dir": [
+            Bad(("--data-dir", A_FILE), "is a file"),
+            Bad(("--data-dir", MISSING), "does not exist"),
+        ],
+        "resize": [
+            Bad(("--resize", "0", "28"), POSITIVE),
+            Bad(("--resize", "28", "-1"), POSITIVE),
+            Bad(("--resize", "28", "wide"), NOT_INT),
+            Bad(("--resize", "28"), "requires 2 arguments"),
+        ],
+        "arch": choice("--arch", ARCHS, bad=("resnet", "", "MLP")),
+        "latent_dim": positive_int("--latent-dim"),
+        "hidden": [
+            Bad(("--hidden", "0"), "positive integer"),
+            Bad(("--hidden", "400,-1"), "positive integer"),
+            Bad(("--hidden", "4,x"), "comma-separated list of integers"),
+            Bad(("--hidden", ","), "comma-separated list of integers"),
+            Bad(("--hidden", "1.5"), "comma-separated list of integers"),
+            Bad(("--hidden", ""), "comma-separated list of integers"),
+        ],
+        "activation": choice("--activation", ACTIVATIONS, bad=("sigmoid", "")),
+        "epochs": positive_int("--epochs"),
+        "batch_size": positive_int("--batch-size"),
+        "learning_rate": [
+            Bad(("--learning-rate", "0"), r"0<x<10"),
+            Bad(("--learning-rate", "-1e-3"), r"0<x<10"),
+            Bad(("--learning-rate", "10"), r"0<x<10"),
+            Bad(("--learning-rate", "inf"), r"0<x<10"),
+            Bad(("--learning-rate", "fast"), "not a valid float"),
+            Bad(("--learning-rate", "nan"), r"0<x<10"),
+        ],
+        "binarize": choice("--binarize", BINARIZATIONS, bad=("soft", "")),
+        "objective": choice("--objective", OBJECTIVES, bad=("vlb", "")),
+        "k": positive_int("--k"),
+        "beta": [
+            Bad(("--beta", "-0.5"), r"0<=x<=1000"),
+            Bad(("--beta", "1001"), r"0<=x<=1000"),
+            Bad(("--beta", "big"), "not a valid float"),
+            Bad(("--beta", "nan"), r"0<=x<=1000"),
+        ],
+        "kl_warmup": non_negative_int("--kl-warmup"),
+        "seed": [
+            *non_negative_int("--seed"),
+            Bad(("--seed", str(2**32)), r"x<="),
+        ],
+        "strategy": choice("--strategy", STRATEGIES, bad=("gpu", "")),
+        "jit_compile": [*flag("--jit-compile"), *flag("--no-jit-compile")],
+        "mixed_precision": flag("--mixed-precision"),
+        "steps_per_execution": positive_int("--steps-per-execution"),
+        "limit": positive_int("--limit"),
+        "run_dir": [Bad(("--run-dir", A_FILE), "is a file")],
+        "overwrite": flag("--overwrite"),
+    },
+    "evaluate": {
+        "run_dir": RUN_DIR_ARG,
+        "split": choice("--split", ("test", "train"), bad=("val", "")),
+        "k": positive_int("--k"),
+        "as_json": flag("--json"),
+    },
+    "sample": {
+        "run_dir": RUN_DIR_ARG,
+        "count": positive_int("-n"),
+        "seed": [
+            *non_negative_int("--seed"),
+            Bad(("--seed", str(2**32)), r"x<="),
+        ],
+        "binary": flag("--binary"),
+        "output": [Bad(("-o", A_FOLDER), "is a directory"), Bad(("--output", A_FOLDER), "")],
+    },
+    "reconstruct": {
+        "run_dir": RUN_DIR_ARG,
+        "count": positive_int("-n"),
+        "split": choice("--split", ("test", "train"), bad=("val", "")),
+        "output": [Bad(("-o", A_FOLDER), "is a directory"), Bad(("--output", A_FOLDER), "")],
+    },
+    "export": {
+        "run_dir": RUN_DIR_ARG,
+        "formats": choice("--format", ("savedmodel", "tflite", "onnx", "all"), bad=("pb", "")),
+        "out": [Bad(("--out", A_FILE), "is a file")],
+        "name": [
+            Bad(("--name", "../up"), "letters, digits"),
+            Bad(("--name", ""), "letters, digits"),
+            Bad(("--name", "a/b"), "letters, digits"),
+        ],
+        "version": positive_int("--version"),
+        "quantize": choice("--quantize", ("none", "float16", "dynamic"), bad=("int4", "")),
+    },
+}
+
+# Options of the group itself (`tfvae --version`, which is a flag).
+GROUP_TABLE = {"version": [Bad(("--version=2",), "does not take a value")]}
+
+
+def _cases():
+    for command, options in TABLE.items():
+        for param, rows in options.items():
+            for row in rows:
+                marks = [pytest.mark.xfail(strict=True, reason=row.xfail)] if row.xfail else []
+                label = f"{command}-{param}-{'_'.join(row.args)}"
+                yield pytest.param(command, param, row, id=label, marks=marks)
+
+
+class BodyReached(Exception):
+    """The parser accepted the value and the command body started."""
+
+
+@pytest.fixture(autouse=True)
+def tripwire(monkeypatch):
+    """Every command body starts with `_import_tensorflow_quietly()`: make it raise."""
+
+    def refuse():
+        raise BodyReached("the command body ran: the parser accepted an invalid value")
+
+    monkeypatch.setattr(cli.main, "_import_tensorflow_quietly", refuse)
+
+
+@pytest.fixture
+def places(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    return {"tmp": str(tmp_path)}
+
+
+def _param_label(param: click.Parameter) -> str:
+    """How click names the parameter in an error: '--opt', '-o' / '--output' or 'RUN_DIR'."""
+    if isinstance(param, click.Argument):
+        return param.human_readable_name
+    return param.opts[-1]
+
+
+def test_table_covers_every_option():
+    """A new option (or command) without rows here fails this test."""
+    assert set(TABLE) == set(main.commands), "add the new command to TABLE"
+    for name, command in main.commands.items():
+        params = {p.name for p in command.params}
+        assert params == set(TABLE[name]), (
+            f"{name}: options without rows: {sorted(params - set(TABLE[name]))}; "
+            f"rows for removed options: {sorted(set(TABLE[name]) - params)}"
+        )
+        for param in command.params:
+            assert TABLE[name][param.name], f"{name} {param.name}: no invalid values listed"
+    assert {p.name for p in main.params} == set(GROUP_TABLE)
+
+
+def _check_usage_error(result, option_labels: list[str], allowed: str):
+    assert not isinstance(result.exception, BodyReached), (
+        f"the value reached the command body (exit {result.exit_code}): {result.output}"
+    )
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    (error,) = errors
+    assert any(label in error for label in option_labels), (option_labels, error)
+    assert re.search(allowed, error), (allowed, error)
+
+
+@pytest.mark.parametrize(("command", "param_name", "bad"), list(_cases()))
+def test_invalid_value_is_a_usage_error(command, param_name, bad, places):
+    """Exit code 2, one `Error:` line naming the option and what it accepts."""
+    params = {p.name: p for p in main.commands[command].params}
+    param = params[param_name]
+    args = [a.format(**places) for a in bad.args]
+    if isinstance(param, click.Argument):
+        invocation = [command, *args]
+        labels = [param.human_readable_name]
+    else:
+        # Commands that take RUN_DIR get a real folder, so only the option is wrong.
+        needs_run = any(isinstance(p, click.Argument) for p in params.values())
+        invocation = [command, *([places["tmp"]] if needs_run else []), *args]
+        labels = [*param.opts, *param.secondary_opts]
+    result = CliRunner().invoke(main, invocation)
+    _check_usage_error(result, labels, bad.allowed)
+
+
+@pytest.mark.parametrize("bad", GROUP_TABLE["version"], ids=lambda b: b.args[0])
+def test_group_options(bad):
+    result = CliRunner().invoke(main, list(bad.args))
+    _check_usage_error(result, ["--version"], bad.allowed)
+
+
+@pytest.mark.parametrize("command", sorted(main.commands))
+def test_unknown_option_is_a_usage_error(command, places):
+    """A misspelt option is refused by name (and click suggests the real one)."""
+    result = CliRunner().invoke(main, [command, "--epoch", "3"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "No such option '--epoch'" in result.output
+
+
+def test_unknown_command_is_a_usage_error():
+    result = CliRunner().invoke(main, ["trian"])
+    assert result.exit_code == 2 and "No such command 'trian'" in result.output
+
+
+def test_tripwire_catches_an_accepted_value(places):
+    """The tripwire itself works: a valid invocation reaches the body."""
+    result = CliRunner().invoke(main, ["evaluate", places["tmp"]])
+    assert isinstance(result.exception, BodyReached)
