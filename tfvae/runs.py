@@ -35,7 +35,9 @@ class RunError(Exception):
 class TrainConfig:
     """Every setting of a training run; stored in `config.json`.
 
-    Defaults are the seed's model (784-400-20 MLP, Adam 1e-3, batch 128).
+    Defaults are the seed's model (784-400-20 MLP, Adam 1e-3, batch 128),
+    trained for 200 epochs: the best test likelihood this model reaches in
+    about ten minutes on a 2-core CPU.
     """
 
     dataset: str = "mnist"
@@ -45,7 +47,7 @@ class TrainConfig:
     latent_dim: int = 20
     hidden_units: tuple[int, ...] = (400,)
     activation: str = "relu"
-    epochs: int = 10
+    epochs: int = 200
     batch_size: int = 128
     learning_rate: float = 1e-3
     binarize: str = "dynamic"
