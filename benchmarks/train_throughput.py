@@ -179,6 +179,7 @@ def _train_child(spec: dict[str, Any]) -> dict[str, Any]:
         "config": config.to_dict(),
         "pipeline": spec["pipeline"],
         "jit_compile_resolved": bool(model.jit_compile),
+        "steps_per_execution_resolved": int(model.steps_per_execution),
         "replicas": int(strategy.num_replicas_in_sync),
         "strategy_class": type(strategy).__name__,
         "images_per_epoch": n_images,
@@ -347,7 +348,7 @@ def _print_table(configs: dict[str, Any], bound_ips: float | None, now: list[str
         share = f"{100 * row['images_per_s'] / bound_ips:6.1f}%" if bound_ips and mlp else "      -"
         print(
             f"{name:20s} {str(row['jit_compile_resolved']):>5s} "
-            f"{row['config']['steps_per_execution']:4d} {row['replicas']:3d} "
+            f"{row['steps_per_execution_resolved']:4d} {row['replicas']:3d} "
             f"{row['images_per_epoch']:6d} {row['median_s_per_epoch']:8.3f} "
             f"{60000 / row['images_per_s']:7.2f} {row['images_per_s']:8.0f} {share} "
             f"{row['peak_rss_mb']:8.0f}  {row['note']}"

@@ -248,7 +248,8 @@ def main():
 @click.option(
     "--jit-compile/--no-jit-compile",
     default=None,
-    help="XLA-compile the training step [default: on; off under mirrored/multi-worker].",
+    help="XLA-compile the training step [default: on; off for conv on the CPU "
+    "and under mirrored/multi-worker].",
 )
 @click.option(
     "--mixed-precision",

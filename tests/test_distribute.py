@@ -178,6 +178,7 @@ def test_replicated_strategies_on_the_cpu_use_plain_steps():
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0"])
     default = tf.distribute.get_strategy()
     assert execution_settings(TrainConfig(), default) == (True, 32)
+    assert execution_settings(TrainConfig(arch="conv"), default) == (False, 32)
     assert execution_settings(TrainConfig(strategy="mirrored"), mirrored) == (False, 1)
     with pytest.raises(RunError, match="--jit-compile"):
         execution_settings(TrainConfig(strategy="mirrored", jit_compile=True), mirrored)

@@ -45,7 +45,8 @@ def describe(strategy: tf.distribute.Strategy) -> dict[str, object]:
 
 def execution_settings(config, strategy: tf.distribute.Strategy) -> tuple[bool, int]:
     """`(jit_compile, steps_per_execution)` for a run: the config's values, or
-    where they are left to auto, XLA and 32 steps per call.
+    where they are left to auto, 32 steps per call and XLA (on the CPU for the
+    MLP only).
 
     Under MirroredStrategy and MultiWorkerMirroredStrategy, Keras' multi-step
     loop and XLA-compiled replica steps fail on the CPU (seen with TF 2.21), so
@@ -55,13 +56,17 @@ def execution_settings(config, strategy: tf.distribute.Strategy) -> tuple[bool, 
     replicated = isinstance(
         strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
     )
-    jit = (not replicated) if config.jit_compile is None else config.jit_compile
+    gpus = tf.config.list_logical_devices("GPU")
+    # XLA made the MLP ~1.5x faster on the CPU but the conv body slower
+    # (benchmarks/RESULTS.md); on GPUs it helps both.
+    auto_jit = not replicated and (config.arch == "mlp" or bool(gpus))
+    jit = auto_jit if config.jit_compile is None else config.jit_compile
     steps = (
         (1 if replicated else 32)
         if config.steps_per_execution is None
         else config.steps_per_execution
     )
-    if replicated and (jit or steps > 1) and not tf.config.list_logical_devices("GPU"):
+    if replicated and (jit or steps > 1) and not gpus:
         raise RunError(
             f"--strategy {config.strategy} on the CPU cannot use --jit-compile or "
             "--steps-per-execution above 1; leave both at their defaults"
