@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,18 +29,11 @@ import tensorflow as tf
 from tfvae import export
 from tfvae.model import VAE
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_model  # noqa: E402
+
 BATCHES = (1, 64)
 RESULTS = Path(__file__).parent / "results" / "export_latency.json"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def per_image_us(fn: Callable[[], object], batch: int, seconds: float) -> float:
