@@ -34,9 +34,7 @@ def _diag_normal(mvn_diag: tfd.MultivariateNormalDiag) -> tfd.Distribution:
     graph that calls a `MultivariateNormalDiag.log_prob` alive, so repeated
     training and exports in one process would leak memory.
     """
-    return tfd.Independent(
-        tfd.Normal(mvn_diag.loc, mvn_diag.stddev()), reinterpreted_batch_ndims=1
-    )
+    return tfd.Independent(tfd.Normal(mvn_diag.loc, mvn_diag.stddev()), reinterpreted_batch_ndims=1)
 
 
 def _stateless_seed(seed):
@@ -144,8 +142,10 @@ class VAE(keras.Model):
     def log_weights(self, images, q_z, z):
         """Importance log-weights log p(x|z) + log p(z) - log q(z|x), `[samples, batch]`,
         for codes `z` `[samples, batch, latent]` drawn from `q_z` = q(z|x)."""
-        return self.log_likelihood(images, z) + _diag_normal(self.prior).log_prob(z) - (
-            _diag_normal(q_z).log_prob(z)
+        return (
+            self.log_likelihood(images, z)
+            + _diag_normal(self.prior).log_prob(z)
+            - (_diag_normal(q_z).log_prob(z))
         )
 
     def log_likelihood(self, images, z):
