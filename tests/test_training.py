@@ -147,3 +147,22 @@ def test_config_json_is_validated(tmp_path):
         with pytest.raises(RunError, match=key):
             TrainConfig.from_dict({**good, key: bad})
     assert TrainConfig.from_dict(json.loads(json.dumps(good))) == TrainConfig()
+
+
+def test_restore_under_a_distribution_strategy(tmp_path):
+    """A run resumed under MirroredStrategy: the optimizer's slots must be
+    created in the strategy's scope (outside it, restoring raised)."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+
+    def mirrored_model():
+        with strategy.scope():
+            model = VAE(image_shape=(8, 8, 1), latent_dim=2, hidden_units=(16,))
+            model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        return model
+
+    trained, backup = mirrored_model(), EpochBackup(tmp_path)
+    fit(trained, batches(), epochs=1, callbacks=[backup])
+    resumed = mirrored_model()
+    assert backup.restore(resumed) == 1
+    for a, b in zip(weights_of(resumed), weights_of(trained), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -57,9 +57,12 @@ class EpochBackup(keras.callbacks.Callback):
         for folder in reversed(self._folders()):
             try:
                 epoch = int(json.loads((folder / _META).read_text())["epoch"])
-                if model.optimizer is not None and not model.optimizer.built:
-                    model.optimizer.build(model.trainable_variables)
-                model.load_weights(folder / _WEIGHTS)
+                # Under a distribution strategy the optimizer's slots must be
+                # created in its scope, or a resumed mirrored run fails.
+                with model.distribute_strategy.scope():
+                    if model.optimizer is not None and not model.optimizer.built:
+                        model.optimizer.build(model.trainable_variables)
+                    model.load_weights(folder / _WEIGHTS)
                 return epoch
             except (OSError, ValueError, KeyError):
                 continue  # a damaged checkpoint: fall back to the one before
