@@ -492,14 +492,19 @@ def lite_interpreters(path: Path):
     yield "tf.lite", tf.lite.Interpreter(model_path=str(path))
 
 
-def test_tflite_files_run_in_litert_and_match_keras(model, images, tflite_dirs):
+def encoder_decoder_reference(model, images):
+    """Keras outputs of the exported encoder/decoder pair, and the inputs that give them."""
     z_mean, z_stddev = (t.numpy() for t in model.encoder.params(images))
     logits = model.decoder.logits(z_mean).numpy()
     want = {
         "encoder": {"z_mean": z_mean, "z_stddev": z_stddev},
         "decoder": {"logits": logits, "probabilities": 1 / (1 + np.exp(-logits))},
     }
-    feeds = {"encoder": {"images": images}, "decoder": {"z": z_mean}}
+    return want, {"encoder": {"images": images}, "decoder": {"z": z_mean}}
+
+
+def test_tflite_files_run_in_litert_and_match_keras(model, images, tflite_dirs):
+    want, feeds = encoder_decoder_reference(model, images)
     sizes = {}
     for quantize, folder in tflite_dirs.items():
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -570,13 +575,7 @@ def test_onnx_export_runs_in_onnxruntime(model, images, tmp_path):
     pytest.importorskip("tf2onnx")
     folder = export.export_onnx(model, tmp_path, "vae", check_images=images)
     manifest = json.loads((folder / "manifest.json").read_text())
-    z_mean, z_stddev = (t.numpy() for t in model.encoder.params(images))
-    logits = model.decoder.logits(z_mean).numpy()
-    want = {
-        "encoder": {"z_mean": z_mean, "z_stddev": z_stddev},
-        "decoder": {"logits": logits, "probabilities": 1 / (1 + np.exp(-logits))},
-    }
-    feeds = {"encoder": {"images": images}, "decoder": {"z": z_mean}}
+    want, feeds = encoder_decoder_reference(model, images)
     for part, info in manifest["files"].items():
         assert max(info["max_abs_diff"].values()) <= export.ONNX_TOLERANCE
         session = onnxruntime.InferenceSession(str(folder / info["file"]))
