@@ -289,18 +289,42 @@ def train(run_dir, overwrite, hidden, **settings):
       tfvae train
       tfvae train --arch conv --latent-dim 2 --epochs 20 --run-dir runs/conv2d
     """
+    from tfvae.distribute import PeerLostError
     from tfvae.runs import TrainConfig
     from tfvae.training import train as train_run
 
     config = TrainConfig(hidden_units=hidden, **settings)
     try:
         train_run(config, run_dir, overwrite=overwrite, echo=click.echo)
+    except PeerLostError as err:
+        _rejoin(err)
     except KeyboardInterrupt:
         click.echo(
             "\nInterrupted. Rerun the same command (with the same --run-dir) to resume.",
             err=True,
         )
         sys.exit(130)
+
+
+# How often one `tfvae train` on a worker restarts itself after losing a peer.
+MAX_REJOINS = 10
+
+
+def _rejoin(err: Exception) -> None:
+    """Start this training process again, with the same command line.
+
+    A lost peer leaves TensorFlow's collectives aborted for good in this
+    process; a fresh one waits for the restarted worker and then every
+    worker resumes from their last common checkpoint.
+    """
+    done = int(os.environ.get("TFVAE_REJOINS", "0"))
+    if done >= MAX_REJOINS:
+        raise click.ClickException(f"{err} (gave up after {done} restarts)")
+    click.echo(f"{err}\nRestarting to rejoin the job ({done + 1}/{MAX_REJOINS}).", err=True)
+    os.environ["TFVAE_REJOINS"] = str(done + 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, sys.orig_argv)
 
 
 @main.command()

@@ -3,10 +3,13 @@ replicas, bit-identical multi-worker training, and the speed switches (XLA,
 mixed precision) that must not change the numbers."""
 
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -123,6 +126,104 @@ def test_two_workers_train_identical_weights_and_only_the_chief_writes(tmp_path)
     assert len((run / "metrics.csv").read_text().splitlines()) == 3
     assert (run / "model.keras").is_file() and not (run / "backup").exists()
     assert sorted(p.name for p in run.parent.iterdir()) == ["run"]  # the worker cleaned up
+
+
+AGREE_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    index, ports, cases = int(sys.argv[1]), sys.argv[2].split(","), json.loads(sys.argv[3])
+    os.environ["TF_CONFIG"] = json.dumps({
+        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+        "task": {"type": "worker", "index": index}})
+    from tfvae.distribute import common_epoch, make_strategy
+    strategy = make_strategy("multi-worker")
+    print(json.dumps([common_epoch(strategy, case[index], 10) for case in cases]))
+    """
+)
+
+
+@pytest.mark.slow
+def test_workers_agree_on_their_newest_common_checkpoint(tmp_path):
+    """A worker killed while writing epoch 3's checkpoint holds epochs 1-2
+    while the other holds 2-3: both must resume after epoch 2."""
+    script = tmp_path / "agree.py"
+    script.write_text(AGREE_SCRIPT)
+    cases = [([2, 3], [1, 2]), ([4], [3]), ([], [1, 2]), ([5, 6], [5, 6]), ([9, 12], [9])]
+    ports = ",".join(map(str, free_ports(2)))
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(i), ports, json.dumps(cases)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    answers = []
+    for worker in workers:
+        output, errors = worker.communicate(timeout=120)
+        assert worker.returncode == 0, errors[-3000:]
+        answers.append(json.loads(output.strip().splitlines()[-1]))
+    assert answers[0] == answers[1] == [2, 0, 0, 6, 9]
+
+
+def train_worker_command(index, ports, run, epochs):
+    env = dict(
+        os.environ,
+        TF_CONFIG=json.dumps(
+            {
+                "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                "task": {"type": "worker", "index": index},
+            }
+        ),
+    )
+    env.pop("TFVAE_REJOINS", None)
+    command = [sys.executable, "-m", "cli", "train", "--strategy", "multi-worker"]
+    command += ["--limit", "3000", "--epochs", str(epochs), "--hidden", "32"]
+    command += ["--latent-dim", "2", "--batch-size", "50", "--run-dir", str(run)]
+    return command, env
+
+
+@pytest.mark.slow
+def test_a_killed_worker_restarted_with_the_same_command_rejoins(tmp_path):
+    """SIGKILL worker 1 mid-epoch and start it again: worker 0 restarts
+    itself, both resume from the same checkpoint and the job ends with every
+    epoch trained once."""
+    epochs, ports = 6, free_ports(2)
+    run = tmp_path / "jobs" / "run"
+    run.parent.mkdir()
+    logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
+
+    def start(index):
+        command, env = train_worker_command(index, ports, run, epochs)
+        with open(logs[index], "a") as log:
+            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    workers = [start(0), start(1)]
+    deadline = time.monotonic() + 240
+    metrics = run / "metrics.csv"
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) > 2):
+        assert time.monotonic() < deadline, logs[0].read_text()[-3000:]
+        assert workers[0].poll() is None, logs[0].read_text()[-3000:]
+        time.sleep(0.1)
+    time.sleep(0.3)  # into epoch 3
+    workers[1].kill()
+    workers[1].wait()
+    workers[1] = start(1)
+    for index, worker in enumerate(workers):
+        assert worker.wait(timeout=300) == 0, logs[index].read_text()[-3000:]
+
+    chief, worker = logs[0].read_text(), logs[1].read_text()
+    assert "Restarting to rejoin the job (1/10)" in chief
+    resumed = [re.findall(r"Resuming after epoch (\d+)", text) for text in (chief, worker)]
+    assert resumed[0] == resumed[1] and len(resumed[0]) == 1 and int(resumed[0][0]) >= 1
+    rows = metrics.read_text().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in rows] == list(range(1, epochs + 1))
+    state = json.loads((run / "config.json").read_text())
+    assert state["status"] == "finished"
+    assert (run / "model.keras").is_file() and not (run / "backup").exists()
+    assert sorted(p.name for p in run.parent.iterdir()) == ["run"]
 
 
 def fit_steps(model, steps=5):

@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tfvae.runs import write_atomic
+from tfvae.runs import RunError, write_atomic
 
 _WEIGHTS = "state.weights.h5"
 _META = "meta.json"
@@ -52,20 +52,40 @@ class EpochBackup(keras.callbacks.Callback):
             return []
         return sorted(p for p in self.backup_dir.glob("epoch-*") if (p / _META).is_file())
 
-    def restore(self, model: keras.Model) -> int:
-        """Load the newest readable checkpoint into `model`; return its epoch (0 if none)."""
+    def epochs(self) -> list[int]:
+        """The epochs this folder holds a complete checkpoint of, oldest first."""
+        found = []
+        for folder in self._folders():
+            try:
+                found.append(int(json.loads((folder / _META).read_text())["epoch"]))
+            except (OSError, ValueError, KeyError):
+                continue
+        return found
+
+    def restore(self, model: keras.Model, epoch: int | None = None) -> int:
+        """Load the newest readable checkpoint into `model`; return its epoch
+        (0 if none). With `epoch`, load exactly that one (0: load nothing)."""
+        if epoch == 0:
+            return 0
         for folder in reversed(self._folders()):
             try:
-                epoch = int(json.loads((folder / _META).read_text())["epoch"])
+                found = int(json.loads((folder / _META).read_text())["epoch"])
+                if epoch is not None and found != epoch:
+                    continue
                 # Under a distribution strategy the optimizer's slots must be
                 # created in its scope, or a resumed mirrored run fails.
                 with model.distribute_strategy.scope():
                     if model.optimizer is not None and not model.optimizer.built:
                         model.optimizer.build(model.trainable_variables)
                     model.load_weights(folder / _WEIGHTS)
-                return epoch
+                return found
             except (OSError, ValueError, KeyError):
                 continue  # a damaged checkpoint: fall back to the one before
+        if epoch is not None:
+            raise RunError(
+                f"{self.backup_dir}: no readable checkpoint of epoch {epoch}; "
+                "delete the folder to restart this worker from scratch"
+            )
         return 0
 
     def on_epoch_end(self, epoch, logs=None):

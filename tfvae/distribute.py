@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
 import tensorflow as tf
 
 from tfvae.choices import STRATEGIES
 from tfvae.runs import RunError
+
+
+class PeerLostError(RunError):
+    """Another worker of a multi-worker job stopped, so this one cannot go on.
+
+    TensorFlow's collectives cannot recover inside the process; starting it
+    again with the same command rejoins the job from the last checkpoint that
+    every worker holds.
+    """
 
 
 def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
@@ -72,3 +85,54 @@ def execution_settings(config, strategy: tf.distribute.Strategy) -> tuple[bool, 
             "--steps-per-execution above 1; leave both at their defaults"
         )
     return jit, steps
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def common_epoch(strategy: tf.distribute.Strategy, epochs: list[int], horizon: int) -> int:
+    """The newest epoch (at most `horizon`) that every worker holds a
+    checkpoint of; 0 if there is none.
+
+    A worker killed while writing its checkpoint restarts one epoch behind the
+    others; resuming each from its own newest would desynchronise the replicas'
+    collectives. Each worker marks the epochs it has, and one all-reduce counts
+    the marks: an epoch every replica marked is one all of them can load.
+    """
+    marks = np.zeros(horizon + 1, np.float32)
+    marks[0] = 1.0
+    marks[[e for e in epochs if e <= horizon]] = 1.0
+
+    @tf.function  # an eager collective under this strategy only adds a warning
+    def count():
+        per_replica = strategy.run(lambda: tf.constant(marks))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    counts = count().numpy()
+    return int(np.flatnonzero(counts >= strategy.num_replicas_in_sync).max())
+
+
+# What a collective raises when a peer's process dies (connection reset) or
+# stops answering (the strategy's health check aborts the collectives).
+_PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+)
+
+
+@contextlib.contextmanager
+def peer_failures(strategy: tf.distribute.Strategy) -> Iterator[None]:
+    """Turns a multi-worker collective failure into `PeerLostError`."""
+    try:
+        yield
+    except _PEER_ERRORS as err:
+        if not is_multi_worker(strategy):
+            raise
+        raise PeerLostError(
+            f"another worker stopped (collective op failed with {type(err).__name__}); "
+            "rerun the same command on every stopped worker to rejoin from the last "
+            "common checkpoint"
+        ) from None

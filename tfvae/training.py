@@ -183,7 +183,13 @@ def train(
 
     from tfvae import data as datasets
     from tfvae.callbacks import EpochBackup, EpochSeconds, MetricsCSV, StopOnNonFinite
-    from tfvae.distribute import describe, make_strategy
+    from tfvae.distribute import (
+        common_epoch,
+        describe,
+        is_multi_worker,
+        make_strategy,
+        peer_failures,
+    )
     from tfvae.evaluation import evaluate_elbo
 
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir()
@@ -237,31 +243,38 @@ def train(
     )
 
     backup = EpochBackup(folder / BACKUP_DIR)
-    initial_epoch = backup.restore(model)
-    if initial_epoch:
-        echo(f"Resuming after epoch {initial_epoch} of {config.epochs}")
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-    callbacks = [
-        StopOnNonFinite(),
-        EpochSeconds(),
-        MetricsCSV(folder / METRICS_FILE, initial_epoch),
-    ]
-    if is_chief:
-        callbacks.append(keras.callbacks.TensorBoard(str(folder / LOGS_DIR)))
-    model.fit(
-        train_ds,
-        epochs=config.epochs,
-        initial_epoch=initial_epoch,
-        validation_data=test_ds,
-        shuffle=False,
-        verbose=verbose if is_chief else 0,
-        callbacks=[*callbacks, backup],
-    )
-
-    # Every worker saves (saving can read synchronised variables, a collective
-    # step all workers must join); only the chief's copy is kept.
-    _save_model(model, folder)
+    with peer_failures(strategy):
+        # Workers must all resume from the same epoch; a single process takes
+        # its newest readable checkpoint.
+        agreed = (
+            common_epoch(strategy, backup.epochs(), config.epochs)
+            if is_multi_worker(strategy)
+            else None
+        )
+        initial_epoch = backup.restore(model, agreed)
+        if initial_epoch:
+            echo(f"Resuming after epoch {initial_epoch} of {config.epochs}")
+        callbacks = [
+            StopOnNonFinite(),
+            EpochSeconds(),
+            MetricsCSV(folder / METRICS_FILE, initial_epoch),
+        ]
+        if is_chief:
+            callbacks.append(keras.callbacks.TensorBoard(str(folder / LOGS_DIR)))
+        model.fit(
+            train_ds,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            validation_data=test_ds,
+            shuffle=False,
+            verbose=verbose if is_chief else 0,
+            callbacks=[*callbacks, backup],
+        )
+        # Every worker saves (saving can read synchronised variables, a
+        # collective step all workers must join); only the chief's copy is kept.
+        _save_model(model, folder)
     if not is_chief:
         shutil.rmtree(folder, ignore_errors=True)
         echo(f"Worker finished; the chief wrote {run_dir}")
