@@ -16,7 +16,14 @@ from pathlib import Path
 
 import click
 
-from tfvae.choices import ACTIVATIONS, ARCHS, BINARIZATIONS, OBJECTIVES, STRATEGIES
+from tfvae.choices import (
+    ACTIVATIONS,
+    ARCHS,
+    BINARIZATIONS,
+    LR_SCHEDULES,
+    OBJECTIVES,
+    STRATEGIES,
+)
 
 
 def _import_tensorflow_quietly() -> None:
@@ -201,6 +208,14 @@ def main():
     default=1e-3,
     show_default=True,
     help="Adam learning rate.",
+)
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(LR_SCHEDULES),
+    default="constant",
+    show_default=True,
+    help="burda: Burda et al.'s 8 stages, 3^i epochs at the rate times 10^(-i/7), "
+    "scaled to --epochs (theirs for --epochs 3280).",
 )
 @click.option(
     "--binarize",

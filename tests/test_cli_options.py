@@ -21,7 +21,14 @@ from click.testing import CliRunner
 
 import cli.main
 from cli.main import main
-from tfvae.choices import ACTIVATIONS, ARCHS, BINARIZATIONS, OBJECTIVES, STRATEGIES
+from tfvae.choices import (
+    ACTIVATIONS,
+    ARCHS,
+    BINARIZATIONS,
+    LR_SCHEDULES,
+    OBJECTIVES,
+    STRATEGIES,
+)
 
 MISSING = "{tmp}/no/such/folder"
 A_FILE = "{tmp}/a-file"
@@ -119,6 +126,7 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
             Bad(("--learning-rate", "fast"), "not a valid float"),
             Bad(("--learning-rate", "nan"), r"0<x<10"),
         ],
+        "lr_schedule": choice("--lr-schedule", LR_SCHEDULES, bad=("cosine", "")),
         "binarize": choice("--binarize", BINARIZATIONS, bad=("soft", "")),
         "objective": choice("--objective", OBJECTIVES, bad=("vlb", "")),
         "k": positive_int("--k"),

@@ -16,7 +16,14 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from tfvae.choices import ACTIVATIONS, ARCHS, BINARIZATIONS, OBJECTIVES, STRATEGIES
+from tfvae.choices import (
+    ACTIVATIONS,
+    ARCHS,
+    BINARIZATIONS,
+    LR_SCHEDULES,
+    OBJECTIVES,
+    STRATEGIES,
+)
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
@@ -50,6 +57,7 @@ class TrainConfig:
     epochs: int = 200
     batch_size: int = 128
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
     binarize: str = "dynamic"
     objective: str = "elbo"
     k: int = 1
@@ -96,6 +104,7 @@ class TrainConfig:
             "learning_rate",
             "a number in (0, 10)",
         )
+        need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {', '.join(LR_SCHEDULES)}")
         need(self.binarize in BINARIZATIONS, "binarize", f"one of {', '.join(BINARIZATIONS)}")
         need(
             _is_int(self.seed) and 0 <= self.seed <= MAX_SEED,

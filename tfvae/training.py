@@ -119,6 +119,7 @@ def _build_model(config: TrainConfig, image_shape, strategy, steps_per_epoch: in
 
     from tfvae.distribute import execution_settings
     from tfvae.model import VAE
+    from tfvae.schedules import learning_rate
 
     jit_compile, steps_per_execution = execution_settings(config, strategy)
     previous = keras.config.dtype_policy()
@@ -137,7 +138,11 @@ def _build_model(config: TrainConfig, image_shape, strategy, steps_per_epoch: in
                 kl_warmup_steps=config.kl_warmup * steps_per_epoch,
             )
             model.compile(
-                optimizer=keras.optimizers.Adam(config.learning_rate),
+                optimizer=keras.optimizers.Adam(
+                    learning_rate(
+                        config.lr_schedule, config.learning_rate, config.epochs, steps_per_epoch
+                    )
+                ),
                 # XLA on by default, CPU included: the step holds no random op
                 # (the pipeline draws the noise), and fused it runs ~2x faster.
                 jit_compile=jit_compile,
