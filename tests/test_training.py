@@ -166,3 +166,25 @@ def test_restore_under_a_distribution_strategy(tmp_path):
     assert backup.restore(resumed) == 1
     for a, b in zip(weights_of(resumed), weights_of(trained), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_resumed_run_does_not_replay_the_first_epochs_batches():
+    """A pipeline restarts its shuffle and its draws: resumed after epoch 3,
+    a run seeded as a fresh one would see epoch 1's batches again."""
+    from tfvae import data as datasets
+    from tfvae.training import pipeline_seed
+
+    assert pipeline_seed(7, 0) == 7
+    seeds = {pipeline_seed(7, epoch) for epoch in range(1, 50)}
+    assert len(seeds) == 49 and 7 not in seeds
+    images = np.random.default_rng(0).integers(0, 256, (64, 6, 6, 1), dtype=np.uint8)
+    dataset = datasets.ImageDataset("noise", images, images[:4])
+
+    def first_epoch(seed):
+        pipeline = datasets.train_pipeline(dataset, 16, seed=seed, noise_shape=(2,))
+        return np.concatenate(
+            [np.concatenate([x.numpy().reshape(16, -1), n.numpy()], 1) for x, n in pipeline]
+        )
+
+    fresh, resumed = first_epoch(pipeline_seed(7, 0)), first_epoch(pipeline_seed(7, 3))
+    assert (fresh != resumed).mean() > 0.3

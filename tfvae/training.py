@@ -15,6 +15,7 @@ from tfvae.runs import (
     BACKUP_DIR,
     CONFIG_FILE,
     LOGS_DIR,
+    MAX_SEED,
     METRICS_FILE,
     MODEL_FILE,
     RunError,
@@ -153,6 +154,14 @@ def _build_model(config: TrainConfig, image_shape, strategy, steps_per_epoch: in
     return model
 
 
+def pipeline_seed(seed: int, initial_epoch: int) -> int:
+    """The training pipeline's seed: the run's own for a fresh run, and a
+    different one for each epoch a run resumes after."""
+    if initial_epoch == 0:
+        return seed
+    return (seed * 1_000_003 + initial_epoch) % (MAX_SEED + 1)
+
+
 def _worker_folder(run_dir: Path, strategy) -> tuple[Path, bool]:
     """Where this process writes, and whether it is the chief.
 
@@ -218,9 +227,6 @@ def train(
     options = tf.data.Options()
     # Every worker builds the same pipeline and keeps its share of each batch.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    train_ds = datasets.train_pipeline(
-        data, config.batch_size, config.binarize, config.seed, noise_shape
-    ).with_options(options)
     test_images = data.fixed_binarized("test", config.binarize)
     test_ds = datasets.test_pipeline(
         data, max(config.batch_size, 500), noise_shape, binarize=config.binarize
@@ -261,6 +267,15 @@ def train(
         initial_epoch = backup.restore(model, agreed)
         if initial_epoch:
             echo(f"Resuming after epoch {initial_epoch} of {config.epochs}")
+        # A fresh pipeline starts its shuffle and draws from the beginning:
+        # seeded as before, a resumed run would replay epoch 1's batches.
+        train_ds = datasets.train_pipeline(
+            data,
+            config.batch_size,
+            config.binarize,
+            pipeline_seed(config.seed, initial_epoch),
+            noise_shape,
+        ).with_options(options)
         callbacks = [
             StopOnNonFinite(),
             EpochSeconds(),
