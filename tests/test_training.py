@@ -188,3 +188,24 @@ def test_a_resumed_run_does_not_replay_the_first_epochs_batches():
 
     fresh, resumed = first_epoch(pipeline_seed(7, 0)), first_epoch(pipeline_seed(7, 3))
     assert (fresh != resumed).mean() > 0.3
+
+
+def test_restore_loads_exactly_the_epoch_the_workers_agreed_on(tmp_path):
+    model = small_model()
+    backup = EpochBackup(tmp_path, keep=3)
+    seen = {}
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.update({epoch + 1: weights_of(model)})
+    )
+    fit(model, batches(), epochs=3, callbacks=[backup, record])
+    assert backup.epochs() == [1, 2, 3]
+    fresh = small_model(seed=1)
+    untouched = weights_of(fresh)
+    assert backup.restore(fresh, epoch=0) == 0
+    for a, b in zip(weights_of(fresh), untouched, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert backup.restore(fresh, epoch=2) == 2
+    for a, b in zip(weights_of(fresh), seen[2], strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(RunError, match="no readable checkpoint of epoch 5"):
+        backup.restore(fresh, epoch=5)

@@ -52,26 +52,29 @@ class EpochBackup(keras.callbacks.Callback):
             return []
         return sorted(p for p in self.backup_dir.glob("epoch-*") if (p / _META).is_file())
 
-    def epochs(self) -> list[int]:
-        """The epochs this folder holds a complete checkpoint of, oldest first."""
+    def _checkpoints(self) -> list[tuple[int, Path]]:
+        """`(epoch, folder)` of every checkpoint whose metadata reads, oldest first."""
         found = []
         for folder in self._folders():
             try:
-                found.append(int(json.loads((folder / _META).read_text())["epoch"]))
+                found.append((int(json.loads((folder / _META).read_text())["epoch"]), folder))
             except (OSError, ValueError, KeyError):
                 continue
         return found
+
+    def epochs(self) -> list[int]:
+        """The epochs this folder holds a complete checkpoint of, oldest first."""
+        return [epoch for epoch, _ in self._checkpoints()]
 
     def restore(self, model: keras.Model, epoch: int | None = None) -> int:
         """Load the newest readable checkpoint into `model`; return its epoch
         (0 if none). With `epoch`, load exactly that one (0: load nothing)."""
         if epoch == 0:
             return 0
-        for folder in reversed(self._folders()):
+        for found, folder in reversed(self._checkpoints()):
+            if epoch is not None and found != epoch:
+                continue
             try:
-                found = int(json.loads((folder / _META).read_text())["epoch"])
-                if epoch is not None and found != epoch:
-                    continue
                 # Under a distribution strategy the optimizer's slots must be
                 # created in its scope, or a resumed mirrored run fails.
                 with model.distribute_strategy.scope():
