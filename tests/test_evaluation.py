@@ -1,6 +1,8 @@
 """Scores of a trained model: the importance-weighted estimate of log p(x)
 against exact numerical integration, and the active-unit count."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -85,3 +87,27 @@ def test_active_units_counts_units_whose_mean_varies():
     bias.assign(np.zeros(bias.shape, np.float32))
     images = (np.random.default_rng(1).random((200, 4, 4, 1)) < 0.5).astype(np.float32)
     assert active_units(model, images) == 1
+
+
+def test_repeated_estimates_do_not_keep_their_graphs_alive():
+    """Each call traces a new graph; drawing z through TFP's bijector kept
+    every one of them in its global cache (about 1 MB a call for this model,
+    30 MB over these 30 calls). Drawn explicitly, memory stays flat."""
+    import gc
+
+    model = VAE(image_shape=(28, 28, 1), latent_dim=8, hidden_units=(64,))
+    model.build()
+    images = (np.random.default_rng(0).random((20, 28, 28, 1)) < 0.3).astype(np.float32)
+
+    def resident_mb():
+        with open("/proc/self/statm") as stream:
+            return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    for _ in range(10):
+        iw_log_likelihood(model, images, k=10, batch_size=10)
+    gc.collect()
+    before = resident_mb()
+    for _ in range(30):
+        iw_log_likelihood(model, images, k=10, batch_size=10)
+    gc.collect()
+    assert resident_mb() - before < 10

@@ -64,7 +64,12 @@ def iw_log_likelihood(
     @tf.function(reduce_retracing=True)
     def log_sum_weights(x, n_samples, chunk_seed):
         q_z = model.encode(x)
-        z = q_z.sample(n_samples, seed=chunk_seed)  # [samples, batch, latent]
+        z_mean = q_z.mean()
+        shape = tf.concat([[n_samples], tf.shape(z_mean)], axis=0)
+        noise = tf.random.stateless_normal(shape, seed=chunk_seed, alg="philox")
+        # z ~ q(z|x) written out: `q_z.sample` would go through the bijector,
+        # whose global cache keeps every traced graph (one per call) alive.
+        z = z_mean + q_z.stddev() * noise  # [samples, batch, latent]
         return tf.reduce_logsumexp(model.log_weights(x, q_z, z), axis=0)  # [batch]
 
     out = np.empty(len(images), dtype=np.float64)
