@@ -70,12 +70,9 @@ def test_mirrored_two_replicas_give_the_single_device_update(tmp_path):
 
 WORKER_SCRIPT = textwrap.dedent(
     """
-    import json, os, sys
+    import os, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    index, ports, run_dir, out = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3], sys.argv[4]
-    os.environ["TF_CONFIG"] = json.dumps({
-        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-        "task": {"type": "worker", "index": index}})
+    run_dir, out = sys.argv[1], sys.argv[2]
     import numpy as np
     from tfvae.runs import TrainConfig
     from tfvae.training import train
@@ -85,6 +82,18 @@ WORKER_SCRIPT = textwrap.dedent(
     np.savez(out, *[w.numpy() for w in result.model.weights])
     """
 )
+
+
+def worker_env(index, ports):
+    """This process's environment with the `TF_CONFIG` of worker `index` of
+    a cluster on 127.0.0.1."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    env = dict(
+        os.environ,
+        TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+    )
+    env.pop("TFVAE_REJOINS", None)
+    return env
 
 
 def free_ports(n):
@@ -101,15 +110,16 @@ def free_ports(n):
 def test_two_workers_train_identical_weights_and_only_the_chief_writes(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER_SCRIPT)
-    ports = ",".join(map(str, free_ports(2)))
+    ports = free_ports(2)
     run = tmp_path / "jobs" / "run"
     run.parent.mkdir()
     workers = [
         subprocess.Popen(
-            [sys.executable, str(script), str(i), ports, str(run), str(tmp_path / f"w{i}.npz")],
+            [sys.executable, str(script), str(run), str(tmp_path / f"w{i}.npz")],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            env=worker_env(i, ports),
         )
         for i in range(2)
     ]
@@ -132,10 +142,7 @@ AGREE_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    index, ports, cases = int(sys.argv[1]), sys.argv[2].split(","), json.loads(sys.argv[3])
-    os.environ["TF_CONFIG"] = json.dumps({
-        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-        "task": {"type": "worker", "index": index}})
+    index, cases = json.loads(os.environ["TF_CONFIG"])["task"]["index"], json.loads(sys.argv[1])
     from tfvae.distribute import common_epoch, make_strategy
     strategy = make_strategy("multi-worker")
     print(json.dumps([common_epoch(strategy, case[index], 10) for case in cases]))
@@ -150,13 +157,14 @@ def test_workers_agree_on_their_newest_common_checkpoint(tmp_path):
     script = tmp_path / "agree.py"
     script.write_text(AGREE_SCRIPT)
     cases = [([2, 3], [1, 2]), ([4], [3]), ([], [1, 2]), ([5, 6], [5, 6]), ([9, 12], [9])]
-    ports = ",".join(map(str, free_ports(2)))
+    ports = free_ports(2)
     workers = [
         subprocess.Popen(
-            [sys.executable, str(script), str(i), ports, json.dumps(cases)],
+            [sys.executable, str(script), json.dumps(cases)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=worker_env(i, ports),
         )
         for i in range(2)
     ]
@@ -168,21 +176,11 @@ def test_workers_agree_on_their_newest_common_checkpoint(tmp_path):
     assert answers[0] == answers[1] == [2, 0, 0, 6, 9]
 
 
-def train_worker_command(index, ports, run, epochs):
-    env = dict(
-        os.environ,
-        TF_CONFIG=json.dumps(
-            {
-                "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                "task": {"type": "worker", "index": index},
-            }
-        ),
-    )
-    env.pop("TFVAE_REJOINS", None)
+def train_worker_command(run, epochs):
     command = [sys.executable, "-m", "cli", "train", "--strategy", "multi-worker"]
     command += ["--limit", "3000", "--epochs", str(epochs), "--hidden", "32"]
     command += ["--latent-dim", "2", "--batch-size", "50", "--run-dir", str(run)]
-    return command, env
+    return command
 
 
 @pytest.mark.slow
@@ -196,9 +194,13 @@ def test_a_killed_worker_restarted_with_the_same_command_rejoins(tmp_path):
     logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
 
     def start(index):
-        command, env = train_worker_command(index, ports, run, epochs)
         with open(logs[index], "a") as log:
-            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            return subprocess.Popen(
+                train_worker_command(run, epochs),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=worker_env(index, ports),
+            )
 
     workers = [start(0), start(1)]
     deadline = time.monotonic() + 240
