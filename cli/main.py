@@ -215,7 +215,8 @@ def main():
     default="constant",
     show_default=True,
     help="burda: Burda et al.'s 8 stages, 3^i epochs at the rate times 10^(-i/7), "
-    "scaled to --epochs (theirs for --epochs 3280).",
+    "scaled to --epochs (theirs for --epochs 3280); cosine: from the rate down to 0 "
+    "along half a cosine over the run.",
 )
 @click.option(
     "--binarize",

@@ -126,7 +126,7 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
             Bad(("--learning-rate", "fast"), "not a valid float"),
             Bad(("--learning-rate", "nan"), r"0<x<10"),
         ],
-        "lr_schedule": choice("--lr-schedule", LR_SCHEDULES, bad=("cosine", "")),
+        "lr_schedule": choice("--lr-schedule", LR_SCHEDULES, bad=("linear", "")),
         "binarize": choice("--binarize", BINARIZATIONS, bad=("soft", "")),
         "objective": choice("--objective", OBJECTIVES, bad=("vlb", "")),
         "k": positive_int("--k"),

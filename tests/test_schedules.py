@@ -40,9 +40,33 @@ def test_the_keras_schedule_switches_rates_at_the_stage_boundaries():
     assert not math.isnan(float(schedule(10**9)))
 
 
-def test_a_run_trains_under_the_schedule_and_reloads_it(tmp_path):
-    """Two epochs of 10 steps under a 2-epoch Burda schedule: epoch 1 at
-    1e-3 * 10**(-6/7), epoch 2 at 1e-4. The saved model keeps the schedule."""
+def test_the_cosine_schedule_falls_from_the_rate_to_zero_over_the_run():
+    """lr(t) = base * (1 + cos(pi * t / T)) / 2 for T = epochs * steps."""
+    steps_per_epoch, epochs = 10, 4
+    schedule = learning_rate("cosine", 2e-3, epochs, steps_per_epoch)
+    total = epochs * steps_per_epoch
+    for step in (0, 7, 20, 33, total):
+        expected = 2e-3 * (1 + math.cos(math.pi * step / total)) / 2
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-12)
+    assert float(schedule(total + 100)) == pytest.approx(0.0, abs=1e-12)
+
+
+COSINE_AT_STEP_9 = 1e-3 * (1 + math.cos(math.pi * 9 / 20)) / 2
+
+
+@pytest.mark.parametrize(
+    ("schedule", "at_step_9", "at_step_10", "at_the_end"),
+    [
+        ("burda", 1e-3 * 10 ** (-6 / 7), 1e-4, 1e-4),
+        ("cosine", COSINE_AT_STEP_9, 5e-4, 0.0),
+    ],
+)
+def test_a_run_trains_under_the_schedule_and_reloads_it(
+    tmp_path, schedule, at_step_9, at_step_10, at_the_end
+):
+    """Two epochs of 10 steps: the optimizer ends at the schedule's last rate
+    and the saved model keeps the schedule (a 2-epoch Burda schedule is
+    epoch 1 at 1e-3 * 10**(-6/7) and epoch 2 at 1e-4)."""
     from tfvae.runs import TrainConfig, load_run
     from tfvae.training import train
 
@@ -52,14 +76,14 @@ def test_a_run_trains_under_the_schedule_and_reloads_it(tmp_path):
         batch_size=10,
         hidden_units=(16,),
         latent_dim=2,
-        lr_schedule="burda",
+        lr_schedule=schedule,
     )
     result = train(config, tmp_path / "run", echo=lambda _: None, verbose=0)
     optimizer = result.model.optimizer
     assert int(optimizer.iterations.numpy()) == 20
-    assert float(optimizer.learning_rate) == pytest.approx(1e-4)
+    assert float(optimizer.learning_rate) == pytest.approx(at_the_end, rel=1e-6, abs=1e-12)
     run = load_run(tmp_path / "run")
-    assert run.state.config.lr_schedule == "burda"
-    schedule = run.model.optimizer._learning_rate
-    assert float(schedule(9)) == pytest.approx(1e-3 * 10 ** (-6 / 7))
-    assert float(schedule(10)) == pytest.approx(1e-4)
+    assert run.state.config.lr_schedule == schedule
+    reloaded = run.model.optimizer._learning_rate
+    assert float(reloaded(9)) == pytest.approx(at_step_9)
+    assert float(reloaded(10)) == pytest.approx(at_step_10)

@@ -25,13 +25,16 @@ def burda_stages(epochs: int, learning_rate: float) -> list[tuple[int, float]]:
 
 
 def learning_rate(schedule: str, base: float, epochs: int, steps_per_epoch: int):
-    """The optimizer's learning rate: `base` for `constant`, or a step-indexed
-    piecewise-constant schedule (a built-in Keras one, so `model.keras`
-    reloads it in safe mode)."""
+    """The optimizer's learning rate: `base` for `constant`, else a
+    step-indexed built-in Keras schedule (so `model.keras` reloads it in safe
+    mode): Burda et al.'s stages, or a cosine decay from `base` to 0 over the
+    whole run."""
     if schedule == "constant":
         return base
     import keras
 
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(base, decay_steps=epochs * steps_per_epoch)
     stages = burda_stages(epochs, base)
     # The schedule sees the number of steps already taken; a boundary b keeps
     # the earlier rate for steps <= b, so epoch e's last step is e * steps - 1.
