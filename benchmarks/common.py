@@ -13,6 +13,7 @@ import platform
 import re
 import resource
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -158,3 +159,52 @@ def run_child(command: list[str], timeout: float | None = None) -> dict[str, Any
 def quiet_tensorflow() -> None:
     """Hide TensorFlow's C++ info logs (set before TensorFlow is imported)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+TFVAE = [sys.executable, "-m", "cli"]
+
+
+def tfvae(args: list[str]) -> str:
+    """Run `tfvae ARGS` in a child process; exit with its error if it fails."""
+    result = subprocess.run([*TFVAE, *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.exit(f"tfvae {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def train_and_score(train: list[str], run_dir: Path, eval_k: int) -> dict[str, Any]:
+    """`tfvae train TRAIN --run-dir RUN_DIR`, then `tfvae evaluate --k EVAL_K`:
+    the commands, their wall-clock seconds, the final test scores and the
+    curve of test -ELBO after every epoch against cumulative training seconds
+    (from the run's metrics.csv, so a resumed run keeps its earlier epochs)."""
+    train = [*train, "--run-dir", str(run_dir)]
+    start = time.perf_counter()
+    tfvae(["train", *train])
+    train_seconds = time.perf_counter() - start
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    curve, clock = [], 0.0
+    for row in rows[1:]:
+        values = dict(zip(header, row.split(","), strict=True))
+        clock += float(values["seconds"])
+        curve.append(
+            {
+                "epoch": int(values["epoch"]),
+                "seconds": round(clock, 1),
+                "test_neg_elbo": -float(values["test_elbo"]),
+            }
+        )
+    start = time.perf_counter()
+    evaluate = ["evaluate", str(run_dir), "--k", str(eval_k), "--json"]
+    scores = json.loads(tfvae(evaluate).strip().splitlines()[-1])
+    return {
+        "command": " ".join(["tfvae", "train", *train]),
+        "eval_command": " ".join(["tfvae", *evaluate[:-1]]),
+        "train_seconds": round(train_seconds, 1),
+        "eval_seconds": round(time.perf_counter() - start, 1),
+        "test_nll": scores["nll"],
+        "test_neg_elbo": -scores["elbo"],
+        "active_units": scores["active_units"],
+        "curve": curve,
+        "machine": machine(with_gpus=False),
+    }

@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, write_results  # noqa: E402
+from common import train_and_score, write_results  # noqa: E402
 
-TFVAE = [sys.executable, "-m", "cli"]
 BURDA = [
     "--hidden",
     "200,200",
@@ -45,13 +42,6 @@ BURDA = [
     "--binarize",
     "dynamic",
 ]
-
-
-def run(args: list[str]) -> str:
-    result = subprocess.run([*TFVAE, *args], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        sys.exit(f"tfvae {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return result.stdout
 
 
 def main() -> None:
@@ -76,40 +66,8 @@ def main() -> None:
         str(args.epochs),
         "--lr-schedule",
         args.lr_schedule,
-        "--run-dir",
-        str(run_dir),
     ]
-    start = time.perf_counter()
-    run(["train", *train])
-    train_seconds = time.perf_counter() - start
-    rows = (run_dir / "metrics.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    curve, clock = [], 0.0
-    for row in rows[1:]:
-        values = dict(zip(header, row.split(","), strict=True))
-        clock += float(values["seconds"])
-        curve.append(
-            {
-                "epoch": int(values["epoch"]),
-                "seconds": round(clock, 1),
-                "test_neg_elbo": -float(values["test_elbo"]),
-            }
-        )
-    start = time.perf_counter()
-    scores = json.loads(
-        run(["evaluate", str(run_dir), "--k", str(args.eval_k), "--json"]).strip().splitlines()[-1]
-    )
-    result = {
-        "command": " ".join(["tfvae", "train", *train]),
-        "eval_command": f"tfvae evaluate {run_dir} --k {args.eval_k}",
-        "train_seconds": round(train_seconds, 1),
-        "eval_seconds": round(time.perf_counter() - start, 1),
-        "test_nll": scores["nll"],
-        "test_neg_elbo": -scores["elbo"],
-        "active_units": scores["active_units"],
-        "curve": curve,
-        "machine": machine(with_gpus=False),
-    }
+    result = train_and_score(train, run_dir, args.eval_k)
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}, indent=1))
     write_results(f"literature-{name}", result)
 
