@@ -1,0 +1,30 @@
+"""What a new user's model learns: the defaults on the real MNIST, against
+figures saved from an earlier run, so the default quality cannot get worse
+unnoticed."""
+
+import dataclasses
+
+from tfvae.runs import TrainConfig
+from tfvae.scoring import score_run
+from tfvae.training import train
+
+EPOCHS = 3
+# `tfvae train --epochs 3` then `tfvae evaluate RUN --k 100`, measured on the
+# 2-core AMD EPYC VM (see benchmarks/RESULTS.md). Seeds are fixed; the margin
+# covers float rounding that differs between CPUs and XLA versions.
+SAVED_NEG_ELBO = None
+SAVED_NLL_K100 = None
+MARGIN = 0.5  # nats per image
+
+
+def test_the_defaults_learn_as_well_as_the_saved_run(tmp_path):
+    config = dataclasses.replace(TrainConfig(), epochs=EPOCHS)
+    train(config, tmp_path / "run", echo=lambda _: None, verbose=0)
+    scores = score_run(tmp_path / "run", k=100)
+    neg_elbo, nll = -scores["elbo"], scores["nll"]
+    print(neg_elbo, nll)
+    assert neg_elbo <= SAVED_NEG_ELBO + MARGIN, f"test -ELBO {neg_elbo:.2f} > {SAVED_NEG_ELBO}"
+    assert nll <= SAVED_NLL_K100 + MARGIN, f"test NLL {nll:.2f} > {SAVED_NLL_K100}"
+    # The K = 100 bound is tighter than the ELBO by a few nats, not by zero.
+    assert 1.0 < neg_elbo - nll < 10.0
+    assert scores["active_units"] == config.latent_dim
