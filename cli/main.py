@@ -24,6 +24,7 @@ from tfvae.choices import (
     OBJECTIVES,
     STRATEGIES,
 )
+from tfvae.runs import TrainConfig
 
 
 def _import_tensorflow_quietly() -> None:
@@ -106,6 +107,8 @@ POSITIVE = click.IntRange(min=1)
 # Seeds become int32 stateless-random seeds: larger values would wrap.
 SEED = click.IntRange(min=0, max=2**31 - 1)
 RUN_DIR = click.Path(file_okay=False, path_type=Path)
+# `tfvae train`'s defaults are the library's, so the two cannot drift apart.
+DEFAULTS = TrainConfig()
 EXISTING_RUN = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
@@ -149,7 +152,7 @@ def main():
 @click.option(
     "--dataset",
     type=DatasetSpec(),
-    default="mnist",
+    default=DEFAULTS.dataset,
     show_default=True,
     help="mnist (bundled), idx:DIR or tfds:NAME[/CONFIG].",
 )
@@ -169,95 +172,100 @@ def main():
 @click.option(
     "--arch",
     type=click.Choice(ARCHS),
-    default="mlp",
+    default=DEFAULTS.arch,
     show_default=True,
     help="Encoder/decoder body.",
 )
 @click.option(
     "--latent-dim",
     type=POSITIVE,
-    default=20,
+    default=DEFAULTS.latent_dim,
     show_default=True,
     help="Size of z. 2 also draws manifold.png and latent.png.",
 )
 @click.option(
     "--hidden",
     type=IntList(),
-    default="400",
+    default=",".join(map(str, DEFAULTS.hidden_units)),
     show_default=True,
     help="Hidden layer sizes, e.g. 400 or 200,200.",
 )
-@click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu", show_default=True)
+@click.option(
+    "--activation",
+    type=click.Choice(ACTIVATIONS),
+    default=DEFAULTS.activation,
+    show_default=True,
+)
 @click.option(
     "--epochs",
     type=POSITIVE,
-    default=200,
+    default=DEFAULTS.epochs,
     show_default=True,
     help="Passes over the training set (200: about 10 minutes on a 2-core CPU).",
 )
 @click.option(
     "--batch-size",
     type=POSITIVE,
-    default=128,
+    default=DEFAULTS.batch_size,
     show_default=True,
     help="Global batch size (split across replicas).",
 )
 @click.option(
     "--learning-rate",
     type=FiniteFloatRange(min=0, min_open=True, max=10, max_open=True),
-    default=1e-3,
+    default=DEFAULTS.learning_rate,
     show_default=True,
-    help="Adam learning rate.",
+    help="Adam learning rate (the peak rate under --lr-schedule cosine).",
 )
 @click.option(
     "--lr-schedule",
     type=click.Choice(LR_SCHEDULES),
-    default="constant",
+    default=DEFAULTS.lr_schedule,
     show_default=True,
-    help="burda: Burda et al.'s 8 stages, 3^i epochs at the rate times 10^(-i/7), "
-    "scaled to --epochs (theirs for --epochs 3280); cosine: from the rate down to 0 "
-    "along half a cosine over the run.",
+    help="cosine: from the rate down to 0 along half a cosine over the run; constant; "
+    "burda: Burda et al.'s 8 stages, 3^i epochs at the rate times 10^(-i/7), "
+    "scaled to --epochs (theirs for --epochs 3280).",
 )
 @click.option(
     "--binarize",
     type=click.Choice(BINARIZATIONS),
-    default="dynamic",
+    default=DEFAULTS.binarize,
     show_default=True,
     help="A fresh Bernoulli draw each pass, one fixed draw, or none (grey levels as targets).",
 )
 @click.option(
     "--objective",
     type=click.Choice(OBJECTIVES),
-    default="elbo",
+    default=DEFAULTS.objective,
     show_default=True,
     help="elbo (Kingma & Welling) or iwae (importance-weighted bound, Burda et al.).",
 )
 @click.option(
     "--k",
     type=POSITIVE,
-    default=1,
+    default=DEFAULTS.k,
     show_default=True,
     help="Samples of z per image (the IWAE's K; the ELBO averages over them).",
 )
 @click.option(
     "--beta",
     type=FiniteFloatRange(min=0, max=1000),
-    default=1.0,
+    default=DEFAULTS.beta,
     show_default=True,
     help="Weight of the KL term (beta-VAE); 1 is the ELBO.",
 )
 @click.option(
     "--kl-warmup",
     type=click.IntRange(min=0),
-    default=0,
+    default=DEFAULTS.kl_warmup,
     show_default=True,
     help="Epochs over which the KL weight ramps linearly from 0 to --beta.",
 )
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=DEFAULTS.seed, show_default=True)
 @click.option(
     "--strategy",
     type=click.Choice(STRATEGIES),
-    default="auto",
+    default=DEFAULTS.strategy,
     show_default=True,
     help="tf.distribute strategy.",
 )

@@ -9,11 +9,12 @@ from tfvae.scoring import score_run
 from tfvae.training import train
 
 EPOCHS = 3
-# `tfvae train --epochs 3` then `tfvae evaluate RUN --k 100`, measured on the
-# 2-core AMD EPYC VM (see benchmarks/RESULTS.md). Seeds are fixed; the margin
-# covers float rounding that differs between CPUs and XLA versions.
-SAVED_NEG_ELBO = None
-SAVED_NLL_K100 = None
+# `tfvae train --epochs 3` (cosine from 2e-3) then `tfvae evaluate RUN --k 100`
+# on the 2-core AMD EPYC VM. Seeds are fixed; the margin covers float
+# rounding that differs between CPUs and XLA versions. A change that makes
+# the defaults learn better should lower these figures with it.
+SAVED_NEG_ELBO = 110.03
+SAVED_NLL_K100 = 105.91
 MARGIN = 0.5  # nats per image
 
 
@@ -22,7 +23,6 @@ def test_the_defaults_learn_as_well_as_the_saved_run(tmp_path):
     train(config, tmp_path / "run", echo=lambda _: None, verbose=0)
     scores = score_run(tmp_path / "run", k=100)
     neg_elbo, nll = -scores["elbo"], scores["nll"]
-    print(neg_elbo, nll)
     assert neg_elbo <= SAVED_NEG_ELBO + MARGIN, f"test -ELBO {neg_elbo:.2f} > {SAVED_NEG_ELBO}"
     assert nll <= SAVED_NLL_K100 + MARGIN, f"test NLL {nll:.2f} > {SAVED_NLL_K100}"
     # The K = 100 bound is tighter than the ELBO by a few nats, not by zero.

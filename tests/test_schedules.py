@@ -76,6 +76,7 @@ def test_a_run_trains_under_the_schedule_and_reloads_it(
         batch_size=10,
         hidden_units=(16,),
         latent_dim=2,
+        learning_rate=1e-3,
         lr_schedule=schedule,
     )
     result = train(config, tmp_path / "run", echo=lambda _: None, verbose=0)
