@@ -149,6 +149,13 @@ def test_config_json_is_validated(tmp_path):
     assert TrainConfig.from_dict(json.loads(json.dumps(good))) == TrainConfig()
 
 
+def test_a_config_from_before_lr_schedules_resumes_at_a_constant_rate():
+    old = TrainConfig(learning_rate=1e-3).to_dict()
+    del old["lr_schedule"]
+    assert TrainConfig().lr_schedule == "cosine"
+    assert TrainConfig.from_dict(old).lr_schedule == "constant"
+
+
 def test_restore_under_a_distribution_strategy(tmp_path):
     """A run resumed under MirroredStrategy: the optimizer's slots must be
     created in the strategy's scope (outside it, restoring raised)."""

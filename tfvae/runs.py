@@ -140,6 +140,9 @@ class TrainConfig:
         if unknown:
             raise RunError(f"config: unknown settings {sorted(unknown)}")
         values = dict(values)
+        # Runs from before the setting existed trained at a constant rate;
+        # resuming one under today's default would switch schedules mid-run.
+        values.setdefault("lr_schedule", "constant")
         for field in ("hidden_units", "resize"):
             if isinstance(values.get(field), list):
                 values[field] = tuple(values[field])
