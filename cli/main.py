@@ -24,7 +24,7 @@ from tfvae.choices import (
     OBJECTIVES,
     STRATEGIES,
 )
-from tfvae.runs import TrainConfig
+from tfvae.runs import MAX_SEED, TrainConfig
 
 
 def _import_tensorflow_quietly() -> None:
@@ -104,12 +104,11 @@ def _model_name(ctx, param, value):
 
 
 POSITIVE = click.IntRange(min=1)
-# Seeds become int32 stateless-random seeds: larger values would wrap.
-SEED = click.IntRange(min=0, max=2**31 - 1)
+SEED = click.IntRange(min=0, max=MAX_SEED)
 RUN_DIR = click.Path(file_okay=False, path_type=Path)
+EXISTING_RUN = click.Path(exists=True, file_okay=False, path_type=Path)
 # `tfvae train`'s defaults are the library's, so the two cannot drift apart.
 DEFAULTS = TrainConfig()
-EXISTING_RUN = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
 def user_errors(command):
@@ -314,7 +313,6 @@ def train(run_dir, overwrite, hidden, **settings):
       tfvae train --arch conv --latent-dim 2 --epochs 20 --run-dir runs/conv2d
     """
     from tfvae.distribute import PeerLostError
-    from tfvae.runs import TrainConfig
     from tfvae.training import train as train_run
 
     config = TrainConfig(hidden_units=hidden, **settings)
