@@ -40,25 +40,26 @@ def test_the_keras_schedule_switches_rates_at_the_stage_boundaries():
     assert not math.isnan(float(schedule(10**9)))
 
 
-def test_the_cosine_schedule_falls_from_the_rate_to_zero_over_the_run():
+def cosine(base, step, total):
     """lr(t) = base * (1 + cos(pi * t / T)) / 2 for T = epochs * steps."""
+    return base * (1 + math.cos(math.pi * step / total)) / 2
+
+
+def test_the_cosine_schedule_falls_from_the_rate_to_zero_over_the_run():
     steps_per_epoch, epochs = 10, 4
     schedule = learning_rate("cosine", 2e-3, epochs, steps_per_epoch)
     total = epochs * steps_per_epoch
     for step in (0, 7, 20, 33, total):
-        expected = 2e-3 * (1 + math.cos(math.pi * step / total)) / 2
+        expected = cosine(2e-3, step, total)
         assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-12)
     assert float(schedule(total + 100)) == pytest.approx(0.0, abs=1e-12)
-
-
-COSINE_AT_STEP_9 = 1e-3 * (1 + math.cos(math.pi * 9 / 20)) / 2
 
 
 @pytest.mark.parametrize(
     ("schedule", "at_step_9", "at_step_10", "at_the_end"),
     [
         ("burda", 1e-3 * 10 ** (-6 / 7), 1e-4, 1e-4),
-        ("cosine", COSINE_AT_STEP_9, 5e-4, 0.0),
+        ("cosine", cosine(1e-3, 9, 20), 5e-4, 0.0),
     ],
 )
 def test_a_run_trains_under_the_schedule_and_reloads_it(
