@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from common import (
+    BENCH_DIR,
     REPO_ROOT,
     RESULTS_DIR,
     ChildError,
@@ -40,6 +41,7 @@ from common import (
     warn_if_busy,
     write_results,
 )
+from lockstep import Lockstep, wait_for_turn
 
 NAME = "train_throughput"
 TORCH_PYTHON = REPO_ROOT / ".cache" / "venv-torch" / "bin" / "python"
@@ -52,15 +54,18 @@ TRAIN_FLOPS = 3 * FORWARD_FLOPS  # backward ~= 2x forward
 # The issue note's comparison: default strategy vs mirrored vs jit, and the defaults.
 MIRRORED2 = ("mlp", "mlp-mirrored2", "mlp-jit", "default", "default-mirrored2")
 GEMM_SHAPES = {"step": (128, 784, 400), "large": (1024, 1024, 1024)}
+# What each side prints at the end of an epoch in `paired_epochs`.
+EPOCH_MARKER = "EPOCH "
+TORCH_EPOCH_MARKER = "epoch "
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One measured configuration: `TrainConfig` overrides and how data comes in.
 
-    `pipeline`: `default` (noise drawn in the pipeline, as `tfvae train`),
-    `model-noise` (the model draws its noise), `cached` (batches kept in memory
-    after the warm-up epoch: the input pipeline costs ~nothing).
+    `pipeline`: `default` (as `tfvae train`: uint8 images and their keys, the
+    step draws pixels and noise), `cached` (batches kept in memory after the
+    warm-up epoch: the input pipeline costs ~nothing).
     """
 
     name: str
@@ -88,7 +93,6 @@ def cases(spe: int) -> dict[str, Case]:
             mirrored = {"strategy": "mirrored"}
             out += [
                 Case("default-static", {"binarize": "static"}, note="defaults, static binarize"),
-                Case("default-model-noise", {}, "model-noise", note="defaults, noise in step"),
                 Case("default-cached", {}, "cached", note="defaults, batches cached: no input"),
                 Case(
                     "mlp-mirrored2",
@@ -136,13 +140,10 @@ def _train_child(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["limit"]:
         data = data.limit(spec["limit"], spec["limit"])
     keras.utils.set_random_seed(config.seed)
-    noise_shape = (config.latent_dim,) if config.k == 1 else (config.k, config.latent_dim)
-    if spec["pipeline"] == "model-noise":
-        noise_shape = None
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     train_ds = datasets.train_pipeline(
-        data, config.batch_size, config.binarize, config.seed, noise_shape
+        data, config.batch_size, config.binarize, config.seed
     ).with_options(options)
     if spec["pipeline"] == "cached":
         train_ds = train_ds.cache().prefetch(tf.data.AUTOTUNE)
@@ -162,6 +163,9 @@ def _train_child(spec: dict[str, Any]) -> dict[str, Any]:
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             self.seconds.append(time.perf_counter() - self._start)
             self.logs = {k: float(v) for k, v in (logs or {}).items()}
+            if spec.get("lockstep"):
+                print(f"{EPOCH_MARKER}{epoch + 1}", flush=True)
+                wait_for_turn()
 
     timer = EpochTimer()
     setup_s = time.perf_counter() - started
@@ -310,6 +314,70 @@ def peer_rounds(
     }
 
 
+def paired_epochs(pairs: int, python: Path, script: Path, threads: int = 0) -> dict[str, Any]:
+    """tfvae's defaults and the PyTorch peer in lockstep, one epoch each in turn.
+
+    Both processes live through the whole measurement; each trains alone while
+    the other waits at the end of an epoch (`lockstep.py`). After one warm-up
+    epoch each, `pairs` pairs of adjacent epochs (which goes first alternates)
+    give one images/s ratio per pair, measured seconds apart, so the drifts of
+    a shared VM's speed that whole runs in turn cannot escape mostly cancel.
+    """
+    spec = {
+        "config": {},
+        "pipeline": "default",
+        "logical_cpus": 0,
+        "epochs": pairs,
+        "warmup": 1,
+        "limit": None,
+        "lockstep": True,
+    }
+    peer = [str(python), str(BENCH_DIR / "lockstep.py"), TORCH_EPOCH_MARKER, str(script)]
+    peer += ["--epochs", str(pairs + 1), "--no-eval"]
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = Lockstep(
+            [sys.executable, __file__, "--train-child", json.dumps(spec)],
+            EPOCH_MARKER,
+            Path(tmp) / "tfvae.log",
+        )
+        theirs = Lockstep(
+            [*peer, "--threads", str(threads), "--json", str(Path(tmp) / "torch.json")],
+            TORCH_EPOCH_MARKER,
+            Path(tmp) / "torch.log",
+        )
+        try:
+            theirs.epoch(), ours.epoch()  # warm-up: start-up, tracing, compilation
+            rows = []
+            for index in range(pairs):
+                first, second = (ours, theirs) if index % 2 == 0 else (theirs, ours)
+                times = {id(first): first.epoch(), id(second): second.epoch()}
+                tfvae_s, torch_s = times[id(ours)], times[id(theirs)]
+                rows.append({"tfvae_s": tfvae_s, "torch_s": torch_s, "ratio": torch_s / tfvae_s})
+                print(
+                    f"  pair {index + 1:2d}: tfvae {tfvae_s:.3f} s   torch {torch_s:.3f} s   "
+                    f"ratio {torch_s / tfvae_s:.3f}",
+                    flush=True,
+                )
+            tfvae_result, torch_result = ours.finish(), theirs.finish()
+        finally:
+            ours.kill()
+            theirs.kill()
+    images = tfvae_result["images_per_epoch"]
+    return {
+        "tfvae_config": tfvae_result["config"],
+        "torch_threads": torch_result.get("threads"),
+        "torch_version": torch_result.get("torch"),
+        "images_per_epoch": images,
+        "pairs": rows,
+        "median_ratio": statistics.median(r["ratio"] for r in rows),
+        "median_tfvae_images_per_s": images / statistics.median(r["tfvae_s"] for r in rows),
+        "median_torch_images_per_s": images / statistics.median(r["torch_s"] for r in rows),
+        "tfvae_train_loss_last": tfvae_result.get("train_loss_last"),
+        "torch_train_neg_elbo_last": torch_result.get("train_neg_elbo_last"),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+
+
 def bound(seconds: float) -> dict[str, Any]:
     """GEMM throughput and the MLP's matmul bound in images/s."""
     result = _child("gemm", {"seconds": seconds})
@@ -373,6 +441,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="timed epochs after 1 warm-up (default 5)")
     parser.add_argument("--conv-epochs", type=int, help="timed conv epochs (default 3)")
     parser.add_argument("--rounds", type=int, help="tfvae/torch alternations (default 3)")
+    parser.add_argument("--pairs", type=int, help="lockstep tfvae/torch epoch pairs (default 20)")
     parser.add_argument("--quick", action="store_true", help="1 timed epoch, 1 round, small conv")
     parser.add_argument(
         "--only", help="comma-separated names: configurations, 'bound', 'torch' (see --list)"
@@ -408,10 +477,12 @@ def main() -> None:
             print(f"{case.name:20s} {case.note}")
         print(f"{'bound':20s} GEMM throughput and the MLP's matmul bound")
         print(f"{'torch':20s} --rounds alternations of tfvae defaults and the PyTorch peer")
+        print(f"{'paired':20s} --pairs epochs of tfvae defaults and the peer in lockstep")
         return
     epochs = args.epochs or (1 if args.quick else 5)
     conv_epochs = args.conv_epochs or (1 if args.quick else 3)
     rounds = args.rounds or (1 if args.quick else 3)
+    pairs = args.pairs or (4 if args.quick else 20)
     gemm_seconds = args.gemm_seconds or (0.5 if args.quick else 2.0)
     conv_limit = args.conv_limit or (4096 if args.quick else None)
     if args.mirrored2:
@@ -419,8 +490,8 @@ def main() -> None:
     elif args.only:
         selected = [name.strip() for name in args.only.split(",") if name.strip()]
     else:
-        selected = ["bound", *table, "torch"]
-    unknown = [n for n in selected if n not in table and n not in ("bound", "torch")]
+        selected = ["bound", *table, "torch", "paired"]
+    unknown = [n for n in selected if n not in table and n not in ("bound", "torch", "paired")]
     if unknown:
         parser.error(f"unknown names {unknown}; see --list")
     out = args.out or RESULTS_DIR / (f"{NAME}.quick.json" if args.quick else f"{NAME}.json")
@@ -466,6 +537,14 @@ def main() -> None:
             )
         else:
             print(f"skipping the peer: {args.torch_python} or {args.torch_peer} missing")
+    if "paired" in selected:
+        if args.torch_python.exists() and args.torch_peer.exists():
+            print(f"PyTorch peer, {pairs} lockstep epoch pairs:", flush=True)
+            results["paired_epochs"] = paired_epochs(
+                pairs, args.torch_python, args.torch_peer, args.torch_threads
+            )
+        else:
+            print(f"skipping the peer: {args.torch_python} or {args.torch_peer} missing")
 
     current_machine = (results.get("bound") or {}).pop("machine", None)
     if current_machine is None:
@@ -477,6 +556,7 @@ def main() -> None:
             "epochs": epochs,
             "conv_epochs": conv_epochs,
             "rounds": rounds,
+            "pairs": pairs,
             "limit": args.limit,
             "conv_limit": conv_limit,
             "quick": args.quick,
@@ -489,6 +569,7 @@ def main() -> None:
             if name in table
         },
         "peer_rounds": results.get("peer_rounds", previous.get("peer_rounds")),
+        "paired_epochs": results.get("paired_epochs", previous.get("paired_epochs")),
         "measured_now": selected,
         "wall_s": time.perf_counter() - began,
     }
@@ -508,6 +589,15 @@ def main() -> None:
             f"(tfvae {peer['median_tfvae_images_per_s']:.0f}, "
             f"torch {peer['median_torch_images_per_s']:.0f} img/s, "
             f"torch threads {peer['torch_threads']})"
+        )
+    if merged["paired_epochs"]:
+        paired = merged["paired_epochs"]
+        quartiles = statistics.quantiles([r["ratio"] for r in paired["pairs"]], n=4)
+        print(
+            f"tfvae/torch images/s over {len(paired['pairs'])} lockstep epoch pairs: median "
+            f"{paired['median_ratio']:.3f} (quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}; "
+            f"tfvae {paired['median_tfvae_images_per_s']:.0f}, "
+            f"torch {paired['median_torch_images_per_s']:.0f} img/s)"
         )
     if args.mirrored2:
         print("issue note, images/s (jit off, 1 step/execution unless said):")
