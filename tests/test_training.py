@@ -179,6 +179,7 @@ def test_a_resumed_run_does_not_replay_the_first_epochs_batches():
     """A pipeline restarts its shuffle and its draws: resumed after epoch 3,
     a run seeded as a fresh one would see epoch 1's batches again."""
     from tfvae import data as datasets
+    from tfvae.noise import training_batch
     from tfvae.training import pipeline_seed
 
     assert pipeline_seed(7, 0) == 7
@@ -188,9 +189,9 @@ def test_a_resumed_run_does_not_replay_the_first_epochs_batches():
     dataset = datasets.ImageDataset("noise", images, images[:4])
 
     def first_epoch(seed):
-        pipeline = datasets.train_pipeline(dataset, 16, seed=seed, noise_shape=(2,))
+        batches = [training_batch(b, [2]) for b in datasets.train_pipeline(dataset, 16, seed=seed)]
         return np.concatenate(
-            [np.concatenate([x.numpy().reshape(16, -1), n.numpy()], 1) for x, n in pipeline]
+            [np.concatenate([x.numpy().reshape(16, -1), n.numpy()], 1) for x, n in batches]
         )
 
     fresh, resumed = first_epoch(pipeline_seed(7, 0)), first_epoch(pipeline_seed(7, 3))

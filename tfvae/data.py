@@ -1,8 +1,9 @@
 """Image data sets and the `tf.data` pipelines that feed the VAE.
 
 Images are kept in memory as uint8 `[n, height, width, channels]` (decoded
-once); pipelines gather whole batches by index, binarize them with one
-vectorised op and prefetch, so the input never waits on Python.
+once); pipelines gather whole batches by index and prefetch, so the input
+never waits on Python. Dynamic binarization happens in the training step
+(`tfvae.noise`), which is where its random numbers are cheapest.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tfvae.idx import IdxError, read_idx
 # The test split is binarized once with this seed (numpy PCG64), the same
 # draw as the PyTorch peer's, so test figures compare across runs and packages.
 TEST_BINARIZATION_SEED = 0
+PREFETCH = 4  # batches made ahead of the step
 
 
 class DataError(ValueError):
@@ -211,11 +213,8 @@ def _as_float(images, binary: bool):
 
 
 def _with_noise(x, noise_shape, seed):
-    """Pair a batch with the standard-normal noise of its reparameterized draws.
-
-    Drawn here, with the batch, the noise of each image is the same however
-    many replicas share the batch, so 1 and N replicas give the same update.
-    """
+    """Pair a batch with fixed standard-normal noise for its reparameterized
+    draws, so every evaluation of the same weights gives the same numbers."""
     import tensorflow as tf
 
     if noise_shape is None:
@@ -224,21 +223,31 @@ def _with_noise(x, noise_shape, seed):
     return x, tf.random.stateless_normal(shape, seed=seed, alg="philox")
 
 
-def train_pipeline(
-    data: ImageDataset,
-    batch_size: int,
-    binarize: str = "dynamic",
-    seed: int = 0,
-    noise_shape: tuple[int, ...] | None = None,
-):
-    """Shuffled batches of training images, float32 `[batch, h, w, c]`.
+def _quiet(dataset):
+    """A pipeline on one private thread, without autotuning: its work per batch
+    is a gather, and on a 2-core CPU autotuning stalled some epochs' start by
+    0.5-1.4 s while extra threads competed with the training step."""
+    import tensorflow as tf
 
-    `dynamic` draws a fresh Bernoulli sample of every batch on every pass (the
-    usual choice in the literature); `static` draws one sample up front;
-    `none` keeps the intensities in [0, 1] as Bernoulli targets (for colour
-    or grey-level sets). Sets that are already binary are never binarized.
-    With `noise_shape` (e.g. `(latent,)`), batches come as `(images, noise)`.
-    Deterministic for a given `seed` (and TensorFlow global seed).
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.threading.private_threadpool_size = 1
+    return dataset.prefetch(PREFETCH).with_options(options)
+
+
+def train_pipeline(data: ImageDataset, batch_size: int, binarize: str = "dynamic", seed: int = 0):
+    """Shuffled batches of training images, each a dict with the images' `keys`
+    (uint32 `[batch, 2]`) and either `intensities` (uint8 `[batch, h, w, c]`, to
+    binarize) or `images` (float32, used as they are).
+
+    `dynamic` binarizes every batch afresh on every pass (the usual choice in
+    the literature): the training step draws the pixels from the keys, so the
+    pipeline ships uint8 and never touches a random pixel (`noise.training_batch`
+    turns a batch into images and noise, as `VAE.train_step` does). `static`
+    draws one binary sample up front; `none` keeps the intensities in [0, 1] as
+    Bernoulli targets (for colour or grey-level sets). Sets that are already
+    binary are never binarized. Deterministic for a given `seed` (and
+    TensorFlow global seed).
     """
     import tensorflow as tf
 
@@ -251,22 +260,18 @@ def train_pipeline(
         binary = True
     dynamic = binarize == "dynamic" and not binary
 
-    def draw(idx, pair):
-        # philox explicitly: XLA's auto-selected generator is ~40x slower on CPU.
-        binarize_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(pair, 2))
-        x = _as_float(tf.gather(images, idx), binary)
+    def gather(idx, pair):
+        keys = tf.random.stateless_uniform(
+            [tf.size(idx), 2], seed=pair, minval=None, maxval=None, dtype=tf.uint32, alg="philox"
+        )
+        batch = tf.gather(images, idx)
         if dynamic:
-            u = tf.random.stateless_uniform(tf.shape(x), seed=binarize_seed, alg="philox")
-            x = tf.cast(u < x, tf.float32)
-        return _with_noise(x, noise_shape, noise_seed)
+            return {"intensities": batch, "keys": keys}
+        return {"images": _as_float(batch, binary), "keys": keys}
 
     indices = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    return (
-        tf.data.Dataset.zip(indices.batch(batch_size), seeds)
-        .map(draw, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    return _quiet(tf.data.Dataset.zip(indices.batch(batch_size), seeds).map(gather))
 
 
 def test_pipeline(
@@ -285,8 +290,8 @@ def test_pipeline(
 
     x = data.fixed_binarized("test", binarize)
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
-    return (
-        tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices(x).batch(batch_size), seeds)
-        .map(lambda b, pair: _with_noise(b, noise_shape, pair), num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
+    return _quiet(
+        tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices(x).batch(batch_size), seeds).map(
+            lambda b, pair: _with_noise(b, noise_shape, pair)
+        )
     )

@@ -13,18 +13,11 @@ import tensorflow_probability as tfp
 
 from tfvae.choices import OBJECTIVES
 from tfvae.layers import BernoulliDecoder, GaussianEncoder, image_distribution
+from tfvae.noise import training_batch
 
 tfd = tfp.distributions
 
 METRICS = ("loss", "elbo", "kl", "log_likelihood")
-
-
-def _unpack(data):
-    """`fit` hands over `x`, `(x,)` or `(x, noise)`: images and, when the input
-    pipeline drew it, the standard-normal noise of the reparameterization."""
-    if isinstance(data, (tuple, list)):
-        return data[0], (data[1] if len(data) > 1 else None)
-    return data, None
 
 
 def _diag_normal(mvn_diag: tfd.MultivariateNormalDiag) -> tfd.Distribution:
@@ -46,7 +39,8 @@ class VAE(keras.Model):
     """Encoder q(z|x), decoder p(x|z) and the prior p(z) = N(0, I).
 
     Images are float32 `[batch, height, width, channels]` with binary pixels
-    for training; all metrics are in nats per image.
+    for training; all metrics are in nats per image. `k` is the number of z
+    drawn per image in training (IWAE's k; 1 for the ELBO).
     """
 
     def __init__(
@@ -60,12 +54,14 @@ class VAE(keras.Model):
         objective: str = "elbo",
         beta: float = 1.0,
         kl_warmup_steps: int = 0,
+        k: int = 1,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.objective = objective
+        self.k = int(k)
         self.beta = float(beta)
         self.kl_warmup_steps = int(kl_warmup_steps)
         coder = dict(
@@ -224,8 +220,19 @@ class VAE(keras.Model):
     def metrics(self):
         return list(self.trackers.values())
 
+    def _unpack(self, data):
+        """`fit` hands over a dict from `data.train_pipeline` (images' keys, to
+        draw pixels and noise from here), `x`, `(x,)` or `(x, noise)`: images
+        and the standard-normal noise of the reparameterization, or None for
+        the model to draw."""
+        if isinstance(data, dict):
+            return training_batch(data, [self.k, self.latent_dim])
+        if isinstance(data, (tuple, list)):
+            return data[0], (data[1] if len(data) > 1 else None)
+        return data, None
+
     def train_step(self, data):
-        images, noise = _unpack(data)
+        images, noise = self._unpack(data)
         with tf.GradientTape() as tape:
             terms = self.elbo_terms(images, noise)
             per_example = self.per_example_loss(terms)
@@ -240,7 +247,7 @@ class VAE(keras.Model):
         return self._record(terms, per_example)
 
     def test_step(self, data):
-        images, noise = _unpack(data)
+        images, noise = self._unpack(data)
         terms = self.elbo_terms(images, noise)
         return self._record(terms, self.per_example_loss(terms))
 
@@ -258,4 +265,5 @@ class VAE(keras.Model):
             "objective": self.objective,
             "beta": self.beta,
             "kl_warmup_steps": self.kl_warmup_steps,
+            "k": self.k,
         }
