@@ -31,9 +31,16 @@ MIRRORED_SCRIPT = textwrap.dedent(
     rng = np.random.default_rng(0)
     x = (rng.random((64, 28, 28, 1)) < 0.3).astype(np.float32)
     noise = rng.standard_normal((64, 20)).astype(np.float32)
-    data = tf.data.Dataset.from_tensors((x, noise))  # one global batch of 64
+    # One global batch of 64: images with their noise, or as `train_pipeline`
+    # serves them (grey levels and keys; the step binarizes and draws noise).
+    batches = {
+        "given": tf.data.Dataset.from_tensors((x, noise)),
+        "keys": tf.data.Dataset.from_tensors({
+            "intensities": rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8),
+            "keys": rng.integers(0, 2**32, (64, 2), dtype=np.uint32)}),
+    }
 
-    def one_step(strategy, initial):
+    def one_step(strategy, initial, data):
         with strategy.scope():
             model = VAE(hidden_units=(64,), seed=0)
             model.set_weights(initial)
@@ -43,29 +50,34 @@ MIRRORED_SCRIPT = textwrap.dedent(
 
     initial = VAE(hidden_units=(64,), seed=0).get_weights()
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    single_w, single_loss = one_step(tf.distribute.get_strategy(), initial)
-    multi_w, multi_loss = one_step(mirrored, initial)
-    print(json.dumps({
-        "replicas": mirrored.num_replicas_in_sync,
-        "max_weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(single_w, multi_w)),
-        "max_update": max(float(np.abs(a - b).max()) for a, b in zip(single_w, initial)),
-        "single_loss": float(single_loss), "multi_loss": float(multi_loss)}))
+    results = {"replicas": mirrored.num_replicas_in_sync}
+    for name, data in batches.items():
+        single_w, single_loss = one_step(tf.distribute.get_strategy(), initial, data)
+        multi_w, multi_loss = one_step(mirrored, initial, data)
+        results[name] = {
+            "max_weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(single_w, multi_w)),
+            "max_update": max(float(np.abs(a - b).max()) for a, b in zip(single_w, initial)),
+            "single_loss": float(single_loss), "multi_loss": float(multi_loss)}
+    print(json.dumps(results))
     """
 )
 
 
 def test_mirrored_two_replicas_give_the_single_device_update(tmp_path):
     """One SGD step on the same global batch: identical weights (1e-5) and the
-    same logged loss. With a per-replica mean loss the update would double."""
+    same logged loss. With a per-replica mean loss the update would double;
+    with draws that depended on the replica, the keyed batch would differ."""
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED_SCRIPT)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["replicas"] == 2
-    assert result["max_update"] > 1e-3  # the step really moved the weights
-    assert result["max_weight_diff"] < 1e-5
-    assert result["multi_loss"] == pytest.approx(result["single_loss"], rel=1e-6)
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    assert results["replicas"] == 2
+    for batch in ("given", "keys"):
+        result = results[batch]
+        assert result["max_update"] > 1e-3  # the step really moved the weights
+        assert result["max_weight_diff"] < 1e-5
+        assert result["multi_loss"] == pytest.approx(result["single_loss"], rel=1e-6)
 
 
 WORKER_SCRIPT = textwrap.dedent(
