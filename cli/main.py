@@ -200,7 +200,7 @@ def main():
     type=POSITIVE,
     default=DEFAULTS.epochs,
     show_default=True,
-    help="Passes over the training set (200: about 10 minutes on a 2-core CPU).",
+    help="Passes over the training set (the default takes about 10 minutes on a 2-core CPU).",
 )
 @click.option(
     "--batch-size",
