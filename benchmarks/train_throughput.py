@@ -266,15 +266,20 @@ def default_case() -> Case:
     return Case("default", {}, note="TrainConfig() defaults")
 
 
-def torch_peer(epochs: int, python: Path, script: Path, threads: int = 0) -> dict[str, Any]:
-    """One run of the PyTorch peer (it drops its first epoch as warm-up).
+def _peer_command(script: Path, epochs: int, threads: int, out: Path) -> list[str]:
+    """The PyTorch peer's arguments for `epochs` timed epochs after its warm-up one.
 
     `threads` 0 keeps torch's default (one per core), as the peer's README runs it.
     """
+    command = [str(script), "--epochs", str(epochs + 1), "--no-eval"]
+    return [*command, "--threads", str(threads), "--json", str(out)]
+
+
+def torch_peer(epochs: int, python: Path, script: Path, threads: int = 0) -> dict[str, Any]:
+    """One run of the PyTorch peer (it drops its first epoch as warm-up)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "torch.json"
-        command = [str(python), str(script), "--epochs", str(epochs + 1), "--no-eval"]
-        run_child([*command, "--threads", str(threads), "--json", str(out)])
+        run_child([str(python), *_peer_command(script, epochs, threads, out)])
         result = json.loads(out.read_text())
     result["load_average_1min"] = round(os.getloadavg()[0], 2)
     return result
@@ -332,8 +337,6 @@ def paired_epochs(pairs: int, python: Path, script: Path, threads: int = 0) -> d
         "limit": None,
         "lockstep": True,
     }
-    peer = [str(python), str(BENCH_DIR / "lockstep.py"), TORCH_EPOCH_MARKER, str(script)]
-    peer += ["--epochs", str(pairs + 1), "--no-eval"]
     with tempfile.TemporaryDirectory() as tmp:
         ours = Lockstep(
             [sys.executable, __file__, "--train-child", json.dumps(spec)],
@@ -341,7 +344,12 @@ def paired_epochs(pairs: int, python: Path, script: Path, threads: int = 0) -> d
             Path(tmp) / "tfvae.log",
         )
         theirs = Lockstep(
-            [*peer, "--threads", str(threads), "--json", str(Path(tmp) / "torch.json")],
+            [
+                str(python),
+                str(BENCH_DIR / "lockstep.py"),
+                TORCH_EPOCH_MARKER,
+                *_peer_command(script, pairs, threads, Path(tmp) / "torch.json"),
+            ],
             TORCH_EPOCH_MARKER,
             Path(tmp) / "torch.log",
         )
@@ -349,9 +357,10 @@ def paired_epochs(pairs: int, python: Path, script: Path, threads: int = 0) -> d
             theirs.epoch(), ours.epoch()  # warm-up: start-up, tracing, compilation
             rows = []
             for index in range(pairs):
-                first, second = (ours, theirs) if index % 2 == 0 else (theirs, ours)
-                times = {id(first): first.epoch(), id(second): second.epoch()}
-                tfvae_s, torch_s = times[id(ours)], times[id(theirs)]
+                if index % 2 == 0:
+                    tfvae_s, torch_s = ours.epoch(), theirs.epoch()
+                else:
+                    torch_s, tfvae_s = theirs.epoch(), ours.epoch()
                 rows.append({"tfvae_s": tfvae_s, "torch_s": torch_s, "ratio": torch_s / tfvae_s})
                 print(
                     f"  pair {index + 1:2d}: tfvae {tfvae_s:.3f} s   torch {torch_s:.3f} s   "
@@ -442,9 +451,12 @@ def main() -> None:
     parser.add_argument("--conv-epochs", type=int, help="timed conv epochs (default 3)")
     parser.add_argument("--rounds", type=int, help="tfvae/torch alternations (default 3)")
     parser.add_argument("--pairs", type=int, help="lockstep tfvae/torch epoch pairs (default 20)")
-    parser.add_argument("--quick", action="store_true", help="1 timed epoch, 1 round, small conv")
     parser.add_argument(
-        "--only", help="comma-separated names: configurations, 'bound', 'torch' (see --list)"
+        "--quick", action="store_true", help="1 timed epoch, 1 round, 4 pairs, small conv"
+    )
+    parser.add_argument(
+        "--only",
+        help="comma-separated names: configurations, 'bound', 'torch', 'paired' (see --list)",
     )
     parser.add_argument(
         "--mirrored2", action="store_true", help=f"only bound and {', '.join(MIRRORED2)}"
@@ -529,22 +541,16 @@ def main() -> None:
             f"peak RSS {row['peak_rss_mb']:.0f} MiB",
             flush=True,
         )
-    if "torch" in selected:
-        if args.torch_python.exists() and args.torch_peer.exists():
+    peer = (args.torch_python, args.torch_peer, args.torch_threads)
+    if {"torch", "paired"} & set(selected) and not (peer[0].exists() and peer[1].exists()):
+        print(f"skipping the peer: {peer[0]} or {peer[1]} missing")
+    else:
+        if "torch" in selected:
             print(f"PyTorch peer, {rounds} alternating round(s):", flush=True)
-            results["peer_rounds"] = peer_rounds(
-                rounds, epochs, args.torch_python, args.torch_peer, args.torch_threads
-            )
-        else:
-            print(f"skipping the peer: {args.torch_python} or {args.torch_peer} missing")
-    if "paired" in selected:
-        if args.torch_python.exists() and args.torch_peer.exists():
+            results["peer_rounds"] = peer_rounds(rounds, epochs, *peer)
+        if "paired" in selected:
             print(f"PyTorch peer, {pairs} lockstep epoch pairs:", flush=True)
-            results["paired_epochs"] = paired_epochs(
-                pairs, args.torch_python, args.torch_peer, args.torch_threads
-            )
-        else:
-            print(f"skipping the peer: {args.torch_python} or {args.torch_peer} missing")
+            results["paired_epochs"] = paired_epochs(pairs, *peer)
 
     current_machine = (results.get("bound") or {}).pop("machine", None)
     if current_machine is None:
