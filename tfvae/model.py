@@ -13,6 +13,7 @@ import tensorflow_probability as tfp
 
 from tfvae.choices import OBJECTIVES
 from tfvae.layers import BernoulliDecoder, GaussianEncoder, image_distribution
+from tfvae.metrics import MeanTerms
 from tfvae.noise import training_batch
 
 tfd = tfp.distributions
@@ -77,7 +78,7 @@ class VAE(keras.Model):
         self.latent_dim = self.encoder.latent_dim
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in METRICS}
+        self.terms = MeanTerms(METRICS)
         self.build()
 
     # --- distributions ------------------------------------------------------
@@ -206,10 +207,8 @@ class VAE(keras.Model):
         return tf.random.stateless_normal(shape, seed=_stateless_seed(seed), alg="philox")
 
     def _record(self, terms, loss) -> dict[str, tf.Tensor]:
-        self.trackers["loss"].update_state(loss)
-        for name in ("elbo", "kl", "log_likelihood"):
-            self.trackers[name].update_state(terms[name])
-        results = {name: tracker.result() for name, tracker in self.trackers.items()}
+        self.terms.update_state({**terms, "loss": loss})
+        results = self.terms.result()
         if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
             # Keras reduces multi-worker logs along axis 0, which a scalar lacks
             # (tensorflow/tensorflow#72388).
@@ -218,7 +217,7 @@ class VAE(keras.Model):
 
     @property
     def metrics(self):
-        return list(self.trackers.values())
+        return [self.terms]
 
     def _unpack(self, data):
         """`fit` hands over a dict from `data.train_pipeline` (images' keys, to
