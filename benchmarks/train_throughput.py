@@ -53,6 +53,15 @@ FORWARD_FLOPS = 2 * (784 * 400 + 400 * 40 + 20 * 400 + 400 * 784)
 TRAIN_FLOPS = 3 * FORWARD_FLOPS  # backward ~= 2x forward
 # The issue note's comparison: default strategy vs mirrored vs jit, and the defaults.
 MIRRORED2 = ("mlp", "mlp-mirrored2", "mlp-jit", "default", "default-mirrored2")
+# Burda et al.'s model (`literature.py`) at their batch of 20: steps this short
+# show the per-step costs that batch 128 hides.
+BURDA_MODEL = {
+    "hidden_units": [200, 200],
+    "activation": "tanh",
+    "latent_dim": 50,
+    "batch_size": 20,
+    "learning_rate": 1e-3,
+}
 GEMM_SHAPES = {"step": (128, 784, 400), "large": (1024, 1024, 1024)}
 # What each side prints at the end of an epoch in `paired_epochs`.
 EPOCH_MARKER = "EPOCH "
@@ -94,6 +103,7 @@ def cases(spe: int) -> dict[str, Case]:
             out += [
                 Case("default-static", {"binarize": "static"}, note="defaults, static binarize"),
                 Case("default-cached", {}, "cached", note="defaults, batches cached: no input"),
+                Case("burda", BURDA_MODEL, note="defaults, Burda's 784-200-200-50 tanh, batch 20"),
                 Case(
                     "mlp-mirrored2",
                     {**mirrored, "jit_compile": False, "steps_per_execution": 1},
