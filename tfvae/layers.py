@@ -165,10 +165,11 @@ class PixelBernoulli(tfd.Bernoulli):
     """`tfd.Bernoulli` whose `log_prob` from logits is TensorFlow's fused
     sigmoid cross-entropy, x * l - softplus(l).
 
-    TFP's own evaluates two softplus per pixel, softplus(l) and softplus(-l);
-    under XLA on the CPU each is an unfused log1p over the whole image batch,
-    and dropping one made a batch-20 training step ~9% faster. Both are exact
-    for any logit and for grey-level targets x in [0, 1].
+    TFP's own evaluates two softplus per pixel, softplus(l) and softplus(-l).
+    In the XLA-compiled step of Burda et al.'s batch-20 model both were
+    unfused log1p kernels over every pixel of the batch; dropping one made
+    that step ~13% faster (benchmarks/RESULTS.md). Both forms are exact for any
+    logit and for grey-level targets x in [0, 1].
     """
 
     def _log_prob(self, event):
