@@ -293,6 +293,14 @@ def main():
     help="Use only the first N train and test images (quick runs).",
 )
 @click.option(
+    "--init-from",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="RUN",
+    help="Start from the weights of this finished run (same model shape) instead of "
+    "random ones; the optimizer and schedule start afresh.",
+)
+@click.option(
     "--run-dir",
     type=RUN_DIR,
     default=None,

@@ -217,3 +217,48 @@ def test_restore_loads_exactly_the_epoch_the_workers_agreed_on(tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(RunError, match="no readable checkpoint of epoch 5"):
         backup.restore(fresh, epoch=5)
+
+
+TINY = dict(limit=256, hidden_units=(16,), latent_dim=2, batch_size=64, epochs=1)
+
+
+def quiet_train(config, run_dir):
+    return train(config, run_dir, echo=lambda _: None, verbose=0)
+
+
+def coder_weights(model):
+    return [w.numpy() for w in [*model.encoder.weights, *model.decoder.weights]]
+
+
+@pytest.fixture(scope="module")
+def finished_tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("source") / "run"
+    quiet_train(TrainConfig(**TINY, learning_rate=3e-3), run_dir)
+    return run_dir
+
+
+def test_init_from_starts_at_a_finished_runs_weights(finished_tiny_run, tmp_path):
+    """At a vanishing learning rate a warm-started run ends where its source
+    did, while a run from random weights does not; config.json names the source."""
+    source = coder_weights(load_run(finished_tiny_run).model)
+    crawl = dict(**TINY, learning_rate=1e-9, seed=1)
+    warm = quiet_train(TrainConfig(**crawl, init_from=str(finished_tiny_run)), tmp_path / "warm")
+    cold = quiet_train(TrainConfig(**crawl), tmp_path / "cold")
+    for a, b in zip(source, coder_weights(warm.model), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert not all(
+        np.allclose(a, c, atol=1e-3) for a, c in zip(source, coder_weights(cold.model), strict=True)
+    )
+    state = json.loads((tmp_path / "warm" / "config.json").read_text())
+    assert state["config"]["init_from"] == str(finished_tiny_run)
+
+
+def test_init_from_refuses_a_missing_or_different_run(finished_tiny_run, tmp_path):
+    """Both errors come before the new run folder exists."""
+    target = tmp_path / "new"
+    with pytest.raises(RunError, match="no such run folder"):
+        quiet_train(TrainConfig(**TINY, init_from=str(tmp_path / "nowhere")), target)
+    wider = {**TINY, "hidden_units": (32,)}
+    with pytest.raises(RunError, match="encoder has other shapes"):
+        quiet_train(TrainConfig(**wider, init_from=str(finished_tiny_run)), target)
+    assert not target.exists()

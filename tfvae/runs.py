@@ -70,6 +70,7 @@ class TrainConfig:
     mixed_precision: bool = False
     steps_per_execution: int | None = None
     limit: int | None = None
+    init_from: str | None = None
 
     def __post_init__(self):
         def need(ok: bool, field: str, allowed: str):
@@ -131,6 +132,11 @@ class TrainConfig:
         )
         need(isinstance(self.mixed_precision, bool), "mixed_precision", "true or false")
         need(self.limit is None or (_is_int(self.limit) and self.limit >= 1), "limit", "> 0")
+        need(
+            self.init_from is None or (isinstance(self.init_from, str) and bool(self.init_from)),
+            "init_from",
+            "a finished run folder or null",
+        )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

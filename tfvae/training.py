@@ -22,6 +22,7 @@ from tfvae.runs import (
     RunState,
     TrainConfig,
     default_run_dir,
+    load_run,
     read_state,
     versions,
     write_state,
@@ -155,6 +156,28 @@ def _build_model(config: TrainConfig, image_shape, strategy, steps_per_epoch: in
     return model
 
 
+def starting_weights(source_dir: Path, model) -> list:
+    """The encoder's and decoder's weights of the finished run in `source_dir`,
+    checked against `model`'s shapes.
+
+    A warm start: the new run trains them further under its own schedule and
+    a fresh optimizer (for example a final decay to 0 after a long run).
+    """
+    source = load_run(source_dir).model
+    values = []
+    for part in ("encoder", "decoder"):
+        theirs = getattr(source, part).weights
+        ours = getattr(model, part).weights
+        shapes = [tuple(w.shape) for w in theirs]
+        if shapes != [tuple(w.shape) for w in ours]:
+            raise RunError(
+                f"{source_dir}: its {part} has other shapes than this run's; "
+                "--init-from needs the same --arch, --hidden, --latent-dim and image size"
+            )
+        values.extend(w.numpy() for w in theirs)
+    return values
+
+
 def pipeline_seed(seed: int, initial_epoch: int) -> int:
     """The training pipeline's seed: the run's own for a fresh run, and a
     different one for each epoch a run resumes after."""
@@ -217,11 +240,6 @@ def train(
     data = datasets.load_dataset(config.dataset, config.data_dir, config.resize)
     if config.limit is not None:
         data = data.limit(config.limit, config.limit)
-    if replace_old:
-        # Rename first: a kill while deleting leaves no half-deleted run folder.
-        doomed = folder.with_name(f".{folder.name}.deleting-{os.getpid()}")
-        folder.rename(doomed)
-        shutil.rmtree(doomed)
     # Before the pipelines: tf.data combines its op seeds with the global seed.
     keras.utils.set_random_seed(config.seed)
     noise_shape = (config.latent_dim,) if config.k == 1 else (config.k, config.latent_dim)
@@ -235,6 +253,14 @@ def train(
 
     steps_per_epoch = math.ceil(len(data.train_images) / config.batch_size)
     model = _build_model(config, data.image_shape, strategy, steps_per_epoch)
+    initial_weights = (
+        None if config.init_from is None else starting_weights(Path(config.init_from), model)
+    )
+    if replace_old:
+        # Rename first: a kill while deleting leaves no half-deleted run folder.
+        doomed = folder.with_name(f".{folder.name}.deleting-{os.getpid()}")
+        folder.rename(doomed)
+        shutil.rmtree(doomed)
 
     folder.mkdir(parents=True, exist_ok=True)
     state = RunState(
@@ -268,6 +294,12 @@ def train(
         initial_epoch = backup.restore(model, agreed)
         if initial_epoch:
             echo(f"Resuming after epoch {initial_epoch} of {config.epochs}")
+        elif initial_weights is not None:
+            for variable, value in zip(
+                [*model.encoder.weights, *model.decoder.weights], initial_weights, strict=True
+            ):
+                variable.assign(value)
+            echo(f"Starting from the weights of {config.init_from}")
         # A fresh pipeline starts its shuffle and draws from the beginning:
         # seeded as before, a resumed run would replay epoch 1's batches.
         train_ds = datasets.train_pipeline(
