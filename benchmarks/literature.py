@@ -16,10 +16,11 @@ metrics.csv), then the importance-weighted NLL with K = 5000.
     python benchmarks/literature.py --objective iwae --k 50 --epochs 3280
     python benchmarks/literature.py --epochs 500 --lr-schedule cosine \
         --learning-rate 1e-4 --init-from runs/burda-elbo-k1-burda3280
+    python benchmarks/literature.py --epochs 660 --lr-schedule cosine \
+        --tag eps1e-4-warmup67 -- --adam-epsilon 1e-4 --kl-warmup 67
 
-Writes `benchmarks/results/literature-<objective>-k<K>-<schedule><epochs>.json`
-with the curve,
-the final figures and the machine.
+Writes `benchmarks/results/literature-<objective>-k<K>-<schedule><epochs>[-...].json`
+with the curve, the final figures and the machine.
 """
 
 from __future__ import annotations
@@ -60,11 +61,18 @@ def main() -> None:
     parser.add_argument("--init-from", type=Path, default=None, help="a finished run to continue")
     parser.add_argument("--eval-k", type=int, default=5000)
     parser.add_argument("--run-dir", type=Path, default=None)
+    parser.add_argument("--tag", default=None, help="names a run with the extra options")
+    parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then `tfvae train` options")
     args = parser.parse_args()
+    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    if extra and not args.tag:
+        parser.error("extra tfvae train options need a --tag to name their results")
 
     name = f"{args.objective}-k{args.k}-{args.lr_schedule}{args.epochs}"
     if args.learning_rate != "1e-3":
         name += f"-lr{args.learning_rate}"
+    if args.tag:
+        name += f"-{args.tag}"
     if args.init_from is not None:
         name += f"-from-{args.init_from.name}"
     run_dir = args.run_dir or Path("runs") / f"burda-{name}"
@@ -81,6 +89,7 @@ def main() -> None:
         "--lr-schedule",
         args.lr_schedule,
     ]
+    train += extra
     if args.init_from is not None:
         train += ["--init-from", str(args.init_from)]
     result = train_and_score(train, run_dir, args.eval_k)

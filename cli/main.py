@@ -217,6 +217,14 @@ def main():
     help="Adam learning rate (the peak rate under --lr-schedule cosine).",
 )
 @click.option(
+    "--adam-epsilon",
+    type=FiniteFloatRange(min=0, min_open=True, max=1),
+    default=DEFAULTS.adam_epsilon,
+    show_default=True,
+    help="Adam's epsilon, added to the root of the squared-gradient average: larger "
+    "values damp the steps of weights whose gradients are tiny.",
+)
+@click.option(
     "--lr-schedule",
     type=click.Choice(LR_SCHEDULES),
     default=DEFAULTS.lr_schedule,

@@ -126,6 +126,11 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
             Bad(("--learning-rate", "fast"), "not a valid float"),
             Bad(("--learning-rate", "nan"), r"0<x<10"),
         ],
+        "adam_epsilon": [
+            Bad(("--adam-epsilon", "0"), r"0<x<=1"),
+            Bad(("--adam-epsilon", "2"), r"0<x<=1"),
+            Bad(("--adam-epsilon", "nan"), r"0<x<=1"),
+        ],
         "lr_schedule": choice("--lr-schedule", LR_SCHEDULES, bad=("linear", "")),
         "binarize": choice("--binarize", BINARIZATIONS, bad=("soft", "")),
         "objective": choice("--objective", OBJECTIVES, bad=("vlb", "")),

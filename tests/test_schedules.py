@@ -25,6 +25,10 @@ def test_a_shorter_burda_schedule_keeps_the_proportions_and_the_final_rate():
     assert stages[-1][1] == pytest.approx(1e-4)
     # Too few epochs for every stage: empty early stages are dropped.
     assert [end for end, _ in burda_stages(3, 1e-3)] == [1, 3]
+    # One epoch keeps only the final stage: a constant 1e-4 (Keras' piecewise
+    # schedule refuses a single piece).
+    assert burda_stages(1, 1e-3) == [(1, pytest.approx(1e-4))]
+    assert learning_rate("burda", 1e-3, 1, 10) == pytest.approx(1e-4)
 
 
 def test_the_keras_schedule_switches_rates_at_the_stage_boundaries():

@@ -142,6 +142,8 @@ def test_config_json_is_validated(tmp_path):
         ("arch", "rnn"),
         ("hidden_units", [0]),
         ("learning_rate", "fast"),
+        ("adam_epsilon", 0.0),
+        ("adam_epsilon", "small"),
         ("extra", 1),
     ]:
         with pytest.raises(RunError, match=key):
@@ -262,3 +264,12 @@ def test_init_from_refuses_a_missing_or_different_run(finished_tiny_run, tmp_pat
     with pytest.raises(RunError, match="encoder has other shapes"):
         quiet_train(TrainConfig(**wider, init_from=str(finished_tiny_run)), target)
     assert not target.exists()
+
+
+def test_adam_epsilon_reaches_the_saved_optimizer(tmp_path):
+    """Runs from before the setting existed used Keras' default, 1e-7."""
+    old = TrainConfig().to_dict()
+    del old["adam_epsilon"]
+    assert TrainConfig.from_dict(old).adam_epsilon == 1e-7
+    run = quiet_train(TrainConfig(**TINY, adam_epsilon=1e-4), tmp_path / "run")
+    assert load_run(run.run_dir).model.optimizer.epsilon == pytest.approx(1e-4)

@@ -59,6 +59,7 @@ class TrainConfig:
     batch_size: int = 128
     learning_rate: float = 2e-3
     lr_schedule: str = "cosine"
+    adam_epsilon: float = 1e-7
     binarize: str = "dynamic"
     objective: str = "elbo"
     k: int = 1
@@ -106,6 +107,11 @@ class TrainConfig:
             "learning_rate",
             "a number in (0, 10)",
         )
+        need(
+            isinstance(self.adam_epsilon, float) and 0 < self.adam_epsilon <= 1,
+            "adam_epsilon",
+            "a number in (0, 1]",
+        )
         need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {', '.join(LR_SCHEDULES)}")
         need(self.binarize in BINARIZATIONS, "binarize", f"one of {', '.join(BINARIZATIONS)}")
         need(
@@ -152,7 +158,7 @@ class TrainConfig:
         for field in ("hidden_units", "resize"):
             if isinstance(values.get(field), list):
                 values[field] = tuple(values[field])
-        for field in ("learning_rate", "beta"):
+        for field in ("learning_rate", "adam_epsilon", "beta"):
             if _is_int(values.get(field)):
                 values[field] = float(values[field])
         return cls(**values)

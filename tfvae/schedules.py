@@ -36,6 +36,8 @@ def learning_rate(schedule: str, base: float, epochs: int, steps_per_epoch: int)
     if schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(base, decay_steps=epochs * steps_per_epoch)
     stages = burda_stages(epochs, base)
+    if len(stages) == 1:
+        return stages[0][1]  # Keras' piecewise schedule needs a boundary
     # The schedule sees the number of steps already taken; a boundary b keeps
     # the earlier rate for steps <= b, so epoch e's last step is e * steps - 1.
     return keras.optimizers.schedules.PiecewiseConstantDecay(

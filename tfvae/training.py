@@ -144,7 +144,8 @@ def _build_model(config: TrainConfig, image_shape, strategy, steps_per_epoch: in
                 optimizer=keras.optimizers.Adam(
                     learning_rate(
                         config.lr_schedule, config.learning_rate, config.epochs, steps_per_epoch
-                    )
+                    ),
+                    epsilon=config.adam_epsilon,
                 ),
                 # XLA on by default, CPU included: the step's random numbers
                 # are integer hashes (`tfvae.noise`), and fused it runs ~2x faster.
