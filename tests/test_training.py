@@ -2,6 +2,7 @@
 and a whole run on an `idx:` folder of generated data."""
 
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -264,6 +265,26 @@ def test_init_from_refuses_a_missing_or_different_run(finished_tiny_run, tmp_pat
     with pytest.raises(RunError, match="encoder has other shapes"):
         quiet_train(TrainConfig(**wider, init_from=str(finished_tiny_run)), target)
     assert not target.exists()
+
+
+def test_a_warm_started_run_resumes_without_its_source(finished_tiny_run, tmp_path, monkeypatch):
+    """Interrupted after its last checkpoint, the run resumes from its own
+    checkpoints, even once the run it started from is gone."""
+    source = tmp_path / "source"
+    shutil.copytree(finished_tiny_run, source)
+    config = TrainConfig(**TINY, init_from=str(source))
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tfvae.training.save_pictures", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        quiet_train(config, tmp_path / "warm")
+    monkeypatch.undo()
+    shutil.rmtree(source)
+    resumed = quiet_train(config, tmp_path / "warm")
+    assert resumed.initial_epoch == 1
+    assert load_run(tmp_path / "warm").state.status == "finished"
 
 
 def test_adam_epsilon_reaches_the_saved_optimizer(tmp_path):

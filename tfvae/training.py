@@ -254,8 +254,14 @@ def train(
 
     steps_per_epoch = math.ceil(len(data.train_images) / config.batch_size)
     model = _build_model(config, data.image_shape, strategy, steps_per_epoch)
+    backup = EpochBackup(folder / BACKUP_DIR)
+    # Checked before anything is written; a run that resumes from its own
+    # checkpoints no longer needs its source.
+    resumable = not replace_old and bool(backup.epochs())
     initial_weights = (
-        None if config.init_from is None else starting_weights(Path(config.init_from), model)
+        starting_weights(Path(config.init_from), model)
+        if config.init_from is not None and not resumable
+        else None
     )
     if replace_old:
         # Rename first: a kill while deleting leaves no half-deleted run folder.
@@ -281,7 +287,6 @@ def train(
         f"({state.extra['replicas']} replica(s))"
     )
 
-    backup = EpochBackup(folder / BACKUP_DIR)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     with peer_failures(strategy):
@@ -295,9 +300,12 @@ def train(
         initial_epoch = backup.restore(model, agreed)
         if initial_epoch:
             echo(f"Resuming after epoch {initial_epoch} of {config.epochs}")
-        elif initial_weights is not None:
+        elif config.init_from is not None:
+            # Every worker starts from the source when they agree on epoch 0,
+            # even one that holds checkpoints of its own.
+            values = initial_weights or starting_weights(Path(config.init_from), model)
             for variable, value in zip(
-                [*model.encoder.weights, *model.decoder.weights], initial_weights, strict=True
+                [*model.encoder.weights, *model.decoder.weights], values, strict=True
             ):
                 variable.assign(value)
             echo(f"Starting from the weights of {config.init_from}")
