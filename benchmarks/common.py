@@ -161,7 +161,7 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-TFVAE = [sys.executable, "-m", "cli"]
+TFVAE = [sys.executable, "-m", "tfvae"]
 
 
 def tfvae(args: list[str]) -> str:

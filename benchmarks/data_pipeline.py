@@ -31,8 +31,8 @@ from common import (
 )
 
 if TYPE_CHECKING:
+    from tfvae.config import TrainConfig
     from tfvae.data import ImageDataset
-    from tfvae.runs import TrainConfig
 
 NAME = "data_pipeline"
 TARGET_RATIO = 10.0
@@ -121,8 +121,8 @@ def main() -> None:
     quiet_tensorflow()
     import keras
 
+    from tfvae.config import TrainConfig
     from tfvae.data import load_dataset
-    from tfvae.runs import TrainConfig
 
     config = TrainConfig()
     data = load_dataset(config.dataset)

@@ -31,16 +31,17 @@ quiet_tensorflow()
 import numpy as np  # noqa: E402
 
 from tfvae import export  # noqa: E402
-from tfvae.scoring import run_images  # noqa: E402
+from tfvae.evaluation import run_images  # noqa: E402
+from tfvae.export import files  # noqa: E402
 from tfvae.testing import DAMAGES, damaged_copy  # noqa: E402
 
 
 def measure(model, images, fmt: str, quantize: str, reference_model) -> dict[str, Any]:
     """The export's fidelity report for `model`'s files against `reference_model`."""
     unlimited = {"mean": np.inf, "p99": np.inf}
-    saved = dict(export.FIDELITY), export._keras_reference
+    saved = dict(export.FIDELITY), files.keras_reference
     export.FIDELITY.update({q: unlimited for q in export.QUANTIZATIONS})
-    export._keras_reference = lambda _, x: saved[1](reference_model, x)
+    files.keras_reference = lambda _, x: saved[1](reference_model, x)
     try:
         with tempfile.TemporaryDirectory() as out:
             if fmt == "onnx":
@@ -50,7 +51,7 @@ def measure(model, images, fmt: str, quantize: str, reference_model) -> dict[str
             manifest = json.loads((folder / "manifest.json").read_text())
     finally:
         export.FIDELITY.update(saved[0])
-        export._keras_reference = saved[1]
+        files.keras_reference = saved[1]
     return {part: info["fidelity"] for part, info in manifest["files"].items()}
 
 

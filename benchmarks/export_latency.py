@@ -109,8 +109,8 @@ def main() -> None:
         "model": {
             "image_shape": list(model.image_shape),
             "latent_dim": model.latent_dim,
-            "arch": model.encoder.arch,
-            "hidden_units": list(model.encoder.hidden_units),
+            "arch": model.model_config.arch,
+            "hidden_units": list(model.model_config.hidden_units),
         },
         "machine": {
             "cpu": cpu_model(),

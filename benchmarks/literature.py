@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import train_and_score, write_results  # noqa: E402
 
-from tfvae.choices import LR_SCHEDULES  # noqa: E402
+from tfvae.config import LR_SCHEDULES  # noqa: E402
 
 # Their model, without the learning rate (1e-3 theirs, `--learning-rate`).
 BURDA = [

@@ -68,7 +68,7 @@ def main() -> None:
     import tensorflow as tf
 
     from tfvae import data as datasets
-    from tfvae.runs import TrainConfig
+    from tfvae.config import TrainConfig
     from tfvae.training import _build_model
 
     config = TrainConfig.from_dict(BURDA_MODEL if args.burda else {})

@@ -136,8 +136,8 @@ def _train_child(spec: dict[str, Any]) -> dict[str, Any]:
     import keras
 
     from tfvae import data as datasets
+    from tfvae.config import TrainConfig
     from tfvae.distribute import make_strategy
-    from tfvae.runs import TrainConfig
     from tfvae.training import _build_model
 
     started = time.perf_counter()

@@ -1,5 +1,5 @@
-"""`python -m cli` runs the `tfvae` command."""
+"""`python -m tfvae.cli` runs the `tfvae` command (as `python -m tfvae` does)."""
 
-from cli.main import main
+from tfvae.cli.main import main
 
-main()
+main(prog_name="tfvae")

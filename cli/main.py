@@ -16,15 +16,17 @@ from pathlib import Path
 
 import click
 
-from tfvae.choices import (
+from tfvae.config import (
     ACTIVATIONS,
     ARCHS,
     BINARIZATIONS,
     LR_SCHEDULES,
+    MAX_SEED,
     OBJECTIVES,
     STRATEGIES,
+    TrainConfig,
 )
-from tfvae.runs import MAX_SEED, TrainConfig
+from tfvae.errors import TfvaeError
 
 
 def _import_tensorflow_quietly() -> None:
@@ -117,14 +119,9 @@ def user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         _import_tensorflow_quietly()
-        from tfvae.callbacks import NonFiniteLossError
-        from tfvae.data import DataError
-        from tfvae.export import ExportError
-        from tfvae.runs import RunError
-
         try:
             return command(*args, **kwargs)
-        except (RunError, DataError, NonFiniteLossError, ExportError) as err:
+        except TfvaeError as err:
             raise click.ClickException(str(err)) from None
         except OSError as err:  # a full disk, a missing or read-only folder
             where = f"{err.filename}: " if err.filename else ""
@@ -387,7 +384,7 @@ def evaluate(run_dir, split, k, as_json):
       tfvae evaluate runs/mnist
       tfvae evaluate runs/mnist --k 5000 --json
     """
-    from tfvae.scoring import score_run
+    from tfvae.evaluation import score_run
 
     if k == 1:
         scores = score_run(run_dir, split=split, k=k)
@@ -463,7 +460,7 @@ def reconstruct(run_dir, count, split, output):
       tfvae reconstruct runs/mnist -n 16 -o reconstructions.png
     """
     from tfvae import plots
-    from tfvae.scoring import run_images
+    from tfvae.evaluation import run_images
 
     run, images = run_images(run_dir, split, limit=count)
     path = _output(run_dir, output, f"reconstruct-{split}.png")
@@ -518,7 +515,7 @@ def export(run_dir, formats, out, name, version, quantize):
       tfvae export runs/mnist --name vae --format all --quantize float16
       docker run -p 8501:8501 -v $PWD/exports/vae:/models/vae -e MODEL_NAME=vae tensorflow/serving
     """
-    from tfvae.exporting import export_run
+    from tfvae.export import export_run
 
     for line in export_run(run_dir, formats, out, name, version, quantize):
         click.echo(line)

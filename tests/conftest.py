@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
-    """Serialise a uint8 array as IDX (independent of `tfvae.idx`)."""
+    """Serialise a uint8 array as IDX (independent of `tfvae.data.idx`)."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     head = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     return head + array.tobytes()
@@ -26,7 +26,7 @@ def _write_idx(path, array: np.ndarray, gz: bool = False):
 
 @pytest.fixture(scope="session")
 def idx_bytes():
-    """Serialise a uint8 array as IDX bytes (a writer independent of `tfvae.idx`)."""
+    """Serialise a uint8 array as IDX bytes (a writer independent of `tfvae.data.idx`)."""
     return _idx_bytes
 
 

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli.main import main
+from tfvae.cli.main import main
 
-TFVAE = [sys.executable, "-m", "cli"]
+TFVAE = [sys.executable, "-m", "tfvae"]
 SMALL = ["--limit", "1000", "--hidden", "64", "--latent-dim", "2"]
 
 
@@ -174,7 +174,7 @@ def test_help_is_fast_and_has_examples():
     result = subprocess.run([*TFVAE, "train", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "Examples:" in result.stdout
     assert time.perf_counter() - start < 2.0
-    probe = "import sys, cli.main; print('tensorflow' in sys.modules)"
+    probe = "import sys, tfvae.cli.main; print('tensorflow' in sys.modules)"
     assert (
         subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
         == "False"

@@ -1,7 +1,7 @@
 """Every option of every command, fed invalid values: a usage error (exit code 2)
 whose one `Error:` line names the option and what it accepts, and no traceback.
 
-The table is checked against the commands themselves (`cli.main.main`), so an
+The table is checked against the commands themselves (`tfvae.cli.main.main`), so an
 option added without a row here fails `test_table_covers_every_option`.
 
 No TensorFlow work: usage errors are raised by click before a command's body
@@ -19,9 +19,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-import cli.main
-from cli.main import main
-from tfvae.choices import (
+import tfvae.cli.main
+from tfvae.cli.main import main
+from tfvae.config import (
     ACTIVATIONS,
     ARCHS,
     BINARIZATIONS,
@@ -215,7 +215,7 @@ def tripwire(monkeypatch):
     def refuse():
         raise BodyReached("the command body ran: the parser accepted an invalid value")
 
-    monkeypatch.setattr(cli.main, "_import_tensorflow_quietly", refuse)
+    monkeypatch.setattr(tfvae.cli.main, "_import_tensorflow_quietly", refuse)
 
 
 @pytest.fixture

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
-from tfvae.evaluation import evaluate_elbo
+from tfvae.cli.main import main
+from tfvae.evaluation import evaluate_elbo, run_images
 from tfvae.runs import load_run, read_state
-from tfvae.scoring import run_images
 from tfvae.training import train
 
 RUNS = Path(__file__).parent / "fixtures" / "runs"
@@ -27,13 +26,19 @@ UNFINISHED = RUNS / "unfinished-0.1.0"
 
 
 def test_the_finished_run_scores_what_it_recorded():
-    """The same weights and the same computation: the test ELBO that 0.1.0
-    wrote into config.json when training finished, to float32 summation."""
+    """The same weights and the same computation as when 0.1.0 finished it.
+
+    The KL is analytic: equal to float32 summation. The ELBO's one z per
+    image is drawn from the image's key since 0.2 (0.1.0 drew it with philox),
+    so the log-likelihood term moves by the noise of one draw: 0.05 nats on
+    this run; 0.2 allows for it and still refuses any other weights.
+    """
     run, images = run_images(FINISHED, "test")
     recorded = json.loads((FINISHED / "config.json").read_text())["test"]
     scores = evaluate_elbo(run.model, images)
-    for key in ("elbo", "kl", "log_likelihood"):
-        assert scores[key] == pytest.approx(recorded[key], abs=1e-3), key
+    assert scores["kl"] == pytest.approx(recorded["kl"], abs=1e-3)
+    for key in ("elbo", "log_likelihood"):
+        assert scores[key] == pytest.approx(recorded[key], abs=0.2), key
 
 
 def test_the_finished_run_samples_through_the_cli(tmp_path):

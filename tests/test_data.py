@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tfvae import data
-from tfvae.data import DataError, ImageDataset
+from tfvae.config import BINARIZATIONS
+from tfvae.data import DataError, ImageDataset, sources
 from tfvae.noise import training_batch
 
 PEER = Path("/work/shared/peers/mnist_data.py")
@@ -59,15 +60,15 @@ def test_verify_checksums_detects_altered_file(tmp_path):
     """A copied bundle passes `verify_checksums`; flipping one byte of one file fails it."""
     folder = tmp_path / "mnist"
     folder.mkdir()
-    for src in data.bundled_mnist_dir().iterdir():
+    for src in sources.bundled_mnist_dir().iterdir():
         shutil.copyfile(src, folder / src.name)  # copyfile: the copy is writable
-    data.verify_checksums(folder)
+    sources.verify_checksums(folder)
     victim = folder / "t10k-labels-idx1-ubyte.gz"
     blob = bytearray(victim.read_bytes())
     blob[len(blob) // 2] ^= 0x01
     victim.write_bytes(bytes(blob))
     with pytest.raises(DataError, match="SHA256 mismatch") as err:
-        data.verify_checksums(folder)
+        sources.verify_checksums(folder)
     assert str(victim) in str(err.value)
 
 
@@ -75,11 +76,11 @@ def test_verify_checksums_missing_file_is_data_error(tmp_path):
     """A file listed in SHA256SUMS but absent from the folder is a DataError naming it."""
     folder = tmp_path / "mnist"
     folder.mkdir()
-    for src in data.bundled_mnist_dir().iterdir():
+    for src in sources.bundled_mnist_dir().iterdir():
         if src.name != "t10k-labels-idx1-ubyte.gz":
             shutil.copyfile(src, folder / src.name)
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz"):
-        data.verify_checksums(folder)
+        sources.verify_checksums(folder)
 
 
 def test_unknown_dataset():
@@ -242,7 +243,7 @@ def test_binary_dataset_never_rebinarized():
     """A data set marked `binary` is served as-is (0/1 floats) by both modes."""
     images = np.random.default_rng(0).integers(0, 2, (40, 3, 3, 1), dtype=np.uint8)
     dataset = ImageDataset("bin", images, images[:5], binary=True)
-    for mode in data.BINARIZATIONS:
+    for mode in BINARIZATIONS:
         out = _epoch(data.train_pipeline(dataset, 8, binarize=mode))
         np.testing.assert_array_equal(_sorted_rows(out), _sorted_rows(images))
     np.testing.assert_array_equal(dataset.fixed_binarized_test(), images[:5].astype(np.float32))
@@ -254,11 +255,14 @@ def test_test_pipeline_is_the_fixed_binarization(mnist):
     """`test_pipeline` serves `fixed_binarized_test()` in order, identically on every call."""
     fixed = mnist.fixed_binarized_test()
     assert fixed.shape == (10000, 28, 28, 1) and fixed.dtype == np.float32
-    first = np.concatenate([batch.numpy() for batch in data.test_pipeline(mnist, 1000)])
+    first = np.concatenate([batch["images"].numpy() for batch in data.test_pipeline(mnist, 1000)])
     np.testing.assert_array_equal(first, fixed)
-    again = np.concatenate([batch.numpy() for batch in data.test_pipeline(mnist, 777)])
+    again = np.concatenate([batch["images"].numpy() for batch in data.test_pipeline(mnist, 777)])
     np.testing.assert_array_equal(again, first)
     np.testing.assert_array_equal(mnist.fixed_binarized_test(), fixed)
+    keys = np.concatenate([batch["keys"].numpy() for batch in data.test_pipeline(mnist, 777)])
+    np.testing.assert_array_equal(keys[:, 0], np.arange(10000))  # one fixed key per image
+    assert len(np.unique(keys[:, 1])) == 1
 
 
 def test_fixed_binarization_matches_peer_formula(mnist):
@@ -277,7 +281,7 @@ def test_fixed_binarization_matches_peer_module(mnist):
     spec = importlib.util.spec_from_file_location("peer_mnist_data", PEER)
     peer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(peer)
-    raw = peer._read_idx_images(str(data.bundled_mnist_dir() / "t10k-images-idx3-ubyte.gz"))
+    raw = peer._read_idx_images(str(sources.bundled_mnist_dir() / "t10k-images-idx3-ubyte.gz"))
     x_test = raw.astype(np.float32) / 255.0  # as peer.load_mnist scales it
     np.testing.assert_array_equal(
         peer.fixed_binarized_test(x_test), mnist.fixed_binarized_test().reshape(10000, 784)

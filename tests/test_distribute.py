@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfvae.runs import TrainConfig
+from tfvae.config import TrainConfig
 from tfvae.training import _build_model
 
 MIRRORED_SCRIPT = textwrap.dedent(
@@ -30,11 +30,12 @@ MIRRORED_SCRIPT = textwrap.dedent(
 
     rng = np.random.default_rng(0)
     x = (rng.random((64, 28, 28, 1)) < 0.3).astype(np.float32)
-    noise = rng.standard_normal((64, 20)).astype(np.float32)
-    # One global batch of 64: images with their noise, or as `train_pipeline`
-    # serves them (grey levels and keys; the step binarizes and draws noise).
+    # One global batch of 64 in the batch format: binary images with their
+    # keys, or grey levels and keys (the step binarizes); the step draws the
+    # noise from the keys either way.
     batches = {
-        "given": tf.data.Dataset.from_tensors((x, noise)),
+        "given": tf.data.Dataset.from_tensors({
+            "images": x, "keys": rng.integers(0, 2**32, (64, 2), dtype=np.uint32)}),
         "keys": tf.data.Dataset.from_tensors({
             "intensities": rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8),
             "keys": rng.integers(0, 2**32, (64, 2), dtype=np.uint32)}),
@@ -86,7 +87,7 @@ WORKER_SCRIPT = textwrap.dedent(
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     run_dir, out = sys.argv[1], sys.argv[2]
     import numpy as np
-    from tfvae.runs import TrainConfig
+    from tfvae.config import TrainConfig
     from tfvae.training import train
     config = TrainConfig(strategy="multi-worker", limit=1000, epochs=2, hidden_units=(32,),
                          latent_dim=2, batch_size=100)
@@ -189,7 +190,7 @@ def test_workers_agree_on_their_newest_common_checkpoint(tmp_path):
 
 
 def train_worker_command(run, epochs):
-    command = [sys.executable, "-m", "cli", "train", "--strategy", "multi-worker"]
+    command = [sys.executable, "-m", "tfvae", "train", "--strategy", "multi-worker"]
     command += ["--limit", "3000", "--epochs", str(epochs), "--hidden", "32"]
     command += ["--latent-dim", "2", "--batch-size", "50", "--run-dir", str(run)]
     return command
@@ -243,8 +244,8 @@ def test_a_killed_worker_restarted_with_the_same_command_rejoins(tmp_path):
 def fit_steps(model, steps=5):
     rng = np.random.default_rng(1)
     x = (rng.random((steps * 32, 28, 28, 1)) < 0.3).astype(np.float32)
-    noise = rng.standard_normal((steps * 32, 20)).astype(np.float32)
-    data = tf.data.Dataset.from_tensor_slices((x, noise)).batch(32)
+    keys = rng.integers(0, 2**32, (steps * 32, 2), dtype=np.uint32)
+    data = tf.data.Dataset.from_tensor_slices({"images": x, "keys": keys}).batch(32)
     return model.fit(data, epochs=1, verbose=0, shuffle=False).history["loss"][0]
 
 
@@ -290,7 +291,7 @@ def test_replicated_strategies_on_the_cpu_use_plain_steps():
     MultiWorkerMirrored on the CPU: auto turns them off there, and asking for
     them is refused with a clear message rather than a graph error mid-run."""
     from tfvae.distribute import execution_settings
-    from tfvae.runs import RunError
+    from tfvae.errors import RunError
 
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0"])
     default = tf.distribute.get_strategy()

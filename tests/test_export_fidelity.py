@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
 from tfvae import export
-from tfvae.export import FIDELITY, QUANTIZATIONS, ExportError
-from tfvae.exporting import CHECK_IMAGES
-from tfvae.scoring import run_images
+from tfvae.cli.main import main
+from tfvae.evaluation import run_images
+from tfvae.export import CHECK_IMAGES, FIDELITY, QUANTIZATIONS, ExportError, files
+from tfvae.export import fidelity as fidelity_check
 from tfvae.testing import DAMAGES, damaged_copy
 
 TRAINED_RUN = Path(__file__).parent / "fixtures" / "runs" / "mnist-default-0.1.0"
@@ -115,8 +115,8 @@ def refuse_against_intact(trained, monkeypatch):
     """Hold every export to the intact trained model's outputs, so converting
     a damaged copy is what a conversion that broke the model would give."""
     model, _ = trained
-    reference = export._keras_reference
-    monkeypatch.setattr(export, "_keras_reference", lambda _, images: reference(model, images))
+    reference = files.keras_reference
+    monkeypatch.setattr(files, "keras_reference", lambda _, images: reference(model, images))
 
 
 @pytest.mark.parametrize("how", DAMAGES)
@@ -148,7 +148,7 @@ def test_an_onnx_file_that_lost_an_op_is_refused(trained, tmp_path, refuse_again
 def test_nan_figures_are_refused():
     nan = {"mean": float("nan"), "p99": 0.0, "max": 0.0, "max_abs_diff": 0.0}
     with pytest.raises(ExportError, match=r"probabilities: mean scaled error nan"):
-        export._check_fidelity("decoder.tflite", {"probabilities": nan}, FIDELITY["dynamic"])
+        fidelity_check.check_fidelity("decoder.tflite", {"probabilities": nan}, FIDELITY["dynamic"])
 
 
 def test_check_images_must_be_finite(trained, tmp_path):

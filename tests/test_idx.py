@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tfvae.idx import IdxError, read_idx
+from tfvae.data.idx import IdxError, read_idx
 
 
 def _oracle(content: bytes, ndim=None):

@@ -1,5 +1,8 @@
 """The VAE model: save/load round trips, sampling, config, and a short real training run."""
 
+import gc
+import weakref
+
 import keras
 import numpy as np
 import pytest
@@ -168,3 +171,23 @@ def test_config_round_trip_keeps_architecture():
     x = np.zeros((2, 30, 22, 3), np.float32)
     assert clone(x).shape == model(x).shape == (2, 30, 22, 3)
     assert clone.encode(x).event_shape.as_list() == [5]
+
+
+def test_sampling_and_scoring_the_posterior_in_fresh_functions_keeps_no_graph_alive():
+    """q(z|x) and p(z) are one Gaussian type without a bijector: a user who
+    samples and scores the posterior in freshly traced functions (as exports
+    and loops of experiments do) gets every graph back. With TFP's
+    `MultivariateNormalDiag` each of these graphs stays in the bijector cache."""
+    model = VAE(image_shape=(8, 8, 1), latent_dim=3, hidden_units=(8,))
+    x = tf.zeros([4, 8, 8, 1])
+    graphs = []
+    for i in range(5):
+        fn = tf.function(
+            lambda x, i=i: model.encode(x).log_prob(model.encode(x).sample(seed=(i, 0)))
+        )
+        graphs.append(weakref.ref(fn.get_concrete_function(x).graph))
+        assert fn(x).shape == (4,)
+        del fn
+    gc.collect()
+    assert [graph() for graph in graphs] == [None] * 5
+    assert type(model.encode(x)) is type(model.prior)

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tfvae.model import VAE
+from tfvae.noise import standard_normal
 
 LOG_2PI = np.log(2 * np.pi)
 
@@ -79,9 +80,10 @@ def test_iw_bound_is_above_the_elbo_on_average(batch):
 def test_training_minimises_the_chosen_objective(batch):
     """The logged loss of an IWAE step is -mean(IW bound) on its batch."""
     images, rng = batch
-    model = model_with(objective="iwae")
-    noise = rng.standard_normal((6, 5, 3)).astype(np.float32)
+    model = model_with(objective="iwae", k=5)
+    keys = rng.integers(0, 2**32, (6, 2), dtype=np.uint32)
+    noise = standard_normal(keys, [5, 3])  # what the step draws for k = 5
     expected = -float(tf.reduce_mean(model.elbo_terms(images, noise)["iw_bound"]))
-    data = tf.data.Dataset.from_tensors((images, noise))
+    data = tf.data.Dataset.from_tensors({"images": images, "keys": keys})
     logged = model.fit(data, epochs=1, verbose=0, shuffle=False).history["loss"][0]
     assert logged == pytest.approx(expected, rel=1e-5)  # SGD(0): weights unchanged

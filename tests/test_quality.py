@@ -4,8 +4,8 @@ unnoticed."""
 
 import dataclasses
 
-from tfvae.runs import TrainConfig
-from tfvae.scoring import score_run
+from tfvae.config import TrainConfig
+from tfvae.evaluation import score_run
 from tfvae.training import train
 
 EPOCHS = 3

@@ -72,7 +72,8 @@ def test_a_run_trains_under_the_schedule_and_reloads_it(
     """Two epochs of 10 steps: the optimizer ends at the schedule's last rate
     and the saved model keeps the schedule (a 2-epoch Burda schedule is
     epoch 1 at 1e-3 * 10**(-6/7) and epoch 2 at 1e-4)."""
-    from tfvae.runs import TrainConfig, load_run
+    from tfvae.config import TrainConfig
+    from tfvae.runs import load_run
     from tfvae.training import train
 
     config = TrainConfig(

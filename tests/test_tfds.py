@@ -22,7 +22,7 @@ import pytest  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from tfvae.data import DataError, ImageDataset, load_dataset, train_pipeline  # noqa: E402
-from tfvae.tfds_source import is_binary, load_tfds, pick_features, pick_splits  # noqa: E402
+from tfvae.data.tfds import is_binary, load_tfds, pick_features, pick_splits  # noqa: E402
 
 N_EXAMPLES = 24  # mock_data serves this many examples for every split
 FAST_S = 5.0
@@ -127,7 +127,7 @@ def test_binary_detection():
 
 
 def test_train_only_set_holds_out_last_tenth(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="tfvae.tfds_source"):
+    with caplog.at_level(logging.WARNING, logger="tfvae.data.tfds"):
         data = load_mocked(tmp_path, "mnist", {"train": 100})
     n_test = round(N_EXAMPLES * 0.1)
     assert len(data.test_images) == n_test

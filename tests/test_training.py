@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfvae.callbacks import EpochBackup, NonFiniteLossError, StopOnNonFinite
+from tfvae.callbacks import EpochBackup, StopOnNonFinite
+from tfvae.config import TrainConfig
+from tfvae.data import image_pipeline
+from tfvae.errors import NonFiniteLossError, RunError
 from tfvae.model import VAE
-from tfvae.runs import RunError, TrainConfig, load_run
+from tfvae.runs import load_run
 from tfvae.training import train
 
 
@@ -30,7 +33,7 @@ def batches(n_batches=4, nan_batch=None):
     x = (np.random.default_rng(0).random((n_batches * 8, 8, 8, 1)) < 0.4).astype(np.float32)
     if nan_batch is not None:
         x[nan_batch * 8, 0, 0, 0] = np.nan
-    return tf.data.Dataset.from_tensor_slices(x).batch(8)
+    return image_pipeline(x, 8)
 
 
 def weights_of(model):

@@ -6,6 +6,7 @@ line's `--help`) stays instant until TensorFlow is really needed.
 
 import importlib
 
+# The one version string; pyproject.toml reads it from here.
 __version__ = "0.1.0"
 
 _API = {
@@ -16,11 +17,15 @@ _API = {
     "load_dataset": "tfvae.data",
     "train_pipeline": "tfvae.data",
     "test_pipeline": "tfvae.data",
-    "TrainConfig": "tfvae.runs",
+    "image_pipeline": "tfvae.data",
+    "ModelConfig": "tfvae.config",
+    "TrainConfig": "tfvae.config",
     "load_run": "tfvae.runs",
     "train": "tfvae.training",
     "evaluate_elbo": "tfvae.evaluation",
     "iw_log_likelihood": "tfvae.evaluation",
+    "score_run": "tfvae.evaluation",
+    "export_run": "tfvae.export",
 }
 
 __all__ = [*_API, "__version__"]

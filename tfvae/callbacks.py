@@ -1,8 +1,9 @@
 """Training callbacks that keep a run folder consistent through crashes.
 
-Each epoch's state goes into its own folder, written under a temporary name
-and renamed when complete; the previous one is kept until the next is, so a
-kill at any moment leaves at least one whole checkpoint behind.
+Each epoch's state goes into its own folder, written under a temporary name,
+flushed to disk and renamed when complete (`tfvae.durable`); the previous one
+is kept until the next is, so a kill or a power loss at any moment leaves at
+least one whole checkpoint behind.
 """
 
 from __future__ import annotations
@@ -18,21 +19,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tfvae.runs import RunError, write_atomic
+from tfvae import durable
+from tfvae.errors import NonFiniteLossError, RunError
 
 _WEIGHTS = "state.weights.h5"
 _META = "meta.json"
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced NaN or Inf; the last good checkpoint is untouched."""
-
-    def __init__(self, epoch: int, step: int):
-        super().__init__(
-            f"loss became NaN/Inf at epoch {epoch + 1}, step {step + 1}; training stopped "
-            "and the last good checkpoint was kept (check the data, lower --learning-rate)"
-        )
-        self.epoch, self.step = epoch, step
 
 
 class EpochBackup(keras.callbacks.Callback):
@@ -98,9 +89,8 @@ class EpochBackup(keras.callbacks.Callback):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         self.model.save_weights(tmp / _WEIGHTS)
-        write_atomic(tmp / _META, json.dumps({"epoch": epoch + 1}))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        (tmp / _META).write_text(json.dumps({"epoch": epoch + 1}))
+        durable.replace_folder(tmp, final, self.backup_dir / f".old-{final.name}")
         for old in self._folders()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -175,4 +165,4 @@ class MetricsCSV(keras.callbacks.Callback):
         writer = csv.DictWriter(out, fieldnames=self.COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
-        write_atomic(self.path, out.getvalue())
+        durable.write_atomic(self.path, out.getvalue())

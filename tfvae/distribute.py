@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from tfvae.choices import STRATEGIES
-from tfvae.runs import RunError
+from tfvae.config import STRATEGIES
+from tfvae.errors import RunError
 
 
 class PeerLostError(RunError):
@@ -70,7 +70,7 @@ def execution_settings(config, strategy: tf.distribute.Strategy) -> tuple[bool, 
         strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
     )
     gpus = tf.config.list_logical_devices("GPU")
-    # XLA made the MLP ~1.5x faster on the CPU but the conv body slower
+    # XLA speeds the MLP up on the CPU but slows the conv body down
     # (benchmarks/RESULTS.md); on GPUs it helps both.
     auto_jit = not replicated and (config.arch == "mlp" or bool(gpus))
     jit = auto_jit if config.jit_compile is None else config.jit_compile

@@ -1,5 +1,6 @@
-"""Scores of a trained VAE on fixed data: the ELBO, the importance-weighted
-log-likelihood estimate, and the number of active latent units.
+"""Scores of a trained VAE: the ELBO, the importance-weighted log-likelihood
+estimate and the number of active latent units, of a model on fixed images
+or of a run folder on its data set (as `tfvae evaluate` reports them).
 
 All figures are per image, in nats, averaged in float64; every random draw is
 seeded so the same model and data always give the same numbers.
@@ -9,9 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+
+from tfvae.data import image_pipeline, load_dataset
+from tfvae.errors import RunError
+from tfvae.noise import training_batch
+from tfvae.runs import load_run
 
 # Rows (samples x images) decoded at once by the IW estimate: bounds memory
 # at about rows * pixels * 4 bytes per tensor, whatever K is.
@@ -26,15 +33,18 @@ def _batches(images: np.ndarray, batch_size: int):
 def evaluate_elbo(
     model, images: np.ndarray, batch_size: int = 1000, seed: int = 1
 ) -> dict[str, float]:
-    """Mean `elbo`, `kl` and `log_likelihood` over `images`, one z per image."""
+    """Mean `elbo`, `kl` and `log_likelihood` over `images`, one z per image,
+    drawn as the validation step draws it (from the image's fixed key), so a
+    run's final test scores are its last epoch's validation figures."""
 
     @tf.function
-    def terms(x, batch_seed):
-        return model.elbo_terms(x, seed=batch_seed)
+    def terms(batch):
+        x, noise = training_batch(batch, [1, model.latent_dim])
+        return model.elbo_terms(x, noise)
 
     sums = {"elbo": 0.0, "kl": 0.0, "log_likelihood": 0.0}
-    for start, x in _batches(images, batch_size):
-        out = terms(tf.constant(x), tf.constant([seed, start], tf.int32))
+    for batch in image_pipeline(images, batch_size, seed):
+        out = terms(batch)
         for name in sums:
             sums[name] += float(np.sum(out[name].numpy(), dtype=np.float64))
     return {name: total / len(images) for name, total in sums.items()}
@@ -67,8 +77,8 @@ def iw_log_likelihood(
         z_mean = q_z.mean()
         shape = tf.concat([[n_samples], tf.shape(z_mean)], axis=0)
         noise = tf.random.stateless_normal(shape, seed=chunk_seed, alg="philox")
-        # z ~ q(z|x) written out: `q_z.sample` would go through the bijector,
-        # whose global cache keeps every traced graph (one per call) alive.
+        # z ~ q(z|x) from explicit philox noise, so the figures do not depend
+        # on how a TFP version draws its samples.
         z = z_mean + q_z.stddev() * noise  # [samples, batch, latent]
         return tf.reduce_logsumexp(model.log_weights(x, q_z, z), axis=0)  # [batch]
 
@@ -102,3 +112,46 @@ def active_units(model, images: np.ndarray, threshold: float = 0.01) -> int:
     """
     means = posterior_means(model, images).astype(np.float64)
     return int(np.sum(np.var(means, axis=0) > threshold))
+
+
+# --- runs ----------------------------------------------------------------------
+
+
+def run_images(run_dir: str | Path, split: str = "test", limit: int | None = None):
+    """A finished run and its data set's `split` under the fixed binarization."""
+    run = load_run(run_dir)
+    config = run.state.config
+    data = load_dataset(config.dataset, config.data_dir, config.resize)
+    if config.limit is not None:
+        data = data.limit(config.limit, config.limit)
+    if data.image_shape != run.state.image_shape:
+        raise RunError(
+            f"{config.dataset}: images are {data.image_shape}, the run was trained on "
+            f"{run.state.image_shape}"
+        )
+    images = data.fixed_binarized(split, config.binarize)
+    return run, images if limit is None else images[:limit]
+
+
+def score_run(
+    run_dir: str | Path,
+    split: str = "test",
+    k: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """ELBO, KL, log-likelihood, IW negative log-likelihood (K samples) and the
+    number of active units, in nats per image. `progress(done, total)`."""
+    run, images = run_images(run_dir, split)
+    model = run.model
+    scores = evaluate_elbo(model, images)
+    report = None if progress is None else (lambda n: progress(n, len(images)))
+    log_px = iw_log_likelihood(model, images, k=k, progress=report)
+    return {
+        "split": split,
+        "n_images": int(len(images)),
+        "k": k,
+        **scores,
+        "nll": float(-np.mean(log_px)),
+        "active_units": active_units(model, images),
+        "latent_dim": model.latent_dim,
+    }

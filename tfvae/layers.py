@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.choices import ARCHS
+from tfvae.config import ModelConfig, split_model_settings
 
 tfd = tfp.distributions
 
@@ -27,7 +27,9 @@ def _padded(size: int) -> int:
     return 4 * math.ceil(size / 4)
 
 
-def _encoder_body(arch, image_shape, hidden_units, activation, out_units) -> keras.Sequential:
+def _encoder_body(image_shape, config: ModelConfig) -> keras.Sequential:
+    """Image -> 2 * latent numbers (the mean and the raw scale of q(z|x))."""
+    arch, activation = config.arch, config.activation
     height, width, _ = image_shape
     layers: list[keras.layers.Layer] = []
     if arch == "conv":
@@ -39,15 +41,17 @@ def _encoder_body(arch, image_shape, hidden_units, activation, out_units) -> ker
             keras.layers.Conv2D(64, 3, strides=2, padding="same", activation=activation),
         ]
     layers.append(keras.layers.Flatten())
-    layers += [keras.layers.Dense(units, activation=activation) for units in hidden_units]
-    layers.append(keras.layers.Dense(out_units))
+    layers += [keras.layers.Dense(units, activation=activation) for units in config.hidden_units]
+    layers.append(keras.layers.Dense(2 * config.latent_dim))
     return keras.Sequential(layers, name="body")
 
 
-def _decoder_body(arch, image_shape, hidden_units, activation) -> keras.Sequential:
+def _decoder_body(image_shape, config: ModelConfig) -> keras.Sequential:
+    """z -> pixel logits, the encoder's layers in reverse."""
+    arch, activation = config.arch, config.activation
     height, width, channels = image_shape
     layers: list[keras.layers.Layer] = [
-        keras.layers.Dense(units, activation=activation) for units in reversed(hidden_units)
+        keras.layers.Dense(units, activation=activation) for units in reversed(config.hidden_units)
     ]
     if arch == "mlp":
         layers += [
@@ -69,60 +73,52 @@ def _decoder_body(arch, image_shape, hidden_units, activation) -> keras.Sequenti
     return keras.Sequential(layers, name="body")
 
 
-def _check(arch: str, hidden_units, latent_dim: int) -> tuple[int, ...]:
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
-    if latent_dim < 1:
-        raise ValueError(f"latent_dim must be positive, got {latent_dim}")
-    hidden_units = tuple(int(u) for u in hidden_units)
-    if not hidden_units or min(hidden_units) < 1:
-        raise ValueError(f"hidden_units must be positive sizes, got {hidden_units}")
-    return hidden_units
+def diag_normal(loc, scale) -> tfd.Distribution:
+    """N(loc, diag(scale^2)), event shape `[latent]`: the one Gaussian type of
+    q(z|x), the prior and the objective.
+
+    Independent univariate normals rather than `MultivariateNormalDiag`:
+    the same density, but sampling and `log_prob` need no bijector, whose
+    global cache keeps every graph that ever called them alive (a user
+    sampling the posterior in a loop, or a process that trains and exports
+    repeatedly, would leak memory).
+    """
+    return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
 
 
 class _Coder(keras.layers.Layer):
-    """Shared settings of the encoder and decoder: what their bodies are made of."""
+    """What the encoder and decoder share: the image shape `[height, width,
+    channels]` and the `ModelConfig` their bodies are made from (given, or
+    from its fields as keyword arguments)."""
 
-    def __init__(
-        self,
-        image_shape,
-        latent_dim: int = 20,
-        arch: str = "mlp",
-        hidden_units=(400,),
-        activation: str = "relu",
-        **kwargs,
-    ):
+    def __init__(self, image_shape, model_config: ModelConfig | None = None, **kwargs):
+        settings, kwargs = split_model_settings(kwargs)
         super().__init__(**kwargs)
         self.image_shape = tuple(int(d) for d in image_shape)
-        self.latent_dim = int(latent_dim)
-        self.arch = arch
-        self.hidden_units = _check(arch, hidden_units, self.latent_dim)
-        self.activation = activation
+        self.model_config = model_config or settings or ModelConfig()
+        self.latent_dim = self.model_config.latent_dim
 
     def get_config(self):
+        # Flat, as tfvae 0.1.0 wrote it, so files load in either version.
         return {
             **super().get_config(),
             "image_shape": list(self.image_shape),
-            "latent_dim": self.latent_dim,
-            "arch": self.arch,
-            "hidden_units": list(self.hidden_units),
-            "activation": self.activation,
+            **self.model_config.to_dict(),
         }
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
 class GaussianEncoder(_Coder):
-    """q(z|x) = N(z_mean, diag(z_stddev^2)): images -> `MultivariateNormalDiag`.
+    """q(z|x) = N(z_mean, diag(z_stddev^2)): images -> `diag_normal`, batch
+    shape `[batch]`, event shape `[latent]`.
 
     The body outputs 2 * latent numbers per image: the mean and a raw scale
     that softplus (plus a small floor) makes positive.
     """
 
-    def __init__(self, image_shape, latent_dim: int = 20, **kwargs):
-        super().__init__(image_shape, latent_dim, **kwargs)
-        self.body = _encoder_body(
-            self.arch, self.image_shape, self.hidden_units, self.activation, 2 * self.latent_dim
-        )
+    def __init__(self, image_shape, model_config: ModelConfig | None = None, **kwargs):
+        super().__init__(image_shape, model_config, **kwargs)
+        self.body = _encoder_body(self.image_shape, self.model_config)
 
     def build(self, input_shape=None):
         self.body.build((None, *self.image_shape))
@@ -134,8 +130,7 @@ class GaussianEncoder(_Coder):
         return tf.cast(z_mean, tf.float32), tf.cast(z_stddev, tf.float32)
 
     def call(self, images):
-        z_mean, z_stddev = self.params(images)
-        return tfd.MultivariateNormalDiag(loc=z_mean, scale_diag=z_stddev)
+        return diag_normal(*self.params(images))
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -146,9 +141,9 @@ class BernoulliDecoder(_Coder):
     stays exact for saturated pixels.
     """
 
-    def __init__(self, image_shape, latent_dim: int = 20, **kwargs):
-        super().__init__(image_shape, latent_dim, **kwargs)
-        self.body = _decoder_body(self.arch, self.image_shape, self.hidden_units, self.activation)
+    def __init__(self, image_shape, model_config: ModelConfig | None = None, **kwargs):
+        super().__init__(image_shape, model_config, **kwargs)
+        self.body = _decoder_body(self.image_shape, self.model_config)
 
     def build(self, input_shape=None):
         self.body.build((None, self.latent_dim))
@@ -168,7 +163,7 @@ class PixelBernoulli(tfd.Bernoulli):
     TFP's own evaluates two softplus per pixel, softplus(l) and softplus(-l).
     In the XLA-compiled step of Burda et al.'s batch-20 model both were
     unfused log1p kernels over every pixel of the batch; dropping one made
-    that step ~13% faster (benchmarks/RESULTS.md). Both forms are exact for any
+    that step faster (benchmarks/RESULTS.md). Both forms are exact for any
     logit and for grey-level targets x in [0, 1].
     """
 

@@ -11,24 +11,14 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.choices import OBJECTIVES
-from tfvae.layers import BernoulliDecoder, GaussianEncoder, image_distribution
+from tfvae.config import OBJECTIVES, ModelConfig, split_model_settings
+from tfvae.layers import BernoulliDecoder, GaussianEncoder, diag_normal, image_distribution
 from tfvae.metrics import MeanTerms
 from tfvae.noise import training_batch
 
 tfd = tfp.distributions
 
 METRICS = ("loss", "elbo", "kl", "log_likelihood")
-
-
-def _diag_normal(mvn_diag: tfd.MultivariateNormalDiag) -> tfd.Distribution:
-    """The same diagonal Gaussian as independent univariate normals.
-
-    Its `log_prob` and KL need no bijector: TFP's bijector cache keeps every
-    graph that calls a `MultivariateNormalDiag.log_prob` alive, so repeated
-    training and exports in one process would leak memory.
-    """
-    return tfd.Independent(tfd.Normal(mvn_diag.loc, mvn_diag.stddev()), reinterpreted_batch_ndims=1)
 
 
 def _stateless_seed(seed):
@@ -47,10 +37,7 @@ class VAE(keras.Model):
     def __init__(
         self,
         image_shape=(28, 28, 1),
-        latent_dim: int = 20,
-        arch: str = "mlp",
-        hidden_units=(400,),
-        activation: str = "relu",
+        model_config: ModelConfig | None = None,
         seed: int | None = None,
         objective: str = "elbo",
         beta: float = 1.0,
@@ -58,6 +45,10 @@ class VAE(keras.Model):
         k: int = 1,
         **kwargs,
     ):
+        """`model_config` (or its fields as keyword arguments, e.g.
+        `latent_dim=2`) shapes the encoder and decoder; the rest is the
+        training objective."""
+        settings, kwargs = split_model_settings(kwargs)
         super().__init__(**kwargs)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -65,17 +56,11 @@ class VAE(keras.Model):
         self.k = int(k)
         self.beta = float(beta)
         self.kl_warmup_steps = int(kl_warmup_steps)
-        coder = dict(
-            image_shape=image_shape,
-            latent_dim=latent_dim,
-            arch=arch,
-            hidden_units=hidden_units,
-            activation=activation,
-        )
-        self.encoder = GaussianEncoder(**coder, name="encoder")
-        self.decoder = BernoulliDecoder(**coder, name="decoder")
+        self.model_config = model_config or settings or ModelConfig()
+        self.encoder = GaussianEncoder(image_shape, self.model_config, name="encoder")
+        self.decoder = BernoulliDecoder(image_shape, self.model_config, name="decoder")
         self.image_shape = self.encoder.image_shape
-        self.latent_dim = self.encoder.latent_dim
+        self.latent_dim = self.model_config.latent_dim
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
         self.terms = MeanTerms(METRICS)
@@ -86,9 +71,7 @@ class VAE(keras.Model):
     @property
     def prior(self) -> tfd.Distribution:
         """p(z) = N(0, I), event shape `[latent]`."""
-        return tfd.MultivariateNormalDiag(
-            loc=tf.zeros([self.latent_dim]), scale_diag=tf.ones([self.latent_dim])
-        )
+        return diag_normal(tf.zeros([self.latent_dim]), tf.ones([self.latent_dim]))
 
     def encode(self, images) -> tfd.Distribution:
         """q(z|x): batch shape `[batch]`, event shape `[latent]`."""
@@ -136,14 +119,14 @@ class VAE(keras.Model):
 
     # --- objective ----------------------------------------------------------
 
-    def log_weights(self, images, q_z, z):
+    def log_weights(self, images, q_z, z, log_px_z=None):
         """Importance log-weights log p(x|z) + log p(z) - log q(z|x), `[samples, batch]`,
-        for codes `z` `[samples, batch, latent]` drawn from `q_z` = q(z|x)."""
-        return (
-            self.log_likelihood(images, z)
-            + _diag_normal(self.prior).log_prob(z)
-            - (_diag_normal(q_z).log_prob(z))
-        )
+        for codes `z` `[samples, batch, latent]` drawn from `q_z` = q(z|x);
+        the one implementation behind the IWAE bound and the NLL estimate.
+        `log_px_z` is log p(x|z) when the caller has it already."""
+        if log_px_z is None:
+            log_px_z = self.log_likelihood(images, z)
+        return log_px_z + self.prior.log_prob(z) - q_z.log_prob(z)
 
     def log_likelihood(self, images, z):
         """log p(x|z) `[samples, batch]` for codes `z` `[samples, batch, latent]`."""
@@ -164,8 +147,7 @@ class VAE(keras.Model):
         (Burda et al.), which equals a one-sample ELBO estimate for k = 1.
         """
         z_mean, z_stddev = self.encoder.params(images)
-        q_z = tfd.Independent(tfd.Normal(z_mean, z_stddev), reinterpreted_batch_ndims=1)
-        p_z = _diag_normal(self.prior)
+        q_z = diag_normal(z_mean, z_stddev)
         if noise is None:
             noise = self._standard_normal([tf.shape(images)[0], self.latent_dim], seed)
         noise = tf.convert_to_tensor(noise, tf.float32)
@@ -176,10 +158,10 @@ class VAE(keras.Model):
         # graph alive.
         z = z_mean + z_stddev * tf.transpose(noise, [1, 0, 2])  # [k, batch, latent]
         log_px_z = self.log_likelihood(images, z)
-        log_w = log_px_z + p_z.log_prob(z) - q_z.log_prob(z)
+        log_w = self.log_weights(images, q_z, z, log_px_z)
         k = tf.cast(tf.shape(z)[0], tf.float32)
         log_likelihood = tf.reduce_mean(log_px_z, axis=0)
-        kl = tfd.kl_divergence(q_z, p_z)
+        kl = tfd.kl_divergence(q_z, self.prior)
         return {
             "elbo": log_likelihood - kl,
             "kl": kl,
@@ -203,7 +185,8 @@ class VAE(keras.Model):
 
     def _standard_normal(self, shape, seed=None):
         seed = self.seed_generator.next() if seed is None else seed
-        # philox explicitly: XLA's auto-selected generator is ~40x slower on CPU.
+        # philox explicitly: XLA's auto-selected generator is far slower on the
+        # CPU (benchmarks/RESULTS.md).
         return tf.random.stateless_normal(shape, seed=_stateless_seed(seed), alg="philox")
 
     def _record(self, terms, loss) -> dict[str, tf.Tensor]:
@@ -219,16 +202,15 @@ class VAE(keras.Model):
     def metrics(self):
         return [self.terms]
 
-    def _unpack(self, data):
-        """`fit` hands over a dict from `data.train_pipeline` (images' keys, to
-        draw pixels and noise from here), `x`, `(x,)` or `(x, noise)`: images
-        and the standard-normal noise of the reparameterization, or None for
-        the model to draw."""
-        if isinstance(data, dict):
-            return training_batch(data, [self.k, self.latent_dim])
-        if isinstance(data, (tuple, list)):
-            return data[0], (data[1] if len(data) > 1 else None)
-        return data, None
+    def _unpack(self, batch):
+        """Images and reparameterization noise `[batch, k, latent]` of a batch in
+        the one batch format (`tfvae.data.train_pipeline`, `image_pipeline`)."""
+        if not isinstance(batch, dict) or "keys" not in batch:
+            raise TypeError(
+                "the VAE trains and evaluates on batches of tfvae.data.train_pipeline or "
+                "tfvae.data.image_pipeline (dicts with the images' keys)"
+            )
+        return training_batch(batch, [self.k, self.latent_dim])
 
     def train_step(self, data):
         images, noise = self._unpack(data)
@@ -253,13 +235,11 @@ class VAE(keras.Model):
     # --- serialization ------------------------------------------------------
 
     def get_config(self):
+        # Flat, as tfvae 0.1.0 wrote it, so files load in either version.
         return {
             **super().get_config(),
             "image_shape": list(self.image_shape),
-            "latent_dim": self.latent_dim,
-            "arch": self.encoder.arch,
-            "hidden_units": list(self.encoder.hidden_units),
-            "activation": self.encoder.activation,
+            **self.model_config.to_dict(),
             "seed": self.seed,
             "objective": self.objective,
             "beta": self.beta,

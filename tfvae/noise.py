@@ -1,13 +1,15 @@
-"""The training step's random numbers: a counter-based hash of each image's key.
+"""The step's random numbers: a counter-based hash of each image's key.
 
-Every training image comes from the input pipeline with its own 64-bit key
-(two uint32 words). Its Bernoulli pixels (dynamic binarization) and the
-standard-normal noise of its reparameterized z are hashes of (key, stream,
-position) drawn inside the training step, where they cost two murmur3
-finalizers per number: integer multiplies and shifts that XLA vectorizes. On
-the CPU that is ~10x cheaper than XLA's philox, and it leaves the input
-pipeline nothing to do but gather uint8 images. The draws of an image depend
-on its key alone, so 1 and N replicas give the same update.
+Every image comes from the input pipeline with its own 64-bit key (two uint32
+words): random for training batches, fixed for the test and validation
+batches. Its Bernoulli pixels (dynamic binarization) and the standard-normal
+noise of its reparameterized z are hashes of (key, stream, position) drawn
+inside the training and the validation step alike, where they cost two
+murmur3 finalizers per number: integer multiplies and shifts that XLA
+vectorizes. On the CPU that is far cheaper than XLA's philox
+(benchmarks/RESULTS.md), and it leaves the input pipeline nothing to do but
+gather uint8 images. The draws of an image depend on its key alone, so 1 and
+N replicas give the same update.
 """
 
 from __future__ import annotations
@@ -70,9 +72,10 @@ def binarize(intensities, keys):
 
 
 def training_batch(batch: dict, noise_shape):
-    """`(images, noise)` for a batch of `data.train_pipeline`: the images
-    binarized here if they came as `intensities`, and noise `[batch,
-    *noise_shape]` (None for no noise)."""
+    """`(images, noise)` for a batch in the one batch format (a dict from
+    `data.train_pipeline` or `data.image_pipeline`): the images, binarized here
+    if they came as `intensities`, and noise `[batch, *noise_shape]` (None for
+    no noise)."""
     keys = batch["keys"]
     if "intensities" in batch:
         images = binarize(batch["intensities"], keys)

@@ -12,8 +12,8 @@ from statistics import NormalDist
 import numpy as np
 from PIL import Image
 
+from tfvae.durable import write_atomic
 from tfvae.evaluation import posterior_means
-from tfvae.runs import write_atomic
 
 
 def image_grid(images: np.ndarray, columns: int, scale: int = 2, gap: int = 2) -> Image.Image:

@@ -2,8 +2,8 @@
 
 A run folder holds `config.json` (settings, versions, status), `model.keras`,
 `metrics.csv`, `logs/` (TensorBoard), pictures, and while training runs a
-`backup/` that lets an interrupted run resume. Files are written atomically
-(temporary name, then rename), so a reader never sees half a file.
+`backup/` that lets an interrupted run resume. Every file is written
+atomically and durably (`tfvae.durable`), so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -11,182 +11,23 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import platform
 from pathlib import Path
 from typing import Any
 
-from tfvae.choices import (
-    ACTIVATIONS,
-    ARCHS,
-    BINARIZATIONS,
-    LR_SCHEDULES,
-    OBJECTIVES,
-    STRATEGIES,
-)
+from tfvae.config import TrainConfig, is_int
+from tfvae.durable import write_atomic
+from tfvae.errors import RunError
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.csv"
 BACKUP_DIR = "backup"
-# Seeds become int32 stateless-random seeds: larger values would wrap.
-MAX_SEED = 2**31 - 1
 LOGS_DIR = "logs"
-
-
-class RunError(Exception):
-    """A run folder that cannot be used as asked; the message says what to do."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Every setting of a training run; stored in `config.json`.
-
-    Defaults are the seed's model (784-400-20 MLP, Adam, batch 128), trained
-    for 250 epochs with the learning rate falling from 2e-3 to 0 along a
-    cosine: the best test likelihood this model reached in about ten minutes
-    on a 2-core CPU (benchmarks/RESULTS.md compares the schedules).
-    """
-
-    dataset: str = "mnist"
-    data_dir: str | None = None
-    resize: tuple[int, int] | None = None
-    arch: str = "mlp"
-    latent_dim: int = 20
-    hidden_units: tuple[int, ...] = (400,)
-    activation: str = "relu"
-    epochs: int = 250
-    batch_size: int = 128
-    learning_rate: float = 2e-3
-    lr_schedule: str = "cosine"
-    adam_epsilon: float = 1e-7
-    binarize: str = "dynamic"
-    objective: str = "elbo"
-    k: int = 1
-    beta: float = 1.0
-    kl_warmup: int = 0
-    seed: int = 0
-    strategy: str = "auto"
-    jit_compile: bool | None = None
-    mixed_precision: bool = False
-    steps_per_execution: int | None = None
-    limit: int | None = None
-    init_from: str | None = None
-
-    def __post_init__(self):
-        def need(ok: bool, field: str, allowed: str):
-            if not ok:
-                raise RunError(f"config: {field}={getattr(self, field)!r} is invalid; {allowed}")
-
-        need(isinstance(self.dataset, str) and bool(self.dataset), "dataset", "a data set name")
-        need(self.data_dir is None or isinstance(self.data_dir, str), "data_dir", "a folder")
-        need(
-            self.resize is None
-            or (
-                isinstance(self.resize, tuple)
-                and len(self.resize) == 2
-                and all(_is_int(d) and 1 <= d <= 4096 for d in self.resize)
-            ),
-            "resize",
-            "two sizes in 1..4096 (height, width)",
-        )
-        need(self.arch in ARCHS, "arch", f"one of {', '.join(ARCHS)}")
-        for field in ("latent_dim", "epochs", "batch_size", "k"):
-            value = getattr(self, field)
-            need(_is_int(value) and value >= 1, field, "a positive integer")
-        need(
-            isinstance(self.hidden_units, tuple)
-            and len(self.hidden_units) > 0
-            and all(_is_int(u) and u >= 1 for u in self.hidden_units),
-            "hidden_units",
-            "positive layer sizes",
-        )
-        need(self.activation in ACTIVATIONS, "activation", f"one of {', '.join(ACTIVATIONS)}")
-        need(
-            isinstance(self.learning_rate, float) and 0 < self.learning_rate < 10,
-            "learning_rate",
-            "a number in (0, 10)",
-        )
-        need(
-            isinstance(self.adam_epsilon, float) and 0 < self.adam_epsilon <= 1,
-            "adam_epsilon",
-            "a number in (0, 1]",
-        )
-        need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {', '.join(LR_SCHEDULES)}")
-        need(self.binarize in BINARIZATIONS, "binarize", f"one of {', '.join(BINARIZATIONS)}")
-        need(
-            _is_int(self.seed) and 0 <= self.seed <= MAX_SEED,
-            "seed",
-            f"an integer in 0..{MAX_SEED}",
-        )
-        need(self.strategy in STRATEGIES, "strategy", f"one of {', '.join(STRATEGIES)}")
-        need(self.objective in OBJECTIVES, "objective", f"one of {', '.join(OBJECTIVES)}")
-        need(
-            isinstance(self.beta, float) and 0 <= self.beta <= 1000, "beta", "a number in [0, 1000]"
-        )
-        need(_is_int(self.kl_warmup) and self.kl_warmup >= 0, "kl_warmup", "epochs >= 0")
-        need(
-            self.jit_compile is None or isinstance(self.jit_compile, bool),
-            "jit_compile",
-            "true, false or null (auto)",
-        )
-        need(
-            self.steps_per_execution is None
-            or (_is_int(self.steps_per_execution) and self.steps_per_execution >= 1),
-            "steps_per_execution",
-            "a positive integer or null (auto)",
-        )
-        need(isinstance(self.mixed_precision, bool), "mixed_precision", "true or false")
-        need(self.limit is None or (_is_int(self.limit) and self.limit >= 1), "limit", "> 0")
-        need(
-            self.init_from is None or (isinstance(self.init_from, str) and bool(self.init_from)),
-            "init_from",
-            "a finished run folder or null",
-        )
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Validate untrusted JSON: unknown keys and wrong types are refused."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise RunError(f"config: unknown settings {sorted(unknown)}")
-        values = dict(values)
-        # Runs from before the setting existed trained at a constant rate;
-        # resuming one under today's default would switch schedules mid-run.
-        values.setdefault("lr_schedule", "constant")
-        for field in ("hidden_units", "resize"):
-            if isinstance(values.get(field), list):
-                values[field] = tuple(values[field])
-        for field in ("learning_rate", "adam_epsilon", "beta"):
-            if _is_int(values.get(field)):
-                values[field] = float(values[field])
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
-        values["hidden_units"] = list(self.hidden_units)
-        values["resize"] = None if self.resize is None else list(self.resize)
-        return values
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def default_run_dir(root: str | Path = "runs") -> Path:
     return Path(root) / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write `path` via a temporary sibling and `os.replace` (all or nothing)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    with open(tmp, mode) as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(tmp, path)
 
 
 def versions() -> dict[str, str]:
@@ -248,7 +89,7 @@ def read_state(run_dir: str | Path) -> RunState:
     if not (
         isinstance(shape, list)
         and len(shape) == 3
-        and all(_is_int(d) and 1 <= d <= 4096 for d in shape)
+        and all(is_int(d) and 1 <= d <= 4096 for d in shape)
     ):
         raise RunError(f"{path}: image_shape {shape!r} is invalid")
     status = raw.get("status")

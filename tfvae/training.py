@@ -11,16 +11,19 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from tfvae import durable
+from tfvae.callbacks import EpochBackup, EpochSeconds, MetricsCSV, StopOnNonFinite
+from tfvae.config import MAX_SEED, TrainConfig
+from tfvae.data import load_dataset, test_pipeline, train_pipeline
+from tfvae.errors import RunError
+from tfvae.evaluation import evaluate_elbo
 from tfvae.runs import (
     BACKUP_DIR,
     CONFIG_FILE,
     LOGS_DIR,
-    MAX_SEED,
     METRICS_FILE,
     MODEL_FILE,
-    RunError,
     RunState,
-    TrainConfig,
     default_run_dir,
     load_run,
     read_state,
@@ -77,14 +80,10 @@ def _check_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> bool:
     return False
 
 
-def _save_model(model, run_dir: Path) -> None:
-    """`model.keras`, written under a temporary name and renamed into place."""
-    tmp = run_dir / f".tmp-{os.getpid()}-{MODEL_FILE}"
-    try:
+def save_model(model, run_dir: Path) -> None:
+    """`model.keras`, all or nothing, durably."""
+    with durable.atomic_path(run_dir / MODEL_FILE) as tmp:
         model.save(tmp)
-        os.replace(tmp, run_dir / MODEL_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_pictures(model, data, test_images, run_dir: Path) -> list[Path]:
@@ -129,11 +128,8 @@ def _build_model(config: TrainConfig, image_shape, strategy, steps_per_epoch: in
     try:
         with strategy.scope():
             model = VAE(
-                image_shape=image_shape,
-                latent_dim=config.latent_dim,
-                arch=config.arch,
-                hidden_units=config.hidden_units,
-                activation=config.activation,
+                image_shape,
+                config.model,
                 seed=config.seed,
                 objective=config.objective,
                 beta=config.beta,
@@ -148,7 +144,8 @@ def _build_model(config: TrainConfig, image_shape, strategy, steps_per_epoch: in
                     epsilon=config.adam_epsilon,
                 ),
                 # XLA on by default, CPU included: the step's random numbers
-                # are integer hashes (`tfvae.noise`), and fused it runs ~2x faster.
+                # are integer hashes (`tfvae.noise`), and fused the step runs faster
+                # (benchmarks/RESULTS.md).
                 jit_compile=jit_compile,
                 steps_per_execution=steps_per_execution,
             )
@@ -214,61 +211,78 @@ def train(
 ) -> TrainResult:
     """Train `config` into `run_dir`, resuming it if it holds an unfinished run.
 
-    Nothing is written before the data set has loaded, so a bad data set leaves
-    no folder behind.
+    Four phases: prepare the folder (nothing is written before the data set
+    and the starting weights have loaded, so a bad request leaves no folder
+    behind), choose the starting weights, fit, finish (model, scores,
+    pictures, status).
     """
-    import keras
-    import tensorflow as tf
-
-    from tfvae import data as datasets
-    from tfvae.callbacks import EpochBackup, EpochSeconds, MetricsCSV, StopOnNonFinite
-    from tfvae.distribute import (
-        common_epoch,
-        describe,
-        is_multi_worker,
-        make_strategy,
-        peer_failures,
-    )
-    from tfvae.evaluation import evaluate_elbo
+    from tfvae.distribute import make_strategy, peer_failures
 
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir()
     strategy = make_strategy(config.strategy)
     folder, is_chief = _worker_folder(run_dir, strategy)
-    for leftover in folder.parent.glob(f".{folder.name}.deleting-*"):
-        shutil.rmtree(leftover, ignore_errors=True)  # of an --overwrite that was killed
     replace_old = _check_run_dir(folder, config, overwrite)
-
-    data = datasets.load_dataset(config.dataset, config.data_dir, config.resize)
-    if config.limit is not None:
-        data = data.limit(config.limit, config.limit)
-    # Before the pipelines: tf.data combines its op seeds with the global seed.
-    keras.utils.set_random_seed(config.seed)
-    noise_shape = (config.latent_dim,) if config.k == 1 else (config.k, config.latent_dim)
-    options = tf.data.Options()
-    # Every worker builds the same pipeline and keeps its share of each batch.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    test_images = data.fixed_binarized("test", config.binarize)
-    test_ds = datasets.test_pipeline(
-        data, max(config.batch_size, 500), noise_shape, binarize=config.binarize
-    ).with_options(options)
-
-    steps_per_epoch = math.ceil(len(data.train_images) / config.batch_size)
-    model = _build_model(config, data.image_shape, strategy, steps_per_epoch)
+    data = _load_data(config)
+    model = _build_model(config, data.image_shape, strategy, _steps_per_epoch(config, data))
     backup = EpochBackup(folder / BACKUP_DIR)
     # Checked before anything is written; a run that resumes from its own
     # checkpoints no longer needs its source.
     resumable = not replace_old and bool(backup.epochs())
-    initial_weights = (
-        starting_weights(Path(config.init_from), model)
-        if config.init_from is not None and not resumable
-        else None
+    source = _source_weights(config, model) if not resumable else None
+    state = _start_folder(folder, config, data, model, strategy, replace_old)
+    echo(
+        f"Training in {folder} under {state.extra['strategy_class']} "
+        f"({state.extra['replicas']} replica(s))"
     )
+    with peer_failures(strategy):
+        initial_epoch = _starting_point(config, model, backup, strategy, source, echo)
+        _fit(config, model, data, folder, backup, initial_epoch, is_chief, verbose)
+        # Every worker saves (saving can read synchronised variables, a
+        # collective step all workers must join); only the chief's copy is kept.
+        save_model(model, folder)
+    if not is_chief:
+        shutil.rmtree(folder, ignore_errors=True)
+        echo(f"Worker finished; the chief wrote {run_dir}")
+        return TrainResult(run_dir, {}, initial_epoch, model)
+    test = _finish(model, data, state, folder, config)
+    echo(f"Run folder: {run_dir}")
+    echo(
+        f"Test ELBO: {test['elbo']:.2f} nats (KL {test['kl']:.2f}, "
+        f"log-likelihood {test['log_likelihood']:.2f})"
+    )
+    return TrainResult(run_dir, test, initial_epoch, model)
+
+
+def _load_data(config: TrainConfig):
+    """The run's data set (limited to `--limit` images)."""
+    data = load_dataset(config.dataset, config.data_dir, config.resize)
+    if config.limit is not None:
+        data = data.limit(config.limit, config.limit)
+    return data
+
+
+def _steps_per_epoch(config: TrainConfig, data) -> int:
+    return math.ceil(len(data.train_images) / config.batch_size)
+
+
+def _source_weights(config: TrainConfig, model) -> list | None:
+    """The `--init-from` run's weights, loaded and checked against `model`."""
+    if config.init_from is None:
+        return None
+    return starting_weights(Path(config.init_from), model)
+
+
+def _start_folder(folder: Path, config, data, model, strategy, replace_old: bool) -> RunState:
+    """Replace an old run if asked, create the folder and its `config.json`."""
+    from tfvae.distribute import describe
+
+    for leftover in folder.parent.glob(f".{folder.name}.deleting-*"):
+        shutil.rmtree(leftover, ignore_errors=True)  # of an --overwrite that was killed
     if replace_old:
         # Rename first: a kill while deleting leaves no half-deleted run folder.
         doomed = folder.with_name(f".{folder.name}.deleting-{os.getpid()}")
         folder.rename(doomed)
         shutil.rmtree(doomed)
-
     folder.mkdir(parents=True, exist_ok=True)
     state = RunState(
         config,
@@ -282,61 +296,71 @@ def train(
         },
     )
     write_state(folder, state)
-    echo(
-        f"Training in {folder} under {state.extra['strategy_class']} "
-        f"({state.extra['replicas']} replica(s))"
-    )
+    return state
 
+
+def _starting_point(config, model, backup: EpochBackup, strategy, source, echo) -> int:
+    """Load the newest checkpoint (the one all workers agree on), or the
+    `--init-from` weights on a fresh start; return the epoch to start after."""
+    from tfvae.distribute import common_epoch, is_multi_worker
+
+    agreed = (
+        common_epoch(strategy, backup.epochs(), config.epochs)
+        if is_multi_worker(strategy)
+        else None
+    )
+    initial_epoch = backup.restore(model, agreed)
+    if initial_epoch:
+        echo(f"Resuming after epoch {initial_epoch} of {config.epochs}")
+    elif config.init_from is not None:
+        # Every worker starts from the source when they agree on epoch 0,
+        # even one that holds checkpoints of its own.
+        values = source or starting_weights(Path(config.init_from), model)
+        for variable, value in zip(
+            [*model.encoder.weights, *model.decoder.weights], values, strict=True
+        ):
+            variable.assign(value)
+        echo(f"Starting from the weights of {config.init_from}")
+    return initial_epoch
+
+
+def _fit(config, model, data, folder: Path, backup, initial_epoch: int, is_chief, verbose):
+    """`model.fit` from `initial_epoch` to `config.epochs`, validating on the
+    test images after every epoch."""
+    import keras
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    # Every worker builds the same pipeline and keeps its share of each batch.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    # A fresh pipeline starts its shuffle and draws from the beginning:
+    # seeded as before, a resumed run would replay epoch 1's batches.
+    seed = pipeline_seed(config.seed, initial_epoch)
+    train_ds = train_pipeline(data, config.batch_size, config.binarize, seed)
+    test_ds = test_pipeline(data, max(config.batch_size, 500), config.binarize)
+    callbacks = [
+        StopOnNonFinite(),
+        EpochSeconds(),
+        MetricsCSV(folder / METRICS_FILE, initial_epoch),
+    ]
+    if is_chief:
+        callbacks.append(keras.callbacks.TensorBoard(str(folder / LOGS_DIR)))
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-    with peer_failures(strategy):
-        # Workers must all resume from the same epoch; a single process takes
-        # its newest readable checkpoint.
-        agreed = (
-            common_epoch(strategy, backup.epochs(), config.epochs)
-            if is_multi_worker(strategy)
-            else None
-        )
-        initial_epoch = backup.restore(model, agreed)
-        if initial_epoch:
-            echo(f"Resuming after epoch {initial_epoch} of {config.epochs}")
-        elif config.init_from is not None:
-            # Every worker starts from the source when they agree on epoch 0,
-            # even one that holds checkpoints of its own.
-            values = initial_weights or starting_weights(Path(config.init_from), model)
-            for variable, value in zip(
-                [*model.encoder.weights, *model.decoder.weights], values, strict=True
-            ):
-                variable.assign(value)
-            echo(f"Starting from the weights of {config.init_from}")
-        # A fresh pipeline starts its shuffle and draws from the beginning:
-        # seeded as before, a resumed run would replay epoch 1's batches.
-        train_ds = datasets.train_pipeline(
-            data, config.batch_size, config.binarize, pipeline_seed(config.seed, initial_epoch)
-        ).with_options(options)
-        callbacks = [
-            StopOnNonFinite(),
-            EpochSeconds(),
-            MetricsCSV(folder / METRICS_FILE, initial_epoch),
-        ]
-        if is_chief:
-            callbacks.append(keras.callbacks.TensorBoard(str(folder / LOGS_DIR)))
-        model.fit(
-            train_ds,
-            epochs=config.epochs,
-            initial_epoch=initial_epoch,
-            validation_data=test_ds,
-            shuffle=False,
-            verbose=verbose if is_chief else 0,
-            callbacks=[*callbacks, backup],
-        )
-        # Every worker saves (saving can read synchronised variables, a
-        # collective step all workers must join); only the chief's copy is kept.
-        _save_model(model, folder)
-    if not is_chief:
-        shutil.rmtree(folder, ignore_errors=True)
-        echo(f"Worker finished; the chief wrote {run_dir}")
-        return TrainResult(run_dir, {}, initial_epoch, model)
+    model.fit(
+        train_ds.with_options(options),
+        epochs=config.epochs,
+        initial_epoch=initial_epoch,
+        validation_data=test_ds.with_options(options),
+        shuffle=False,
+        verbose=verbose if is_chief else 0,
+        callbacks=[*callbacks, backup],
+    )
+
+
+def _finish(model, data, state: RunState, folder: Path, config) -> dict[str, float]:
+    """Score the test set, draw the pictures, mark the run finished."""
+    test_images = data.fixed_binarized("test", config.binarize)
     test = evaluate_elbo(model, test_images)
     save_pictures(model, data, test_images, folder)
     state.status = "finished"
@@ -344,9 +368,4 @@ def train(
     state.extra["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     write_state(folder, state)
     shutil.rmtree(folder / BACKUP_DIR, ignore_errors=True)
-    echo(f"Run folder: {run_dir}")
-    echo(
-        f"Test ELBO: {test['elbo']:.2f} nats (KL {test['kl']:.2f}, "
-        f"log-likelihood {test['log_likelihood']:.2f})"
-    )
-    return TrainResult(run_dir, test, initial_epoch, model)
+    return test

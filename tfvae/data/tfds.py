@@ -16,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tfvae.data import DataError, ImageDataset
+from tfvae.data.dataset import ImageDataset
+from tfvae.errors import DataError
 
 log = logging.getLogger(__name__)
 

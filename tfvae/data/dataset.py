@@ -1,0 +1,72 @@
+"""The image data set type: train and test images as uint8 arrays, and the
+one fixed binarization every score is computed on."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+# The test split is binarized once with this seed (numpy PCG64), the same
+# draw as the PyTorch peer's, so test figures compare across runs and packages.
+TEST_BINARIZATION_SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDataset:
+    """Train and test images (uint8) with optional integer labels.
+
+    `binary` marks sets whose pixels are already 0/1 (then they are never
+    binarized again); otherwise pixels are grey levels 0..255.
+    """
+
+    name: str
+    train_images: np.ndarray
+    test_images: np.ndarray
+    train_labels: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+    binary: bool = False
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.train_images.shape[1:])
+
+    def intensities(self, images: np.ndarray) -> np.ndarray:
+        """Pixel values in [0, 1] as float32, the Bernoulli means."""
+        scale = 1.0 if self.binary else 255.0
+        return images.astype(np.float32) / np.float32(scale)
+
+    def limit(self, n_train: int | None, n_test: int | None = None) -> ImageDataset:
+        """The first `n_train` / `n_test` images, for quick runs and tests."""
+
+        def head(array, n):
+            return array if array is None or n is None else array[:n]
+
+        return dataclasses.replace(
+            self,
+            train_images=head(self.train_images, n_train),
+            train_labels=head(self.train_labels, n_train),
+            test_images=head(self.test_images, n_test),
+            test_labels=head(self.test_labels, n_test),
+        )
+
+    def fixed_binarized_test(self) -> np.ndarray:
+        """The test images under the one fixed binarization, float32 0/1."""
+        return self.fixed_binarized("test")
+
+    def fixed_binarized(self, split: str, binarize: str = "dynamic") -> np.ndarray:
+        """A split's images as scored: one fixed binarization (float32 0/1), or
+        the intensities themselves when the run trains with `binarize="none"`."""
+        images = {"train": self.train_images, "test": self.test_images}[split]
+        if binarize == "none":
+            return self.intensities(images)
+        return fixed_binarization(self, images, TEST_BINARIZATION_SEED)
+
+
+def fixed_binarization(data: ImageDataset, images: np.ndarray, seed: int) -> np.ndarray:
+    """One Bernoulli draw of `images`: pixel = 1 where U < intensity."""
+    x = data.intensities(images)
+    if data.binary:
+        return x
+    u = np.random.default_rng(seed).random(x.shape, dtype=np.float32)
+    return (u < x).astype(np.float32)

@@ -1,0 +1,158 @@
+"""The SavedModel for TF Serving: named signatures over the trained model.
+
+Input policy of every image signature: pixels are float32 in [0, 1]; finite
+values outside that range are clipped to it; NaN or +-Inf pixels (and codes
+`z`) are refused with an `InvalidArgumentError` ("... Tensor had NaN
+values"), and the batch shape is checked again inside the graph (TF
+Serving's C++ runtime does not check fed shapes). An empty batch gives empty
+outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import tensorflow as tf
+
+from tfvae import durable
+from tfvae.errors import ExportError
+from tfvae.export.publish import (
+    check_model,
+    model_dir,
+    next_version,
+    remove_stale_temps,
+    temp_folder,
+    write_errors,
+)
+
+if TYPE_CHECKING:
+    from tfvae.model import VAE
+
+SIGNATURES = ("serving_default", "reconstruct", "encode", "decode", "sample", "elbo")
+# The `elbo` signature draws its one z ~ q(z|x) with this stateless seed, so the
+# same images always give the same numbers (equal to `model.elbo_terms(x, seed=ELBO_SEED)`).
+ELBO_SEED = (0, 0)
+# A `sample` request allocates count * pixels floats; cap it so one request cannot
+# exhaust a server's memory (10k MNIST images are 31 MB).
+MAX_SAMPLE_COUNT = 10_000
+
+
+def images_spec(model: VAE) -> tf.TensorSpec:
+    return tf.TensorSpec([None, *model.image_shape], tf.float32, name="images")
+
+
+def z_spec(model: VAE) -> tf.TensorSpec:
+    return tf.TensorSpec([None, model.latent_dim], tf.float32, name="z")
+
+
+def _checked_images(model: VAE, images: tf.Tensor) -> tf.Tensor:
+    """Shape check, NaN/Inf refusal and clipping to [0, 1] (see the module docstring)."""
+    images = tf.ensure_shape(images, [None, *model.image_shape])
+    images = tf.debugging.check_numerics(images, "images must be finite pixels in [0, 1]")
+    return tf.clip_by_value(images, 0.0, 1.0)
+
+
+def _checked_z(model: VAE, z: tf.Tensor) -> tf.Tensor:
+    z = tf.ensure_shape(z, [None, model.latent_dim])
+    return tf.debugging.check_numerics(z, "z must be finite")
+
+
+def _serving_endpoints(model: VAE) -> dict[str, tuple[Callable, list[tf.TensorSpec]]]:
+    """The signatures: name -> (function returning a dict of named outputs, inputs)."""
+    images, z = images_spec(model), z_spec(model)
+
+    def reconstruct(images):
+        return {"probabilities": model(_checked_images(model, images))}
+
+    def encode(images):
+        z_mean, z_stddev = model.encoder.params(_checked_images(model, images))
+        return {"z_mean": z_mean, "z_stddev": z_stddev}
+
+    def decode(z):
+        logits = model.decoder.logits(_checked_z(model, z))
+        return {"probabilities": tf.sigmoid(logits), "logits": logits}
+
+    def sample(count, seed):
+        with tf.control_dependencies(
+            [
+                tf.debugging.assert_non_negative(count, message="count must be >= 0"),
+                tf.debugging.assert_less_equal(
+                    count, MAX_SAMPLE_COUNT, message=f"count must be <= {MAX_SAMPLE_COUNT}"
+                ),
+            ]
+        ):
+            count = tf.identity(count)
+        return {"probabilities": model.sample(count, seed=seed)}
+
+    def elbo(images):
+        terms = model.elbo_terms(_checked_images(model, images), seed=ELBO_SEED)
+        return {key: terms[key] for key in ("elbo", "kl", "log_likelihood")}
+
+    scalar = [
+        tf.TensorSpec([], tf.int32, name="count"),
+        tf.TensorSpec([], tf.int32, name="seed"),
+    ]
+    return {
+        "serving_default": (reconstruct, [images]),
+        "reconstruct": (reconstruct, [images]),
+        "encode": (encode, [images]),
+        "decode": (decode, [z]),
+        "sample": (sample, scalar),
+        "elbo": (elbo, [images]),
+    }
+
+
+def export_archive(model: VAE, endpoints: dict[str, tuple[Callable, list[tf.TensorSpec]]]):
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, (fn, signature) in endpoints.items():
+        archive.add_endpoint(name, fn, input_signature=signature)
+    return archive
+
+
+def export_savedmodel(
+    model: VAE, out_dir: str | os.PathLike, name: str, version: int | None = None
+) -> Path:
+    """Write `out_dir/<name>/<version>/` (saved_model.pb + variables/) for TF Serving.
+
+    `version=None` takes the next free integer (one above the highest, so TF
+    Serving switches to it); an existing version is refused. The export appears
+    atomically: it is written to `.tmp-<version>-<host>-<pid>` and renamed.
+    Returns the version folder.
+    """
+    check_model(model)
+    if version is not None and (
+        isinstance(version, bool) or not isinstance(version, int) or version < 1
+    ):
+        raise ExportError(f"version must be a positive integer, got {version!r}")
+    base = model_dir(out_dir, name)
+    remove_stale_temps(base)
+    if version is not None and (base / str(version)).exists():
+        raise ExportError(
+            f"{base / str(version)} already exists; pick another --version or omit it"
+        )
+    archive = export_archive(model, _serving_endpoints(model))
+    chosen = version if version is not None else next_version(out_dir, name)
+    with temp_folder(base, chosen) as temp, write_errors(base / str(chosen)):
+        archive.write_out(str(temp), verbose=False)
+        durable.fsync_tree(temp)
+        while True:
+            target = base / str(chosen)
+            try:
+                if target.exists():  # os.rename would silently replace an empty folder
+                    raise FileExistsError(target)
+                os.rename(temp, target)
+                break
+            except OSError as err:
+                if not isinstance(err, FileExistsError) and not target.exists():
+                    raise
+                if version is not None:  # another process took it meanwhile
+                    raise ExportError(f"{target} already exists; pick another --version") from None
+                chosen = next_version(out_dir, name)
+        durable.fsync(base)
+    return target
