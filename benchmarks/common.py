@@ -183,6 +183,9 @@ def train_and_score(train: list[str], run_dir: Path, eval_k: int) -> dict[str, A
     train_seconds = time.perf_counter() - start
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
+    # Runs with --validation score the held-out training images every epoch
+    # and the test set once; the others score the test set every epoch.
+    held_out = "validation" if "validation_elbo" in header else "test"
     curve, clock = [], 0.0
     for row in rows[1:]:
         values = dict(zip(header, row.split(","), strict=True))
@@ -191,7 +194,7 @@ def train_and_score(train: list[str], run_dir: Path, eval_k: int) -> dict[str, A
             {
                 "epoch": int(values["epoch"]),
                 "seconds": round(clock, 1),
-                "test_neg_elbo": -float(values["test_elbo"]),
+                f"{held_out}_neg_elbo": -float(values[f"{held_out}_elbo"]),
             }
         )
     start = time.perf_counter()
@@ -206,5 +209,8 @@ def train_and_score(train: list[str], run_dir: Path, eval_k: int) -> dict[str, A
         "test_neg_elbo": -scores["elbo"],
         "active_units": scores["active_units"],
         "curve": curve,
+        # The code that trained the run (each start and resume), from the run
+        # itself: the checkout may have moved on since.
+        "trained_by": json.loads((run_dir / "config.json").read_text()).get("provenance"),
         "machine": machine(with_gpus=False),
     }

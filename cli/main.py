@@ -298,6 +298,16 @@ def main():
     help="Use only the first N train and test images (quick runs).",
 )
 @click.option(
+    "--validation",
+    type=click.IntRange(min=0),
+    default=DEFAULTS.validation,
+    show_default=True,
+    metavar="N",
+    help="Hold the last N training images out of training and score them after every "
+    "epoch (metrics.csv's validation_* columns); the test set is then scored only once, "
+    "at the end. 0: score the test set every epoch.",
+)
+@click.option(
     "--init-from",
     type=click.Path(file_okay=False),
     default=None,

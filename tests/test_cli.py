@@ -168,12 +168,11 @@ def test_foreign_folder_is_never_used_as_run_dir(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-def test_help_is_fast_and_has_examples():
-    """--help must not import TensorFlow."""
-    start = time.perf_counter()
+def test_help_has_examples_and_does_not_import_tensorflow():
+    """--help answers at once because it never imports TensorFlow (the start-up
+    time itself is measured in benchmarks/, not here)."""
     result = subprocess.run([*TFVAE, "train", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "Examples:" in result.stdout
-    assert time.perf_counter() - start < 2.0
     probe = "import sys, tfvae.cli.main; print('tensorflow' in sys.modules)"
     assert (
         subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()

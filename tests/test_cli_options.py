@@ -151,6 +151,7 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
         "mixed_precision": flag("--mixed-precision"),
         "steps_per_execution": positive_int("--steps-per-execution"),
         "limit": positive_int("--limit"),
+        "validation": non_negative_int("--validation"),
         "init_from": [Bad(("--init-from", A_FILE), "is a file")],
         "run_dir": [Bad(("--run-dir", A_FILE), "is a file")],
         "overwrite": flag("--overwrite"),

@@ -12,7 +12,8 @@ from tfvae.config import BINARIZATIONS
 from tfvae.data import DataError, ImageDataset, sources
 from tfvae.noise import training_batch
 
-PEER = Path("/work/shared/peers/mnist_data.py")
+# The shared folder lies beside the checkout (`../shared`), wherever it is.
+PEER = Path(__file__).resolve().parents[2] / "shared" / "peers" / "mnist_data.py"
 
 
 def _epoch(dataset) -> np.ndarray:

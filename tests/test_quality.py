@@ -13,8 +13,11 @@ EPOCHS = 3
 # on the 2-core AMD EPYC VM. Seeds are fixed; the margin covers float
 # rounding that differs between CPUs and XLA versions. A change that makes
 # the defaults learn better should lower these figures with it.
-SAVED_NEG_ELBO = 110.03
-SAVED_NLL_K100 = 105.91
+# Re-measured at 2336c5b's successor, when the ELBO's z came to be drawn from
+# each image's fixed key (110.03 and 105.91 before, measured at an earlier
+# commit; the 10-epoch run moved from 101.33 to 101.39, one draw's noise).
+SAVED_NEG_ELBO = 109.94
+SAVED_NLL_K100 = 105.86
 MARGIN = 0.5  # nats per image
 
 

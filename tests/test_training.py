@@ -3,16 +3,19 @@ and a whole run on an `idx:` folder of generated data."""
 
 import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfvae
 from tfvae.callbacks import EpochBackup, StopOnNonFinite
 from tfvae.config import TrainConfig
 from tfvae.data import image_pipeline
-from tfvae.errors import NonFiniteLossError, RunError
+from tfvae.errors import DataError, NonFiniteLossError, RunError
 from tfvae.model import VAE
 from tfvae.runs import load_run
 from tfvae.training import train
@@ -297,3 +300,61 @@ def test_adam_epsilon_reaches_the_saved_optimizer(tmp_path):
     assert TrainConfig.from_dict(old).adam_epsilon == 1e-7
     run = quiet_train(TrainConfig(**TINY, adam_epsilon=1e-4), tmp_path / "run")
     assert load_run(run.run_dir).model.optimizer.epsilon == pytest.approx(1e-4)
+
+
+def test_validation_holds_out_the_last_training_images_and_scores_them_every_epoch(tmp_path):
+    """--validation 64 of 256: training sees 192 images (3 steps of 64 an
+    epoch), metrics.csv scores the held-out 64 every epoch, and the test set
+    is scored once, at the end; the last epoch's validation figures are the
+    validation scores config.json records (the same fixed keys)."""
+    config = TrainConfig(**{**TINY, "epochs": 2}, validation=64, jit_compile=False)
+    run_dir = tmp_path / "run"
+    result = quiet_train(config, run_dir)
+    state = json.loads((run_dir / "config.json").read_text())
+    assert state["config"]["validation"] == 64
+    assert int(result.model.optimizer.iterations.numpy()) == 2 * 3
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert "validation_elbo" in header and not any(c.startswith("test_") for c in header)
+    last = dict(zip(header, rows[-1].split(","), strict=True))
+    assert float(last["validation_elbo"]) == pytest.approx(state["validation"]["elbo"], abs=1e-3)
+    assert state["test"]["elbo"] != pytest.approx(state["validation"]["elbo"], abs=1e-3)
+    assert set(state["test"]) == {"elbo", "kl", "log_likelihood"}
+
+
+def test_validation_must_leave_training_images(tmp_path):
+    with pytest.raises(DataError, match="cannot hold out 256 of its 256 training images"):
+        quiet_train(TrainConfig(**TINY, validation=256), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_json_records_the_code_of_every_start(tmp_path):
+    """The tfvae version, and from a checkout the commit and whether tracked
+    files differ from it; a resume adds its own entry."""
+    run_dir = tmp_path / "run"
+    config = TrainConfig(**TINY)
+    quiet_train(config, run_dir)
+    (entry,) = json.loads((run_dir / "config.json").read_text())["provenance"]
+    assert entry["tfvae"] == tfvae.__version__
+    root = Path(tfvae.__file__).resolve().parents[1]
+    if (root / ".git").exists():
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True)
+        assert entry["git_commit"] == head.stdout.decode().strip()
+        assert isinstance(entry["git_dirty"], bool)
+    state = json.loads((run_dir / "config.json").read_text())
+    state["status"] = "running"  # as if killed before it finished
+    (run_dir / "config.json").write_text(json.dumps(state))
+    quiet_train(config, run_dir)
+    assert len(json.loads((run_dir / "config.json").read_text())["provenance"]) == 2
+
+
+def test_the_same_seed_trains_the_same_weights(tmp_path):
+    """--seed fixes the initial weights and the data order: two runs with the
+    same seed end bit-identical, and another seed ends elsewhere."""
+    weights = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        run = quiet_train(TrainConfig(**TINY, seed=seed), tmp_path / name)
+        weights[name] = run.model.get_weights()
+    for a, b in zip(weights["a"], weights["b"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, c) for a, c in zip(weights["a"], weights["c"], strict=True))

@@ -136,19 +136,19 @@ class MetricsCSV(keras.callbacks.Callback):
     Rows of epochs that a resumed run replays are replaced, never repeated.
     """
 
-    COLUMNS = (
-        "epoch",
-        *(
-            f"{split}_{name}"
-            for split in ("train", "test")
-            for name in ("loss", "elbo", "kl", "log_likelihood")
-        ),
-        "seconds",
-    )
+    TERMS = ("loss", "elbo", "kl", "log_likelihood")
 
-    def __init__(self, path: Path, initial_epoch: int = 0):
+    def __init__(self, path: Path, initial_epoch: int = 0, held_out: str = "test"):
+        """`held_out`: what Keras' `val_*` logs score, `test` or `validation`,
+        which names their columns."""
         super().__init__()
         self.path = Path(path)
+        self.held_out = held_out
+        self.columns = (
+            "epoch",
+            *(f"{split}_{name}" for split in ("train", held_out) for name in self.TERMS),
+            "seconds",
+        )
         self.rows: list[dict[str, str]] = []
         if self.path.is_file():
             with open(self.path, newline="") as stream:
@@ -157,12 +157,12 @@ class MetricsCSV(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         row = {"epoch": str(epoch + 1), "seconds": f"{logs.get('seconds', float('nan')):.3f}"}
-        for name in ("loss", "elbo", "kl", "log_likelihood"):
+        for name in self.TERMS:
             row[f"train_{name}"] = f"{float(logs.get(name, float('nan'))):.4f}"
-            row[f"test_{name}"] = f"{float(logs.get('val_' + name, float('nan'))):.4f}"
+            row[f"{self.held_out}_{name}"] = f"{float(logs.get('val_' + name, float('nan'))):.4f}"
         self.rows = [r for r in self.rows if int(r["epoch"]) < epoch + 1] + [row]
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=self.COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=self.columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
         durable.write_atomic(self.path, out.getvalue())

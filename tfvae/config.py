@@ -146,6 +146,7 @@ class TrainConfig(ModelConfig):
     mixed_precision: bool = False
     steps_per_execution: int | None = None
     limit: int | None = None
+    validation: int = 0
     init_from: str | None = None
 
     RULES: ClassVar[dict[str, Rule]] = {
@@ -179,6 +180,7 @@ class TrainConfig(ModelConfig):
         "steps_per_execution": _OPTIONAL_POSITIVE,
         "mixed_precision": (lambda v: isinstance(v, bool), "true or false"),
         "limit": (lambda v: v is None or (is_int(v) and v >= 1), "> 0"),
+        "validation": (lambda v: is_int(v) and v >= 0, "a number of images >= 0"),
         "init_from": (
             lambda v: v is None or (isinstance(v, str) and bool(v)),
             "a finished run folder or null",

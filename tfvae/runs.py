@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import json
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,32 @@ LOGS_DIR = "logs"
 
 def default_run_dir(root: str | Path = "runs") -> Path:
     return Path(root) / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def code_version() -> dict[str, object]:
+    """The code that is running: tfvae's version and, when it runs from a git
+    checkout, the commit and whether tracked files differ from it."""
+    import tfvae
+
+    info: dict[str, object] = {"tfvae": tfvae.__version__}
+    root = Path(tfvae.__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return info
+    try:
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run(
+            [*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        changes = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return info
+    return {**info, "git_commit": commit, "git_dirty": bool(changes)}
 
 
 def versions() -> dict[str, str]:

@@ -11,10 +11,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import keras
+
 from tfvae import durable
 from tfvae.callbacks import EpochBackup, EpochSeconds, MetricsCSV, StopOnNonFinite
 from tfvae.config import MAX_SEED, TrainConfig
-from tfvae.data import load_dataset, test_pipeline, train_pipeline
+from tfvae.data import image_pipeline, load_dataset, test_pipeline, train_pipeline
 from tfvae.errors import RunError
 from tfvae.evaluation import evaluate_elbo
 from tfvae.runs import (
@@ -24,6 +26,7 @@ from tfvae.runs import (
     METRICS_FILE,
     MODEL_FILE,
     RunState,
+    code_version,
     default_run_dir,
     load_run,
     read_state,
@@ -116,7 +119,6 @@ def _build_model(config: TrainConfig, image_shape, strategy, steps_per_epoch: in
     decoder hand float32 tensors to the distributions, so log-probabilities
     and the KL stay in float32. Keras wraps the optimizer in a loss scaler.
     """
-    import keras
 
     from tfvae.distribute import execution_settings
     from tfvae.model import VAE
@@ -222,7 +224,10 @@ def train(
     strategy = make_strategy(config.strategy)
     folder, is_chief = _worker_folder(run_dir, strategy)
     replace_old = _check_run_dir(folder, config, overwrite)
-    data = _load_data(config)
+    data, validation = _load_data(config)
+    # Before the model and the pipelines: the weights' initializers and
+    # tf.data's op seeds derive from the global seed.
+    keras.utils.set_random_seed(config.seed)
     model = _build_model(config, data.image_shape, strategy, _steps_per_epoch(config, data))
     backup = EpochBackup(folder / BACKUP_DIR)
     # Checked before anything is written; a run that resumes from its own
@@ -236,7 +241,7 @@ def train(
     )
     with peer_failures(strategy):
         initial_epoch = _starting_point(config, model, backup, strategy, source, echo)
-        _fit(config, model, data, folder, backup, initial_epoch, is_chief, verbose)
+        _fit(config, model, data, validation, folder, backup, initial_epoch, is_chief, verbose)
         # Every worker saves (saving can read synchronised variables, a
         # collective step all workers must join); only the chief's copy is kept.
         save_model(model, folder)
@@ -244,7 +249,7 @@ def train(
         shutil.rmtree(folder, ignore_errors=True)
         echo(f"Worker finished; the chief wrote {run_dir}")
         return TrainResult(run_dir, {}, initial_epoch, model)
-    test = _finish(model, data, state, folder, config)
+    test = _finish(model, data, validation, state, folder, config)
     echo(f"Run folder: {run_dir}")
     echo(
         f"Test ELBO: {test['elbo']:.2f} nats (KL {test['kl']:.2f}, "
@@ -254,11 +259,14 @@ def train(
 
 
 def _load_data(config: TrainConfig):
-    """The run's data set (limited to `--limit` images)."""
+    """The run's data set (limited to `--limit` images) and its validation
+    images (the last `--validation` training images, held out; or None)."""
     data = load_dataset(config.dataset, config.data_dir, config.resize)
     if config.limit is not None:
         data = data.limit(config.limit, config.limit)
-    return data
+    if not config.validation:
+        return data, None
+    return data.hold_out(config.validation, config.binarize)
 
 
 def _steps_per_epoch(config: TrainConfig, data) -> int:
@@ -278,6 +286,10 @@ def _start_folder(folder: Path, config, data, model, strategy, replace_old: bool
 
     for leftover in folder.parent.glob(f".{folder.name}.deleting-*"):
         shutil.rmtree(leftover, ignore_errors=True)  # of an --overwrite that was killed
+    now = datetime.datetime.now().isoformat(timespec="seconds")
+    # Every start of the run (the first and each resume) says which code ran it.
+    resumed = not replace_old and (folder / CONFIG_FILE).is_file()
+    earlier = read_state(folder).extra.get("provenance", []) if resumed else []
     if replace_old:
         # Rename first: a kill while deleting leaves no half-deleted run folder.
         doomed = folder.with_name(f".{folder.name}.deleting-{os.getpid()}")
@@ -292,7 +304,8 @@ def _start_folder(folder: Path, config, data, model, strategy, replace_old: bool
             **describe(strategy),
             "jit_compile": bool(model.jit_compile),
             "steps_per_execution": int(model.steps_per_execution),
-            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "started": now,
+            "provenance": [*earlier, {"started": now, **code_version()}],
         },
     )
     write_state(folder, state)
@@ -324,10 +337,9 @@ def _starting_point(config, model, backup: EpochBackup, strategy, source, echo) 
     return initial_epoch
 
 
-def _fit(config, model, data, folder: Path, backup, initial_epoch: int, is_chief, verbose):
-    """`model.fit` from `initial_epoch` to `config.epochs`, validating on the
-    test images after every epoch."""
-    import keras
+def _fit(config, model, data, validation, folder: Path, backup, initial_epoch, is_chief, verbose):
+    """`model.fit` from `initial_epoch` to `config.epochs`, scored after every
+    epoch on the validation images, or on the test images without them."""
     import tensorflow as tf
 
     options = tf.data.Options()
@@ -337,11 +349,15 @@ def _fit(config, model, data, folder: Path, backup, initial_epoch: int, is_chief
     # seeded as before, a resumed run would replay epoch 1's batches.
     seed = pipeline_seed(config.seed, initial_epoch)
     train_ds = train_pipeline(data, config.batch_size, config.binarize, seed)
-    test_ds = test_pipeline(data, max(config.batch_size, 500), config.binarize)
+    batch_size = max(config.batch_size, 500)
+    if validation is None:
+        held_out, held_out_ds = "test", test_pipeline(data, batch_size, config.binarize)
+    else:
+        held_out, held_out_ds = "validation", image_pipeline(validation, batch_size)
     callbacks = [
         StopOnNonFinite(),
         EpochSeconds(),
-        MetricsCSV(folder / METRICS_FILE, initial_epoch),
+        MetricsCSV(folder / METRICS_FILE, initial_epoch, held_out),
     ]
     if is_chief:
         callbacks.append(keras.callbacks.TensorBoard(str(folder / LOGS_DIR)))
@@ -351,17 +367,20 @@ def _fit(config, model, data, folder: Path, backup, initial_epoch: int, is_chief
         train_ds.with_options(options),
         epochs=config.epochs,
         initial_epoch=initial_epoch,
-        validation_data=test_ds.with_options(options),
+        validation_data=held_out_ds.with_options(options),
         shuffle=False,
         verbose=verbose if is_chief else 0,
         callbacks=[*callbacks, backup],
     )
 
 
-def _finish(model, data, state: RunState, folder: Path, config) -> dict[str, float]:
-    """Score the test set, draw the pictures, mark the run finished."""
+def _finish(model, data, validation, state: RunState, folder: Path, config) -> dict[str, float]:
+    """Score the test set (and the validation images), draw the pictures,
+    mark the run finished."""
     test_images = data.fixed_binarized("test", config.binarize)
     test = evaluate_elbo(model, test_images)
+    if validation is not None:
+        state.extra["validation"] = evaluate_elbo(model, validation)
     save_pictures(model, data, test_images, folder)
     state.status = "finished"
     state.extra["test"] = test

@@ -10,6 +10,8 @@ import numpy as np
 # The test split is binarized once with this seed (numpy PCG64), the same
 # draw as the PyTorch peer's, so test figures compare across runs and packages.
 TEST_BINARIZATION_SEED = 0
+# The validation images (held out of the training split) get their own draw.
+VALIDATION_BINARIZATION_SEED = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,25 @@ class ImageDataset:
             test_labels=head(self.test_labels, n_test),
         )
 
+    def hold_out(self, n: int, binarize: str = "dynamic") -> tuple[ImageDataset, np.ndarray]:
+        """The set without its last `n` training images, and those images as
+        scored (`fixed_binarized`, with their own draw): a validation split
+        that training never sees, always the same images."""
+        from tfvae.errors import DataError
+
+        if not 0 < n < len(self.train_images):
+            raise DataError(
+                f"{self.name}: cannot hold out {n} of its {len(self.train_images)} training "
+                "images for validation; give --validation between 1 and one less than that"
+            )
+        held = self.train_images[-n:]
+        rest = dataclasses.replace(
+            self,
+            train_images=self.train_images[:-n],
+            train_labels=None if self.train_labels is None else self.train_labels[:-n],
+        )
+        return rest, self._as_scored(held, binarize, VALIDATION_BINARIZATION_SEED)
+
     def fixed_binarized_test(self) -> np.ndarray:
         """The test images under the one fixed binarization, float32 0/1."""
         return self.fixed_binarized("test")
@@ -58,9 +79,12 @@ class ImageDataset:
         """A split's images as scored: one fixed binarization (float32 0/1), or
         the intensities themselves when the run trains with `binarize="none"`."""
         images = {"train": self.train_images, "test": self.test_images}[split]
+        return self._as_scored(images, binarize, TEST_BINARIZATION_SEED)
+
+    def _as_scored(self, images: np.ndarray, binarize: str, seed: int) -> np.ndarray:
         if binarize == "none":
             return self.intensities(images)
-        return fixed_binarization(self, images, TEST_BINARIZATION_SEED)
+        return fixed_binarization(self, images, seed)
 
 
 def fixed_binarization(data: ImageDataset, images: np.ndarray, seed: int) -> np.ndarray:
