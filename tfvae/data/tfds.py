@@ -35,7 +35,8 @@ def load_tfds(
     """Load the prepared TFDS set `NAME[/CONFIG]` as uint8 `[n, h, w, c]` arrays.
 
     Everything that can be checked without reading data (name, features,
-    prepared files) is checked first, so mistakes fail in well under a second.
+    prepared files) is checked first, so mistakes fail at once, without a network
+    call (tests/test_tfds.py records every attempt).
     """
     spec = f"tfds:{name_config}"
     builder = _builder(name_config, data_dir)
