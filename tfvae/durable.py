@@ -35,24 +35,18 @@ def fsync_tree(root: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary sibling of `path` to write (by any library); on success it
-    is flushed and renamed over `path`, on failure removed."""
+    """A temporary sibling file of `path` to write (by any library); on
+    success it is flushed and renamed over `path`, on failure removed."""
     path = Path(path)
     # The suffix stays last: some writers (Keras) insist on it.
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
         yield tmp
-        if tmp.is_dir():
-            fsync_tree(tmp)
-        else:
-            fsync(tmp)
+        fsync(tmp)
         os.replace(tmp, path)
         fsync(path.parent)
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
