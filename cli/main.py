@@ -26,7 +26,7 @@ from tfvae.config import (
     STRATEGIES,
     TrainConfig,
 )
-from tfvae.errors import TfvaeError
+from tfvae.errors import OutOfMemoryError, TfvaeError
 
 
 def _import_tensorflow_quietly() -> None:
@@ -113,16 +113,45 @@ EXISTING_RUN = click.Path(exists=True, file_okay=False, path_type=Path)
 DEFAULTS = TrainConfig()
 
 
+# What to ask for less of when a command runs out of memory in a place the
+# library's own estimates and guards do not cover.
+LOWER = {
+    "train": "--batch-size, --k or --hidden",
+    "evaluate": "--k, or evaluate on a machine with more memory",
+    "sample": "-n",
+    "reconstruct": "-n",
+    "export": "the model's size, or export on a machine with more memory",
+}
+
+
+def _exit_out_of_memory(message: str) -> None:
+    """Say `message` and exit 1 at once: after a failed allocation under an
+    address-space limit, TensorFlow's clean-up at exit can abort the process
+    ("double free or corruption") and turn exit 1 into a crash."""
+    click.echo(f"Error: {message}", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
 def user_errors(command):
-    """Turn the library's user-facing errors into one line and exit code 1."""
+    """Turn the library's user-facing errors, and running out of memory, into
+    one line and exit code 1."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         _import_tensorflow_quietly()
+        import tensorflow as tf
+
         try:
             return command(*args, **kwargs)
+        except OutOfMemoryError as err:
+            _exit_out_of_memory(str(err))
         except TfvaeError as err:
             raise click.ClickException(str(err)) from None
+        except (MemoryError, tf.errors.ResourceExhaustedError):
+            lower = LOWER[command.__name__]
+            _exit_out_of_memory(f"tfvae {command.__name__} ran out of memory; lower {lower}")
         except OSError as err:  # a full disk, a missing or read-only folder
             where = f"{err.filename}: " if err.filename else ""
             raise click.ClickException(f"{where}{err.strerror or err}") from None
@@ -423,7 +452,14 @@ def _output(run_dir: Path, output: Path | None, default: str) -> Path:
 
 @main.command()
 @click.argument("run_dir", type=EXISTING_RUN)
-@click.option("-n", "count", type=POSITIVE, default=64, show_default=True)
+@click.option(
+    "-n",
+    "count",
+    type=POSITIVE,
+    default=64,
+    show_default=True,
+    help="Images in the grid: at most 10000 (fewer for images larger than 49x49).",
+)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--binary", is_flag=True, help="Bernoulli draws instead of pixel means.")
 @click.option(
@@ -452,7 +488,14 @@ def sample(run_dir, count, seed, binary, output):
 
 @main.command()
 @click.argument("run_dir", type=EXISTING_RUN)
-@click.option("-n", "count", type=POSITIVE, default=16, show_default=True)
+@click.option(
+    "-n",
+    "count",
+    type=POSITIVE,
+    default=16,
+    show_default=True,
+    help="Images shown with their reconstructions: at most 5000 (fewer for large images).",
+)
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option(
     "-o",

@@ -72,7 +72,8 @@ def test_iw_chunks_do_not_change_the_estimate(tiny, monkeypatch):
 
     model, images = tiny
     whole = iw_log_likelihood(model, images, k=4000, batch_size=6)
-    monkeypatch.setattr(evaluation, "IW_ROWS", 6 * 70)  # chunks of 70 samples
+    pixels = np.prod(images.shape[1:])
+    monkeypatch.setattr(evaluation, "IW_NUMBERS", 6 * 70 * pixels)  # chunks of 70 samples
     chunked = iw_log_likelihood(model, images, k=4000, batch_size=6)
     assert not np.allclose(whole, chunked, atol=0)  # other draws, same estimator...
     np.testing.assert_allclose(chunked, exact_log_px(model, images), atol=0.05)  # ...same target
@@ -127,7 +128,7 @@ def test_iw_estimate_matches_a_float64_numpy_estimate_at_latent_3():
     got = iw_log_likelihood(model, images, k=k, batch_size=7, seed=seed)
     mu, sigma = (t.numpy().astype(np.float64) for t in model.encoder.params(images))
     assert np.ptp(mu, axis=0).min() > 1e-3  # the encoder depends on x
-    # The estimator's own draws (one chunk: k * batch < IW_ROWS).
+    # The estimator's own draws (one chunk: k * batch * pixels < IW_NUMBERS).
     noise = tf.random.stateless_normal([k, 7, 3], seed=[seed, 0], alg="philox").numpy()
     z = mu + sigma * noise.astype(np.float64)  # [k, batch, latent]
     logits = model.decoder.logits(z.reshape(-1, 3).astype(np.float32)).numpy()

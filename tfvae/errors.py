@@ -25,6 +25,10 @@ class ExportError(TfvaeError):
     """A model that cannot be exported as asked."""
 
 
+class OutOfMemoryError(TfvaeError, MemoryError):
+    """A request larger than the memory this process can have."""
+
+
 class NonFiniteLossError(TfvaeError, RuntimeError):
     """Training produced NaN or Inf; the last good checkpoint is untouched."""
 

@@ -20,9 +20,10 @@ from tfvae.errors import RunError
 from tfvae.noise import training_batch
 from tfvae.runs import load_run
 
-# Rows (samples x images) decoded at once by the IW estimate: bounds memory
-# at about rows * pixels * 4 bytes per tensor, whatever K is.
-IW_ROWS = 20_000
+# Numbers (samples x images x pixels) decoded at once by the IW estimate:
+# 20,000 codes of a 28x28 image, 63 MB per float32 tensor, whatever K and
+# the image size are.
+IW_NUMBERS = 20_000 * 784
 
 
 def _batches(images: np.ndarray, batch_size: int):
@@ -63,13 +64,15 @@ def iw_log_likelihood(
         log p(x) ~ log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x),  z_k ~ q(z|x)
 
     K = 1 is the ELBO; the estimate rises towards log p(x) as K grows. The K
-    samples are drawn in chunks of at most `IW_ROWS / batch` and combined with
-    a running log-sum-exp, so memory stays bounded for K = 5000.
-    `progress(n)` is called after each batch of `n` images.
+    samples are drawn in chunks of at most `IW_NUMBERS / (batch * pixels)`
+    and combined with a running log-sum-exp, so memory stays bounded for any
+    K. `progress(n)` is called after each chunk of `n` (image, sample) pairs,
+    so a K in the millions still shows how far it is.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    chunk = max(1, min(k, IW_ROWS // batch_size))
+    rows = IW_NUMBERS // math.prod(images.shape[1:])
+    chunk = max(1, min(k, rows // batch_size))
 
     @tf.function(reduce_retracing=True)
     def log_sum_weights(x, n_samples, chunk_seed):
@@ -91,9 +94,9 @@ def iw_log_likelihood(
             chunk_seed = tf.constant([seed, start * k + first], tf.int32)
             part = log_sum_weights(x, tf.constant(n_samples), chunk_seed).numpy()
             total = np.logaddexp(total, part.astype(np.float64))
+            if progress is not None:
+                progress(n_samples * len(x))
         out[start : start + len(x)] = total - math.log(k)
-        if progress is not None:
-            progress(len(x))
     return out
 
 
@@ -140,11 +143,12 @@ def score_run(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """ELBO, KL, log-likelihood, IW negative log-likelihood (K samples) and the
-    number of active units, in nats per image. `progress(done, total)`."""
+    number of active units, in nats per image. `progress(done, total)` counts
+    (image, sample) pairs of the IW estimate."""
     run, images = run_images(run_dir, split)
     model = run.model
     scores = evaluate_elbo(model, images)
-    report = None if progress is None else (lambda n: progress(n, len(images)))
+    report = None if progress is None else (lambda n: progress(n, len(images) * k))
     log_px = iw_log_likelihood(model, images, k=k, progress=report)
     return {
         "split": split,

@@ -8,6 +8,7 @@ with one reparameterized z ~ q(z|x) for the expectation and the analytic KL.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -19,6 +20,8 @@ from tfvae.noise import training_batch
 tfd = tfp.distributions
 
 METRICS = ("loss", "elbo", "kl", "log_likelihood")
+# Codes decoded at once by `sample` and `reconstruct`.
+DECODE_BATCH = 1000
 
 
 def _stateless_seed(seed):
@@ -101,21 +104,32 @@ class VAE(keras.Model):
         return self.decode(self.encode(images).mean()).mean()
 
     def reconstruct(self, images):
-        return self(images)
+        """`call` on `images` `[n, height, width, channels]`, `DECODE_BATCH` at a
+        time, so memory stays bounded whatever n is."""
+        parts = [self(images[i : i + DECODE_BATCH]) for i in range(0, len(images), DECODE_BATCH)]
+        return tf.concat(parts, axis=0)
 
     def sample(self, n: int, seed: int | None = None, binary: bool = False):
         """`n` images from the prior: pixel means, or Bernoulli draws if `binary`.
 
         The same `seed` always gives the same images; without one the model's
-        seed generator advances.
+        seed generator advances. A Python `n` is decoded `DECODE_BATCH` codes
+        at a time; a tensor `n` (inside a traced function such as the
+        SavedModel's signature) at once.
         """
         draw = (seed, 0) if seed is not None else self.seed_generator.next()
         z_seed, x_seed = tf.unstack(
             tf.random.experimental.stateless_split(_stateless_seed(draw), 2)
         )
         z = tf.random.stateless_normal([n, self.latent_dim], seed=z_seed, alg="philox")
-        p_x = self.decode(z)  # z ~ p(z) = N(0, I)
-        return p_x.sample(seed=x_seed) if binary else p_x.mean()
+        eager = isinstance(n, int | np.integer)
+        step = DECODE_BATCH if eager else n
+        parts = []
+        for chunk, start in enumerate(range(0, n, step) if eager else [0]):
+            p_x = self.decode(z[start : start + step])  # z ~ p(z) = N(0, I)
+            pixel_seed = tf.random.experimental.stateless_fold_in(x_seed, chunk)
+            parts.append(p_x.sample(seed=pixel_seed) if binary else p_x.mean())
+        return tf.concat(parts, axis=0)
 
     # --- objective ----------------------------------------------------------
 

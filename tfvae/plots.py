@@ -13,7 +13,32 @@ import numpy as np
 from PIL import Image
 
 from tfvae.durable import write_atomic
+from tfvae.errors import TfvaeError
 from tfvae.evaluation import posterior_means
+
+# A picture is for looking at: at most this many images in one grid, and
+# at most this many pixels (about 10,000 x 10,000, what a screen can zoom into).
+MAX_GRID_IMAGES = 10_000
+MAX_GRID_PIXELS = 10_000 * 10_000
+
+
+def grid_capacity(image_shape, scale: int = 2, gap: int = 2) -> int:
+    """The most images of `image_shape` `[h, w, c]` one grid may hold."""
+    height, width = image_shape[:2]
+    cell = (height * scale + gap) * (width * scale + gap)
+    return max(1, min(MAX_GRID_IMAGES, MAX_GRID_PIXELS // cell))
+
+
+def check_grid(n_images: int, image_shape, what: str, per_image: int = 1) -> None:
+    """Refuse, before anything is decoded, `what` asked of `n_images` that
+    would make a grid of more than `grid_capacity` images (`per_image` of
+    them for each one asked)."""
+    most = grid_capacity(image_shape) // per_image
+    if n_images > most:
+        raise TfvaeError(
+            f"{what} of {n_images} images would not fit one picture: at most {most} "
+            f"of these {image_shape[0]}x{image_shape[1]} images; lower -n"
+        )
 
 
 def image_grid(images: np.ndarray, columns: int, scale: int = 2, gap: int = 2) -> Image.Image:
@@ -40,6 +65,7 @@ def save_png(picture: Image.Image, path: Path) -> Path:
 
 def reconstructions(model, images: np.ndarray, columns: int = 16) -> Image.Image:
     """Rows of originals, each directly above its reconstructions."""
+    check_grid(len(images), images.shape[1:], "reconstructions", per_image=2)
     recon = np.asarray(model.reconstruct(images))
     pairs = []
     for start in range(0, len(images), columns):
@@ -49,6 +75,7 @@ def reconstructions(model, images: np.ndarray, columns: int = 16) -> Image.Image
 
 def samples(model, n: int = 64, seed: int = 0, binary: bool = False) -> Image.Image:
     """Images decoded from prior draws z ~ N(0, I)."""
+    check_grid(n, model.image_shape, "samples")
     images = np.asarray(model.sample(n, seed=seed, binary=binary))
     return image_grid(images, columns=math.ceil(math.sqrt(n)))
 

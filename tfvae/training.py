@@ -13,7 +13,7 @@ from pathlib import Path
 
 import keras
 
-from tfvae import durable
+from tfvae import durable, memory
 from tfvae.callbacks import EpochBackup, EpochSeconds, MetricsCSV, StopOnNonFinite
 from tfvae.config import MAX_SEED, TrainConfig
 from tfvae.data import image_pipeline, load_dataset, test_pipeline, train_pipeline
@@ -225,6 +225,9 @@ def train(
     folder, is_chief = _worker_folder(run_dir, strategy)
     replace_old = _check_run_dir(folder, config, overwrite)
     data, validation = _load_data(config)
+    held = len(data.test_images) + (0 if validation is None else len(validation))
+    need = memory.training_need(config, data.image_shape, len(data.train_images), held)
+    memory.check(need, "training")
     # Before the model and the pipelines: the weights' initializers and
     # tf.data's op seeds derive from the global seed.
     keras.utils.set_random_seed(config.seed)
@@ -239,7 +242,9 @@ def train(
         f"Training in {folder} under {state.extra['strategy_class']} "
         f"({state.extra['replicas']} replica(s))"
     )
-    with peer_failures(strategy):
+    # Lowering a setting needs --overwrite: a resume must keep its settings.
+    lower = "--batch-size, --k or --hidden (with --overwrite); the last checkpoint is kept"
+    with peer_failures(strategy), memory.out_of_memory("training", lower):
         initial_epoch = _starting_point(config, model, backup, strategy, source, echo)
         _fit(config, model, data, validation, folder, backup, initial_epoch, is_chief, verbose)
         # Every worker saves (saving can read synchronised variables, a

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfvae import memory
 from tfvae.data.dataset import ImageDataset
 from tfvae.data.idx import IdxError, read_idx
 from tfvae.errors import DataError
@@ -104,6 +105,9 @@ def load_dataset(
         raise DataError(f"unknown dataset '{spec}'; use 'mnist', 'idx:DIR' or 'tfds:NAME[/CONFIG]'")
     if resize is None:
         return data
+    n_images = len(data.train_images) + len(data.test_images)
+    shape = (*resize, data.image_shape[2])
+    memory.check(memory.images_need(n_images, shape), f"resizing {spec} to {resize[0]}x{resize[1]}")
     return dataclasses.replace(
         data,
         train_images=resize_images(data.train_images, resize),

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tfvae import memory
 from tfvae.data.dataset import ImageDataset
 from tfvae.errors import DataError
 
@@ -45,6 +46,11 @@ def load_tfds(
     if not builder.is_prepared():
         raise DataError(_not_prepared_message(name_config, builder, data_dir))
     train_split, test_split = pick_splits(list(info.splits.keys()), spec)
+    image = info.features[image_key]
+    held = sum(info.splits[split].num_examples for split in (train_split, test_split) if split)
+    memory.check(
+        memory.images_need(held, (*(resize or image.shape[:2]), image.shape[2])), f"decoding {spec}"
+    )
 
     keys = (image_key, label_key)
     train_images, train_labels = _read_split(builder, train_split, keys, spec, resize)

@@ -1,0 +1,215 @@
+"""What a request needs in memory, what the process can have, and one clear
+line when the first is larger, before anything is allocated.
+
+TensorFlow answers an allocation it cannot make with a traceback, and
+under an address-space limit some allocations abort the process outright;
+so requests are estimated from their sizes first, and what still runs out
+(`out_of_memory`) becomes the same kind of line. The estimates are
+calibrated against measured peak memory in `benchmarks/memory_estimate.py`.
+Kept free of TensorFlow imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import resource
+from collections.abc import Iterator
+from pathlib import Path
+
+from tfvae.config import ModelConfig, TrainConfig
+from tfvae.errors import OutOfMemoryError
+
+FLOAT = 4  # bytes of a float32
+# Copies of every weight at the peak of a run: the weight, its gradient,
+# Adam's two moments, and the copies that initialising and checkpointing
+# make (measured 7.8 with 6000-unit layers, benchmarks/RESULTS.md).
+STATE_COPIES = 8
+# Numbers a step holds for each number of the forward pass, kept for the
+# backward pass with their gradients: hidden layers, and pixel-sized tensors
+# (logits, targets broadcast to them, per-pixel log-densities and their
+# gradients). Calibrated on IWAE K=500 and a batch of 4,000 (RESULTS.md).
+HIDDEN_COPIES = 3
+PIXEL_COPIES = 12
+# The conv body's feature maps: its unfused convolution gradients keep about
+# twice what dense layers do (calibrated on conv with K=50, RESULTS.md).
+MAP_COPIES = 6
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Bytes this process can still allocate, and which limit sets that."""
+
+    free: int
+    limit: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Need:
+    """An estimate in bytes, by part, and the options that lower each part."""
+
+    parts: dict[str, int]
+    lower: dict[str, str]
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def largest(self) -> str:
+        return max(self.parts, key=self.parts.__getitem__)
+
+
+def size(n_bytes: float) -> str:
+    """`n_bytes` for people: 1.2 GB, 340 MB."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes / 1e3:.0f} kB"
+
+
+def _status(field: str) -> int:
+    """A size from /proc/self/status in bytes (0 where there is none)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _cgroup_limit() -> int | None:
+    try:
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def budget() -> Budget:
+    """What the process can still allocate: the tightest of physical memory
+    and the container's limit (less what the process holds) and of the
+    address-space limit (`ulimit -v`, less its address space in use)."""
+    resident = _status("VmRSS")
+    options = [
+        Budget(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") - resident, "memory")
+    ]
+    cgroup = _cgroup_limit()
+    if cgroup is not None:
+        options.append(Budget(cgroup - resident, "the container's memory limit"))
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        options.append(Budget(soft - _status("VmSize"), "the address-space limit (ulimit -v)"))
+    return min(options, key=lambda option: option.free)
+
+
+def check(need: Need, what: str, available: Budget | None = None) -> None:
+    """Refuse `need` in one line if it is more than the process can have."""
+    available = available or budget()
+    if need.total <= available.free:
+        return
+    parts = ", ".join(f"{name} {size(n)}" for name, n in need.parts.items() if n)
+    raise OutOfMemoryError(
+        f"{what} needs about {size(need.total)} ({parts}), more than the "
+        f"{size(max(available.free, 0))} this process can still use under "
+        f"{available.limit}; lower {need.lower[need.largest()]}"
+    )
+
+
+@contextlib.contextmanager
+def out_of_memory(what: str, lower: str) -> Iterator[None]:
+    """Turn TensorFlow's `ResourceExhaustedError`, or a `MemoryError`, raised
+    while doing `what` into one line saying which options to `lower`."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except OutOfMemoryError:
+        raise
+    except (tf.errors.ResourceExhaustedError, MemoryError):
+        raise OutOfMemoryError(f"ran out of memory while {what}; lower {lower}") from None
+
+
+# --- estimates -------------------------------------------------------------
+
+
+def _dense(sizes: list[int]) -> int:
+    """Weights of a stack of dense layers through `sizes`."""
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+
+def _conv_grid(image_shape) -> tuple[int, int]:
+    height, width, _ = image_shape
+    return 4 * math.ceil(height / 4), 4 * math.ceil(width / 4)
+
+
+def _parameters(config: ModelConfig, image_shape) -> int:
+    """Weights of the encoder and decoder that `tfvae.layers` builds."""
+    pixels = math.prod(image_shape)
+    hidden, latent = list(config.hidden_units), config.latent_dim
+    if config.arch == "mlp":
+        return _dense([pixels, *hidden, 2 * latent]) + _dense([latent, *hidden[::-1], pixels])
+    channels = image_shape[2]
+    height, width = _conv_grid(image_shape)
+    flat = (height // 4) * (width // 4) * 64
+    convs = 9 * channels * 32 + 32 + 9 * 32 * 64 + 64
+    transposed = 9 * 64 * 64 + 64 + 9 * 64 * 32 + 32 + 9 * 32 * channels + channels
+    encoder = convs + _dense([flat, *hidden, 2 * latent])
+    return encoder + _dense([latent, *hidden[::-1], flat]) + transposed
+
+
+def _step_numbers(config: ModelConfig, image_shape) -> tuple[int, int]:
+    """Numbers a training step holds per image in the encoder and per code
+    in the decoder: `HIDDEN_COPIES` of each dense layer's output,
+    `MAP_COPIES` of each conv feature map and `PIXEL_COPIES` of each
+    pixel-sized tensor (the image itself twice)."""
+    pixels = math.prod(image_shape)
+    hidden, latent = sum(config.hidden_units), config.latent_dim
+    encoder_maps = decoder_maps = 0
+    if config.arch == "conv":
+        height, width = _conv_grid(image_shape)
+        quarter = (height // 4) * (width // 4) * 64
+        encoder_maps = (height // 2) * (width // 2) * 32 + quarter
+        decoder_maps = quarter + (height // 2) * (width // 2) * 64 + height * width * 32
+    encoder = HIDDEN_COPIES * (hidden + 3 * latent) + MAP_COPIES * encoder_maps + 2 * pixels
+    decoder = HIDDEN_COPIES * (latent + hidden) + MAP_COPIES * decoder_maps
+    return encoder, decoder + PIXEL_COPIES * pixels
+
+
+def training_need(config: TrainConfig, image_shape, n_train: int, n_held: int) -> Need:
+    """What training `config` on `n_train` images of `image_shape` needs,
+    with `n_held` test and validation images scored as float32.
+
+    - weights and Adam state: `STATE_COPIES` of every weight, 4 bytes each;
+    - activations of a step: `_step_numbers` x 4 bytes, for the batch in the
+      encoder and batch x k codes in the decoder;
+    - data: the decoded images (uint8) and the pipeline's copy of them, and
+      the scored images as float32 (and their pipeline's copy).
+    """
+    pixels = math.prod(image_shape)
+    batch = min(config.batch_size, max(n_train, 1))
+    encoder, decoder = _step_numbers(config.model, image_shape)
+    activations = FLOAT * batch * (encoder + config.k * decoder)
+    weights = "--hidden or --latent-dim" + (" (or --resize)" if pixels > 4096 else "")
+    return Need(
+        parts={
+            "weights and Adam state": STATE_COPIES * FLOAT * _parameters(config.model, image_shape),
+            "activations of a step": activations,
+            "data": 2 * n_train * pixels + 2 * FLOAT * n_held * pixels,
+        },
+        lower={
+            "weights and Adam state": weights,
+            "activations of a step": "--batch-size" + (" or --k" if config.k > 1 else ""),
+            "data": "--resize or --limit",
+        },
+    )
+
+
+def images_need(n_images: int, image_shape) -> Need:
+    """Decoded uint8 images held in memory (a data set being loaded)."""
+    return Need(
+        parts={"decoded images": n_images * math.prod(image_shape)},
+        lower={"decoded images": "--resize (or --limit, or use a smaller data set)"},
+    )
