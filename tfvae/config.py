@@ -7,6 +7,7 @@ check them) instantly; the model and the training are built from these.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -21,6 +22,12 @@ LR_SCHEDULES = ("constant", "burda", "cosine")
 
 # Seeds become int32 stateless-random seeds: larger values would wrap.
 MAX_SEED = 2**31 - 1
+
+
+def conv_padded(size: int) -> int:
+    """An image side as the conv body sees it: the body halves twice, so
+    sides are padded up to a multiple of 4."""
+    return 4 * math.ceil(size / 4)
 
 
 def is_int(value) -> bool:

@@ -7,13 +7,11 @@ Shapes: images `[batch, height, width, channels]`, codes `[batch, latent]`.
 
 from __future__ import annotations
 
-import math
-
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.config import ModelConfig, split_model_settings
+from tfvae.config import ModelConfig, conv_padded, split_model_settings
 
 tfd = tfp.distributions
 
@@ -22,18 +20,13 @@ tfd = tfp.distributions
 SCALE_FLOOR = 1e-4
 
 
-def _padded(size: int) -> int:
-    """The conv body halves twice, so sizes are padded up to a multiple of 4."""
-    return 4 * math.ceil(size / 4)
-
-
 def _encoder_body(image_shape, config: ModelConfig) -> keras.Sequential:
     """Image -> 2 * latent numbers (the mean and the raw scale of q(z|x))."""
     arch, activation = config.arch, config.activation
     height, width, _ = image_shape
     layers: list[keras.layers.Layer] = []
     if arch == "conv":
-        pad_h, pad_w = _padded(height) - height, _padded(width) - width
+        pad_h, pad_w = conv_padded(height) - height, conv_padded(width) - width
         if pad_h or pad_w:
             layers.append(keras.layers.ZeroPadding2D(((0, pad_h), (0, pad_w))))
         layers += [
@@ -59,7 +52,7 @@ def _decoder_body(image_shape, config: ModelConfig) -> keras.Sequential:
             keras.layers.Reshape(image_shape),
         ]
     else:
-        grid = (_padded(height) // 4, _padded(width) // 4)
+        grid = (conv_padded(height) // 4, conv_padded(width) // 4)
         layers += [
             keras.layers.Dense(grid[0] * grid[1] * 64, activation=activation),
             keras.layers.Reshape((*grid, 64)),
@@ -67,7 +60,7 @@ def _decoder_body(image_shape, config: ModelConfig) -> keras.Sequential:
             keras.layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation=activation),
             keras.layers.Conv2DTranspose(channels, 3, padding="same"),
         ]
-        crop_h, crop_w = _padded(height) - height, _padded(width) - width
+        crop_h, crop_w = conv_padded(height) - height, conv_padded(width) - width
         if crop_h or crop_w:
             layers.append(keras.layers.Cropping2D(((0, crop_h), (0, crop_w))))
     return keras.Sequential(layers, name="body")

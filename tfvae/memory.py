@@ -19,7 +19,7 @@ import resource
 from collections.abc import Iterator
 from pathlib import Path
 
-from tfvae.config import ModelConfig, TrainConfig
+from tfvae.config import ModelConfig, TrainConfig, conv_padded
 from tfvae.errors import OutOfMemoryError
 
 FLOAT = 4  # bytes of a float32
@@ -142,7 +142,7 @@ def _dense(sizes: list[int]) -> int:
 
 def _conv_grid(image_shape) -> tuple[int, int]:
     height, width, _ = image_shape
-    return 4 * math.ceil(height / 4), 4 * math.ceil(width / 4)
+    return conv_padded(height), conv_padded(width)
 
 
 def _parameters(config: ModelConfig, image_shape) -> int:
