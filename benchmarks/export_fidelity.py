@@ -4,9 +4,11 @@ For each run folder, converts the model to TFLite (every quantization) and
 ONNX and runs the files (LiteRT, onnxruntime) on the run's own test images,
 with the export check's limits lifted, and reports the check's figures per
 output: mean, 99th percentile and maximum of |file - keras| / (1 + |keras|).
-Then does the same for broken conversions, compared with the intact model:
-the damaged copies of `tfvae.testing.damaged_copy` (what a conversion that
-lost its weights or an op would give).
+The int8 files are calibrated on the run's first training images, as
+`tfvae export` does. Then does the same for broken conversions (float32 and
+int8), compared with the intact model: the damaged copies of
+`tfvae.testing.damaged_copy` (what a conversion that lost its weights or an
+op would give).
 
 These are the numbers `tfvae.export.FIDELITY` is set from. Writes
 benchmarks/results/export_fidelity.json with the machine it ran on.
@@ -33,10 +35,13 @@ import numpy as np  # noqa: E402
 from tfvae import export  # noqa: E402
 from tfvae.evaluation import run_images  # noqa: E402
 from tfvae.export import files  # noqa: E402
+from tfvae.export.run import CALIBRATION_IMAGES  # noqa: E402
 from tfvae.testing import DAMAGES, damaged_copy  # noqa: E402
 
 
-def measure(model, images, fmt: str, quantize: str, reference_model) -> dict[str, Any]:
+def measure(
+    model, images, fmt: str, quantize: str, reference_model, calibration=None
+) -> dict[str, Any]:
     """The export's fidelity report for `model`'s files against `reference_model`."""
     unlimited = {"mean": np.inf, "p99": np.inf}
     saved = dict(export.FIDELITY), files.keras_reference
@@ -47,7 +52,9 @@ def measure(model, images, fmt: str, quantize: str, reference_model) -> dict[str
             if fmt == "onnx":
                 folder = export.export_onnx(model, out, "m", check_images=images)
             else:
-                folder = export.export_tflite(model, out, "m", quantize, check_images=images)
+                folder = export.export_tflite(
+                    model, out, "m", quantize, check_images=images, calibration_images=calibration
+                )
             manifest = json.loads((folder / "manifest.json").read_text())
     finally:
         export.FIDELITY.update(saved[0])
@@ -77,22 +84,27 @@ def main() -> None:
     results: dict[str, Any] = {}
     for run_dir in args.runs:
         run, images = run_images(run_dir, "test", limit=args.images)
+        calibration = run_images(run_dir, "train", limit=CALIBRATION_IMAGES)[1]
         model, rows = run.model, {}
         cases = [("tflite", q) for q in export.QUANTIZATIONS] + [("onnx", "none")]
         for fmt, quantize in cases:
             label = f"{run_dir.name} {fmt}/{quantize}"
-            rows[f"{fmt}/{quantize}"] = report = measure(model, images, fmt, quantize, model)
+            report = measure(model, images, fmt, quantize, model, calibration)
+            rows[f"{fmt}/{quantize}"] = report
             print_rows(label, report)
         for how in () if args.no_broken else DAMAGES:
-            label = f"{run_dir.name} tflite/none {how}"
-            report = measure(damaged_copy(model, how), images, "tflite", "none", model)
-            rows[f"broken/{how}"] = report
-            print_rows(label, report)
+            for quantize in ("none", "int8"):
+                label = f"{run_dir.name} tflite/{quantize} {how}"
+                broken = damaged_copy(model, how)
+                report = measure(broken, images, "tflite", quantize, model, calibration)
+                rows["broken/" + how + ("/int8" if quantize == "int8" else "")] = report
+                print_rows(label, report)
         results[str(run_dir)] = {"config": run.state.config.to_dict(), "fidelity": rows}
     path = write_results(
         "export_fidelity",
         {
             "images": args.images,
+            "calibration_images": CALIBRATION_IMAGES,
             "limits": export.FIDELITY,
             "runs": results,
             "machine": machine(with_gpus=False),

@@ -111,15 +111,18 @@ RUN_DIR = click.Path(file_okay=False, path_type=Path)
 EXISTING_RUN = click.Path(exists=True, file_okay=False, path_type=Path)
 # `tfvae train`'s defaults are the library's, so the two cannot drift apart.
 DEFAULTS = TrainConfig()
+JSON_HELP = "End stdout with one JSON object: run folder, epochs, test scores, seconds."
 
 
 # What to ask for less of when a command runs out of memory in a place the
 # library's own estimates and guards do not cover.
 LOWER = {
     "train": "--batch-size, --k or --hidden",
+    "resume": "--batch-size, --k or --hidden (a new run with --overwrite)",
     "evaluate": "--k, or evaluate on a machine with more memory",
     "sample": "-n",
     "reconstruct": "-n",
+    "interpolate": "-n",
     "export": "the model's size, or export on a machine with more memory",
 }
 
@@ -167,9 +170,11 @@ def main():
     \b
     Typical session:
       tfvae train --epochs 10 --run-dir runs/mnist
+      tfvae resume runs/mnist --epochs 20
       tfvae evaluate runs/mnist --k 5000
       tfvae sample runs/mnist -n 64 -o samples.png
       tfvae reconstruct runs/mnist -n 16 -o reconstructions.png
+      tfvae interpolate runs/mnist --from 0 --to 7 -o path.png
     """
 
 
@@ -345,14 +350,24 @@ def main():
     "random ones; the optimizer and schedule start afresh.",
 )
 @click.option(
+    "--pictures-every",
+    type=click.IntRange(min=0),
+    default=DEFAULTS.pictures_every,
+    show_default=True,
+    metavar="N",
+    help="Reconstructions, samples (and the 2-D manifold) as TensorBoard images "
+    "(logs/pictures) every N epochs; 0: none.",
+)
+@click.option(
     "--run-dir",
     type=RUN_DIR,
     default=None,
     help="Run folder [default: runs/<date-time>]. An unfinished one is resumed.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in --run-dir.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @user_errors
-def train(run_dir, overwrite, hidden, **settings):
+def train(run_dir, overwrite, hidden, as_json, **settings):
     """Train a VAE and write a run folder.
 
     The run folder gets config.json, model.keras, metrics.csv, TensorBoard
@@ -364,20 +379,64 @@ def train(run_dir, overwrite, hidden, **settings):
       tfvae train
       tfvae train --arch conv --latent-dim 2 --epochs 20 --run-dir runs/conv2d
     """
-    from tfvae.distribute import PeerLostError
     from tfvae.training import train as train_run
 
     config = TrainConfig(hidden_units=hidden, **settings)
+    _training(lambda: train_run(config, run_dir, overwrite=overwrite, echo=click.echo), as_json)
+
+
+@main.command()
+@click.argument("run_dir", type=EXISTING_RUN)
+@click.option(
+    "--epochs",
+    type=POSITIVE,
+    default=None,
+    help="A new total of epochs: more than a finished run's extends it, with the "
+    "learning-rate schedule stretched to the new total [default: the run's].",
+)
+@click.option(
+    "--strategy", type=click.Choice(STRATEGIES), default=None, help="[default: the run's]"
+)
+@click.option("--jit-compile/--no-jit-compile", default=None, help="[default: the run's]")
+@click.option("--steps-per-execution", type=POSITIVE, default=None, help="[default: the run's]")
+@click.option(
+    "--pictures-every", type=click.IntRange(min=0), default=None, help="[default: the run's]"
+)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@user_errors
+def resume(run_dir, epochs, as_json, **placement):
+    """Continue a run with the settings in its config.json.
+
+    An unfinished run resumes after its last checkpoint. A finished run is
+    extended with --epochs: its learning-rate schedule is stretched to the
+    new total and continues from the step it had reached (a cosine that had
+    decayed to 0 restarts at the stretched curve's rate; the first line says
+    which).
+
+    \b
+    Examples:
+      tfvae resume runs/mnist
+      tfvae resume runs/mnist --epochs 300
+    """
+    from tfvae.training import resume as resume_run
+
+    _training(lambda: resume_run(run_dir, epochs, echo=click.echo, **placement), as_json)
+
+
+def _training(run, as_json: bool) -> None:
+    """Run a training call as the commands do: rejoin a lost multi-worker
+    job, exit 130 on Ctrl-C with how to resume, print JSON when asked."""
+    from tfvae.distribute import PeerLostError
+
     try:
-        train_run(config, run_dir, overwrite=overwrite, echo=click.echo)
+        result = run()
     except PeerLostError as err:
         _rejoin(err)
     except KeyboardInterrupt:
-        click.echo(
-            "\nInterrupted. Rerun the same command (with the same --run-dir) to resume.",
-            err=True,
-        )
+        click.echo("\nInterrupted. 'tfvae resume RUN_DIR' continues the run.", err=True)
         sys.exit(130)
+    if as_json and result.test:
+        click.echo(json.dumps(result.to_json()))
 
 
 # How often one `tfvae train` on a worker restarts itself after losing a peer.
@@ -524,12 +583,78 @@ def reconstruct(run_dir, count, split, output):
 @main.command()
 @click.argument("run_dir", type=EXISTING_RUN)
 @click.option(
+    "--from",
+    "first",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Index of the image the path starts at.",
+)
+@click.option(
+    "--to",
+    "last",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Index of the image it ends at.",
+)
+@click.option(
+    "-n",
+    "count",
+    type=click.IntRange(min=2),
+    default=10,
+    show_default=True,
+    help="Decoded steps, both ends included.",
+)
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option(
+    "--spherical",
+    is_flag=True,
+    help="Along the great circle between the codes (slerp) instead of the line.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PNG file [default: RUN_DIR/interpolate-<split>-<I>-<J>.png].",
+)
+@user_errors
+def interpolate(run_dir, first, last, count, split, spherical, output):
+    """Decode the path between two images' posterior means into one row.
+
+    The row shows image I, the N decoded steps from its code to image J's,
+    and image J.
+
+    \b
+    Examples:
+      tfvae interpolate runs/mnist --from 0 --to 7 -o path.png
+      tfvae interpolate runs/mnist --from 3 --to 5 -n 16 --spherical
+    """
+    from tfvae import plots
+    from tfvae.evaluation import run_images
+
+    run, images = run_images(run_dir, split, limit=max(first, last) + 1)
+    if max(first, last) >= len(images):
+        raise click.ClickException(
+            f"--from/--to {max(first, last)}: the {split} split has {len(images)} images"
+        )
+    path = _output(run_dir, output, f"interpolate-{split}-{first}-{last}.png")
+    row = plots.interpolation(run.model, images[first], images[last], count, spherical)
+    plots.save_png(row, path)
+    click.echo(f"Wrote the {count}-step path from {split} image {first} to {last} to {path}")
+
+
+@main.command()
+@click.argument("run_dir", type=EXISTING_RUN)
+@click.option(
     "--format",
     "formats",
-    type=click.Choice(["savedmodel", "tflite", "onnx", "all"]),
+    type=click.Choice(["savedmodel", "tflite", "onnx", "all", "web"]),
     default="savedmodel",
     show_default=True,
-    help="all = savedmodel + tflite (+ onnx when its extra is installed).",
+    help="all = savedmodel + tflite (+ onnx when its extra is installed); web = a page "
+    "that runs the model in the browser (LiteRT.js).",
 )
 @click.option(
     "--out",
@@ -553,22 +678,46 @@ def reconstruct(run_dir, count, split, output):
 )
 @click.option(
     "--quantize",
-    type=click.Choice(["none", "float16", "dynamic"]),
+    type=click.Choice(["none", "float16", "dynamic", "int8"]),
     default="none",
     show_default=True,
-    help="TFLite weight quantization (smaller files; the manifest reports the error).",
+    help="TFLite quantization: float16 or dynamic (int8 weights) for smaller files, int8 "
+    "for integer-only files with int8 inputs and outputs (Edge TPU, NPUs); the manifest "
+    "reports the error.",
+)
+@click.option(
+    "--batch",
+    type=POSITIVE,
+    default=None,
+    help="Fix the TFLite files' batch dimension to N (static shapes, for LiteRT.js, "
+    "TFLite Micro and the Edge TPU compiler) [default: dynamic].",
+)
+@click.option(
+    "--litert-js",
+    metavar="BASE",
+    default=None,
+    help="Where the web page loads LiteRT.js from: a URL or path holding the npm "
+    "packages as node_modules/@litertjs/ does (BASE/core/..., BASE/wasm-utils/...) "
+    "[default: the jsDelivr CDN, the tested version].",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="End stdout with one JSON object: every path written."
 )
 @user_errors
-def export(run_dir, formats, out, name, version, quantize):
+def export(run_dir, formats, out, name, version, quantize, batch, litert_js, as_json):
     """Export a run for TF Serving (SavedModel), phones (TFLite) or ONNX.
 
     \b
     Examples:
       tfvae export runs/mnist --name vae                  # exports/vae/1/
       tfvae export runs/mnist --name vae --format all --quantize float16
+      tfvae export runs/mnist-2d --format web && python -m http.server -d exports/mnist-2d/web
       docker run -p 8501:8501 -v $PWD/exports/vae:/models/vae -e MODEL_NAME=vae tensorflow/serving
     """
-    from tfvae.export import export_run
+    from tfvae.export import describe_artifact, export_run
 
-    for line in export_run(run_dir, formats, out, name, version, quantize):
-        click.echo(line)
+    written = export_run(run_dir, formats, out, name, version, quantize, batch, litert_js)
+    for record in written:
+        click.echo(describe_artifact(record))
+    if as_json:
+        click.echo(json.dumps({"exports": written}))

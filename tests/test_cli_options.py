@@ -153,8 +153,32 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
         "limit": positive_int("--limit"),
         "validation": non_negative_int("--validation"),
         "init_from": [Bad(("--init-from", A_FILE), "is a file")],
+        "pictures_every": non_negative_int("--pictures-every"),
         "run_dir": [Bad(("--run-dir", A_FILE), "is a file")],
         "overwrite": flag("--overwrite"),
+        "as_json": flag("--json"),
+    },
+    "resume": {
+        "run_dir": RUN_DIR_ARG,
+        "epochs": positive_int("--epochs"),
+        "strategy": choice("--strategy", STRATEGIES, bad=("gpu", "")),
+        "jit_compile": [*flag("--jit-compile"), *flag("--no-jit-compile")],
+        "steps_per_execution": positive_int("--steps-per-execution"),
+        "pictures_every": non_negative_int("--pictures-every"),
+        "as_json": flag("--json"),
+    },
+    "interpolate": {
+        "run_dir": RUN_DIR_ARG,
+        "first": non_negative_int("--from"),
+        "last": non_negative_int("--to"),
+        "count": [
+            Bad(("-n", "1"), r"range x>=2"),
+            Bad(("-n", "0"), r"range x>=2"),
+            Bad(("-n", "ten"), NOT_INT),
+        ],
+        "split": choice("--split", ("test", "train"), bad=("val", "")),
+        "spherical": flag("--spherical"),
+        "output": [Bad(("-o", A_FOLDER), "is a directory"), Bad(("--output", A_FOLDER), "")],
     },
     "evaluate": {
         "run_dir": RUN_DIR_ARG,
@@ -180,7 +204,9 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
     },
     "export": {
         "run_dir": RUN_DIR_ARG,
-        "formats": choice("--format", ("savedmodel", "tflite", "onnx", "all"), bad=("pb", "")),
+        "formats": choice(
+            "--format", ("savedmodel", "tflite", "onnx", "all", "web"), bad=("pb", "")
+        ),
         "out": [Bad(("--out", A_FILE), "is a file")],
         "name": [
             Bad(("--name", "../up"), "letters, digits"),
@@ -188,7 +214,10 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
             Bad(("--name", "a/b"), "letters, digits"),
         ],
         "version": positive_int("--version"),
-        "quantize": choice("--quantize", ("none", "float16", "dynamic"), bad=("int4", "")),
+        "as_json": flag("--json"),
+        "quantize": choice("--quantize", ("none", "float16", "dynamic", "int8"), bad=("int4", "")),
+        "batch": positive_int("--batch"),
+        "litert_js": [Bad(("--litert-js",), "requires an argument")],
     },
 }
 

@@ -22,6 +22,7 @@ import tensorflow as tf
 from tfvae import export
 from tfvae.data import load_dataset, train_pipeline
 from tfvae.export import ExportError
+from tfvae.export.warmup import WARMUP_FILE
 from tfvae.model import VAE
 
 PYTHON = sys.executable
@@ -72,8 +73,8 @@ def exports(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def version_dir(model, exports):
-    return export.export_savedmodel(model, exports, "vae")
+def version_dir(model, images, exports):
+    return export.export_savedmodel(model, exports, "vae", warmup_images=images)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,7 @@ def tflite_dirs(model, images, exports):
     return {
         q: export.export_tflite(model, exports / q, "vae", quantize=q, check_images=images)
         for q in export.QUANTIZATIONS
+        if q != "int8"  # int8 inputs and outputs: tests/test_export_fidelity.py
     }
 
 
@@ -119,6 +121,7 @@ def test_savedmodel_layout_and_next_version(model, exports, version_dir):
     assert version_dir == exports / "vae" / "1"
     assert (version_dir / "saved_model.pb").is_file()
     assert (version_dir / "variables" / "variables.index").is_file()
+    assert (version_dir / WARMUP_FILE).is_file()
     second = export.export_savedmodel(model, exports / "again", "vae")
     third = export.export_savedmodel(model, exports / "again", "vae")
     assert (second.name, third.name) == ("1", "2")
@@ -147,6 +150,10 @@ def test_user_errors_are_export_errors(model, tmp_path):
         export.export_tflite(model, tmp_path, "vae", quantize="int4")
     with pytest.raises(ExportError, match="check_images"):
         export.export_tflite(model, tmp_path, "vae", check_images=np.zeros((2, 28, 28)))
+    for bad in (np.zeros((0, 28, 28, 1)), np.zeros((2, 784)), 0.5, np.full((1, 28, 28, 1), np.nan)):
+        with pytest.raises(ExportError, match="warmup_images must be"):
+            export.export_savedmodel(model, tmp_path / "warmup", "vae", warmup_images=bad)
+    assert not (tmp_path / "warmup").exists()  # refused before anything is written
     with pytest.raises(ExportError, match="expected a tfvae VAE"):
         export.export_savedmodel(keras.Sequential([keras.layers.Dense(2)]), tmp_path, "vae")
 
@@ -335,6 +342,108 @@ def test_grpc_predict_request_round_trip(model, images, codes, loaded):
             np.testing.assert_allclose(value, want[f"{signature}/{key}"], atol=atol, rtol=0)
 
 
+# --- TF Serving's warm-up requests ------------------------------------------------------
+
+WARMUP_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    export_dir, out_path = sys.argv[1:]
+    path = f"{export_dir}/assets.extra/tf_serving_warmup_requests"
+    requests = []
+    for record in tf.data.TFRecordDataset(path):  # checks every record's CRC
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        assert log.WhichOneof("log_type") == "predict_log", log.WhichOneof("log_type")
+        requests.append(log.predict_log.request)
+    feeds = {
+        r.model_spec.signature_name: {k: tf.make_ndarray(v) for k, v in r.inputs.items()}
+        for r in requests
+    }
+    assert len(feeds) == len(requests), "one request per signature"
+    results = {}
+    # What TF Serving's warm-up does (RunPredict): a TF1 session of the SavedModel,
+    # the signature's method checked, the request's inputs matched to the
+    # signature's, fed to its tensors by name, all its outputs fetched.
+    with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], export_dir)
+        for name, inputs in feeds.items():
+            info = meta.signature_def[name]
+            assert info.method_name == "tensorflow/serving/predict", info.method_name
+            assert sorted(inputs) == sorted(info.inputs), (name, sorted(inputs))
+            fetches = {key: tensor.name for key, tensor in info.outputs.items()}
+            got = session.run(fetches, {info.inputs[k].name: v for k, v in inputs.items()})
+            results.update({f"session/{name}/{key}": value for key, value in got.items()})
+    # And the same requests through tf.saved_model.load's signatures.
+    functions = tf.saved_model.load(export_dir).signatures
+    for name, inputs in feeds.items():
+        got = functions[name](**{key: tf.constant(value) for key, value in inputs.items()})
+        results.update({f"function/{name}/{key}": value.numpy() for key, value in got.items()})
+    banned = ("tfvae", "tensorflow_probability")
+    foreign = sorted(m for m in sys.modules if m.split(".")[0] in banned)
+    assert not foreign, foreign
+    np.savez(out_path, **results)
+    """
+)
+
+
+def warmup_requests(version_dir: Path) -> list:
+    """The file's `PredictRequest`s, parsed with TF Serving's own protos."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    requests = []
+    for record in tf.data.TFRecordDataset(str(version_dir / WARMUP_FILE)):
+        raw = record.numpy()
+        log = prediction_log_pb2.PredictionLog.FromString(raw)
+        assert log.WhichOneof("log_type") == "predict_log"
+        # The hand-written encoding is byte for byte the protos' canonical one.
+        assert log.SerializeToString(deterministic=True) == raw
+        requests.append(log.predict_log.request)
+    return requests
+
+
+def test_warmup_requests_are_real_requests(model, images, version_dir, loaded, tmp_path):
+    requests = warmup_requests(version_dir)
+    assert [r.model_spec.signature_name for r in requests] == list(export.SIGNATURES)
+    assert len(requests) <= 1000  # TF Serving refuses more
+    z_mean = model.encoder.params(images[:1])[0].numpy()
+    want = {"images": images[:1], "z": z_mean, "count": np.int32(1), "seed": np.int32(0)}
+    for request in requests:
+        assert request.model_spec.name == "vae"
+        specs = loaded.signatures[request.model_spec.signature_name].structured_input_signature[1]
+        assert sorted(request.inputs) == sorted(specs)
+        for key, proto in request.inputs.items():
+            value = tf.make_ndarray(proto)
+            assert value.dtype == specs[key].dtype.as_numpy_dtype
+            np.testing.assert_array_equal(value, want[key], err_msg=key)
+    # Without images: one binary sample of the model.
+    default = warmup_requests(export.export_savedmodel(model, tmp_path, "vae"))[0]
+    image = tf.make_ndarray(default.inputs["images"])
+    assert image.shape == (1, *model.image_shape) and set(np.unique(image)) <= {0.0, 1.0}
+
+
+def test_warmup_requests_run_in_a_fresh_process(model, images, version_dir, tmp_path):
+    script = tmp_path / "warmup.py"
+    script.write_text(WARMUP_SCRIPT)
+    run([PYTHON, script, version_dir, tmp_path / "out.npz"])
+    got = dict(np.load(tmp_path / "out.npz"))
+    z_mean = model.encoder.params(images[:1])[0].numpy()
+    want = keras_outputs(model, images[:1], z_mean)
+    want["serving_default/probabilities"] = want["reconstruct/probabilities"]
+    want["sample/probabilities"] = model.sample(1, seed=0).numpy()
+    assert sorted(got) == sorted(
+        f"{path}/{key}" for path in ("session", "function") for key in want
+    )
+    for key, value in want.items():
+        atol = 1e-3 if key.startswith("elbo/") else ATOL  # see test_fresh_process_matches_keras
+        for path in ("session", "function"):
+            out = got[f"{path}/{key}"]
+            assert out.shape == value.shape and out.shape[0] == 1 and np.isfinite(out).all()
+            np.testing.assert_allclose(out, value, atol=atol, rtol=0, err_msg=f"{path}/{key}")
+
+
 # --- input policy ---------------------------------------------------------------------
 
 
@@ -456,6 +565,7 @@ def test_killed_export_leaves_no_version(model, tmp_path):
     for version in published:  # every published version is complete
         assert (base / str(version) / "saved_model.pb").is_file()
         assert (base / str(version) / "variables" / "variables.index").is_file()
+        assert (base / str(version) / WARMUP_FILE).is_file()
     if temp.exists():  # killed mid-write (a finish between look and kill is possible)
         killed_version = int(temp.name.split("-")[1])
         assert killed_version == published[-1] + 1

@@ -22,15 +22,17 @@ from tfvae.cli.main import main
 from tfvae.evaluation import run_images
 from tfvae.export import CHECK_IMAGES, FIDELITY, QUANTIZATIONS, ExportError, files
 from tfvae.export import fidelity as fidelity_check
+from tfvae.export.run import CALIBRATION_IMAGES
 from tfvae.testing import DAMAGES, damaged_copy
 
 TRAINED_RUN = Path(__file__).parent / "fixtures" / "runs" / "mnist-default-0.1.0"
 
 # Mean scaled error of the decoder's probabilities on the test's codes (the
-# posterior means of the fixture's 256 check images and 64 prior draws); each quantization must land
-# within a factor of 3 of its figure, so a quantization that was silently not
-# applied (or applied twice) fails as surely as a broken file.
-MEASURED_PROBABILITIES_MEAN = {"float16": 1.9e-5, "dynamic": 1.21e-3}
+# posterior means of the fixture's 256 check images and 64 prior draws; int8
+# calibrated on 500 training images); each quantization must land within a
+# factor of 3 of its figure, so a quantization that was silently not applied
+# (or applied twice) fails as surely as a broken file.
+MEASURED_PROBABILITIES_MEAN = {"float16": 1.9e-5, "dynamic": 1.21e-3, "int8": 4.9e-3}
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +41,37 @@ def trained():
     return run.model, images
 
 
+@pytest.fixture(scope="module")
+def calibration():
+    """The training images `tfvae export` calibrates int8 files on."""
+    return run_images(TRAINED_RUN, "train", limit=CALIBRATION_IMAGES)[1]
+
+
 def scaled_error(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     """The check's measure, written again in numpy for the test."""
     return np.abs(got.astype(np.float64) - want) / (1.0 + np.abs(want.astype(np.float64)))
+
+
+def to_file(values: dict[str, np.ndarray], tensors: list[dict]) -> dict[str, np.ndarray]:
+    """The inputs as the file takes them, quantized with the manifest's own
+    scale and zero_point where it lists them (int8), as a phone app would."""
+    fed = {}
+    for t in tensors:
+        value = values[t["name"]]
+        if "scale" in t:
+            value = np.clip(np.round(value / t["scale"]) + t["zero_point"], -128, 127)
+        fed[t["name"]] = value.astype(t["dtype"])
+    return fed
+
+
+def from_file(values: dict[str, np.ndarray], tensors: list[dict]) -> dict[str, np.ndarray]:
+    """The outputs as numbers, dequantized with the manifest's scale and zero_point."""
+    return {
+        t["name"]: (values[t["name"]] - np.float64(t["zero_point"])) * t["scale"]
+        if "scale" in t
+        else values[t["name"]]
+        for t in tensors
+    }
 
 
 def keras_outputs(model, images, codes) -> dict[str, dict[str, np.ndarray]]:
@@ -62,12 +92,14 @@ def test_the_fixture_has_the_logit_scale_of_a_trained_model(trained):
 
 @pytest.mark.parametrize("quantize", QUANTIZATIONS)
 def test_tflite_of_the_trained_model_runs_within_the_documented_figures(
-    trained, quantize, tmp_path
+    trained, calibration, quantize, tmp_path
 ):
     from ai_edge_litert.interpreter import Interpreter
 
     model, images = trained
-    folder = export.export_tflite(model, tmp_path, "vae", quantize, check_images=images)
+    folder = export.export_tflite(
+        model, tmp_path, "vae", quantize, check_images=images, calibration_images=calibration
+    )
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["fidelity_limits"] == FIDELITY[quantize]
     codes = np.concatenate(
@@ -76,8 +108,17 @@ def test_tflite_of_the_trained_model_runs_within_the_documented_figures(
     want = keras_outputs(model, images, codes)
     feeds = {"encoder": {"images": images}, "decoder": {"z": codes}}
     for part, info in manifest["files"].items():
-        runner = Interpreter(str(folder / info["file"])).get_signature_runner(info["signature"])
-        got = runner(**feeds[part])
+        interpreter = Interpreter(str(folder / info["file"]))
+        runner = interpreter.get_signature_runner(info["signature"])
+        tensors = info["inputs"] + info["outputs"]
+        # int8: integer at both ends, each tensor's scale and zero_point recorded,
+        # and no float tensor inside (what Edge TPU and NPU delegates need).
+        assert {t["dtype"] for t in tensors} == {"int8" if quantize == "int8" else "float32"}
+        assert all(("scale" in t) == (quantize == "int8") for t in tensors)
+        if quantize == "int8":
+            kinds = {d["dtype"] for d in interpreter.get_tensor_details()}
+            assert kinds <= {np.int8, np.int32}, kinds
+        got = from_file(runner(**to_file(feeds[part], info["inputs"])), info["outputs"])
         assert set(got) == set(want[part]) == set(info["fidelity"])
         for key, value in got.items():
             error = scaled_error(value, want[part][key])
@@ -124,13 +165,12 @@ def test_a_tflite_file_that_lost_weights_or_an_op_is_refused_at_any_quantization
     trained, how, tmp_path, refuse_against_intact
 ):
     model, images = trained
-    previous = export.export_tflite(model, tmp_path, "vae", "dynamic", check_images=images)
+    previous = export.export_tflite(model, tmp_path, "vae", "int8", check_images=images)
     before = {p.name: p.read_bytes() for p in previous.iterdir()}
-    # dynamic has the loosest limits: refused there, refused everywhere.
+    # int8 has the loosest limits: refused there, refused everywhere. Its
+    # calibration sees the damaged model, as it would see a broken graph.
     with pytest.raises(ExportError, match=r"the conversion is broken, not exported"):
-        export.export_tflite(
-            damaged_copy(model, how), tmp_path, "vae", "dynamic", check_images=images
-        )
+        export.export_tflite(damaged_copy(model, how), tmp_path, "vae", "int8", check_images=images)
     assert {p.name: p.read_bytes() for p in previous.iterdir()} == before
     assert sorted(p.name for p in (tmp_path / "vae").iterdir()) == ["tflite"]
 
@@ -151,13 +191,20 @@ def test_nan_figures_are_refused():
         fidelity_check.check_fidelity("decoder.tflite", {"probabilities": nan}, FIDELITY["dynamic"])
 
 
-def test_check_images_must_be_finite(trained, tmp_path):
+@pytest.mark.parametrize("argument", ["check_images", "calibration_images"])
+def test_check_and_calibration_images_must_be_finite(trained, argument, tmp_path):
     model, images = trained
     bad = images[:4].copy()
     bad[2, 3, 3, 0] = np.nan
-    with pytest.raises(ExportError, match=r"check_images must be finite"):
-        export.export_tflite(model, tmp_path, "vae", check_images=bad)
+    with pytest.raises(ExportError, match=rf"{argument} must be finite"):
+        export.export_tflite(model, tmp_path, "vae", "int8", **{argument: bad})
     assert not (tmp_path / "vae" / "tflite").exists()
+
+
+def test_the_cli_offers_every_quantization():
+    """The CLI lists them itself (it imports no TensorFlow to answer --help)."""
+    (option,) = (p for p in main.commands["export"].params if p.name == "quantize")
+    assert tuple(option.type.choices) == QUANTIZATIONS
 
 
 @pytest.mark.parametrize(
@@ -174,4 +221,8 @@ def test_cli_exports_the_trained_model_in_every_format(args, tmp_path):
     manifest = json.loads((tmp_path / "vae" / "tflite" / "manifest.json").read_text())
     assert manifest["quantization"] == (args[3] if len(args) > 2 else "none")
     assert manifest["checked_on"].startswith(f"{CHECK_IMAGES} given images")
+    if "int8" in args:  # calibrated on training images, not on the test images checked
+        assert manifest["calibrated_on"].startswith(f"{CALIBRATION_IMAGES} given images")
+    else:
+        assert "calibrated_on" not in manifest
     assert (tmp_path / "vae" / "tflite" / "decoder.tflite").stat().st_size > 100_000

@@ -128,7 +128,24 @@ CASES = {
     "sample": (["sample", str(FIXTURE), "-n", "1000000"], "at most 10000 of these"),
     "sample-page": (["sample", str(FIXTURE), "-n", "100000"], "at most 10000 of these"),
     "reconstruct": (["reconstruct", str(FIXTURE), "-n", "9000"], "at most 5000 of these"),
+    "interpolate": (["interpolate", str(FIXTURE), "-n", "20000"], "at most 10000 of these"),
 }
+
+# Commands without a case, and why no request of theirs can outgrow the machine.
+BOUNDED = {
+    "evaluate": "scores in chunks of at most IW_NUMBERS numbers, whatever --k",
+    "export": "converts one model and checks it on CHECK_IMAGES images",
+    "resume": "runs train's estimate on the settings in config.json",
+}
+
+
+def test_cases_cover_every_command():
+    """A new command needs a case here or a reason in BOUNDED."""
+    from tfvae.cli.main import main
+
+    covered = {command[0] for command, _ in CASES.values()}
+    assert covered | set(BOUNDED) == set(main.commands)
+    assert not covered & set(BOUNDED)
 
 
 def _limited(command: list[str], cwd: Path, limit: int = ADDRESS_SPACE, script=None):

@@ -767,14 +767,16 @@ RUN_FILES = re.compile(
     r"|logs/(train|validation)/events\.out\.tfevents\.[\w.-]+)$"
 )
 EXPORT_FILES = re.compile(
-    r"^(\d+/(saved_model\.pb|fingerprint\.pb|variables/variables\.(index|data-\d+-of-\d+))"
+    r"^(\d+/(saved_model\.pb|fingerprint\.pb|variables/variables\.(index|data-\d+-of-\d+)"
+    r"|assets\.extra/tf_serving_warmup_requests)"
     r"|tflite/(encoder\.tflite|decoder\.tflite|manifest\.json))$"
 )
 
 
 def test_everything_tfvae_writes_is_a_known_non_pickle_format(finished_run, tiny_model, tmp_path):
     """Run folders hold JSON, CSV, PNG, TensorBoard events and a .keras zip of
-    JSON + HDF5; exports hold protobuf, TF checkpoints, TFLite and JSON."""
+    JSON + HDF5; exports hold protobuf (TF Serving's warm-up file: in a TFRecord),
+    TF checkpoints, TFLite and JSON."""
     files = [p.relative_to(finished_run).as_posix() for p in finished_run.rglob("*") if p.is_file()]
     assert [f for f in files if not RUN_FILES.match(f)] == []
     with zipfile.ZipFile(finished_run / "model.keras") as archive:

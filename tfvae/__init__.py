@@ -22,6 +22,7 @@ _API = {
     "TrainConfig": "tfvae.config",
     "load_run": "tfvae.runs",
     "train": "tfvae.training",
+    "resume": "tfvae.training",
     "evaluate_elbo": "tfvae.evaluation",
     "iw_log_likelihood": "tfvae.evaluation",
     "score_run": "tfvae.evaluation",

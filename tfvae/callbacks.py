@@ -83,13 +83,17 @@ class EpochBackup(keras.callbacks.Callback):
         return 0
 
     def on_epoch_end(self, epoch, logs=None):
+        self.save(self.model, epoch + 1)
+
+    def save(self, model: keras.Model, epoch: int) -> None:
+        """Write `model`'s state as the checkpoint of `epoch` (1-based)."""
         self.backup_dir.mkdir(parents=True, exist_ok=True)
-        final = self.backup_dir / f"epoch-{epoch + 1:05d}"
+        final = self.backup_dir / f"epoch-{epoch:05d}"
         tmp = self.backup_dir / f".tmp-{final.name}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        self.model.save_weights(tmp / _WEIGHTS)
-        (tmp / _META).write_text(json.dumps({"epoch": epoch + 1}))
+        model.save_weights(tmp / _WEIGHTS)
+        (tmp / _META).write_text(json.dumps({"epoch": epoch}))
         durable.replace_folder(tmp, final, self.backup_dir / f".old-{final.name}")
         for old in self._folders()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -128,6 +132,82 @@ class EpochSeconds(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["seconds"] = time.perf_counter() - self._start
+
+
+def duration(seconds: float) -> str:
+    """A span of time as a person says it: 42 s, 8 min, 3.2 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One line per epoch, as a person would write it: the loss and the
+    held-out -ELBO and KL in nats, the epoch's seconds and the time the
+    whole run has left. Runs after `EpochSeconds`."""
+
+    def __init__(self, echo, epochs: int, held_out: str = "test"):
+        super().__init__()
+        self.echo, self.epochs, self.held_out = echo, epochs, held_out
+        self.seconds: list[float] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.seconds.append(float(logs.get("seconds", 0.0)))
+        # The first epoch of a process also compiles the step: left out once
+        # there are others.
+        recent = self.seconds[1:][-5:] or self.seconds
+        left = (self.epochs - epoch - 1) * float(np.median(recent))
+        parts = [f"loss {float(logs.get('loss', math.nan)):.2f}"]
+        if "val_elbo" in logs:
+            parts.append(
+                f"{self.held_out} -ELBO {-float(logs['val_elbo']):.2f} "
+                f"(KL {float(logs['val_kl']):.2f})"
+            )
+        parts.append(f"{self.seconds[-1]:.1f} s")
+        if left > 0:
+            parts.append(f"about {duration(left)} left")
+        self.echo(f"Epoch {epoch + 1}/{self.epochs}: " + ", ".join(parts))
+
+
+class PictureSummaries(keras.callbacks.Callback):
+    """The run's pictures as TensorBoard images every `every` epochs, beside
+    Keras' scalars: reconstructions of `images`, samples (seed 0) and, for a
+    2-D latent space, the manifold. The same as the PNGs a finished run
+    writes, so the last epoch's equal them."""
+
+    def __init__(self, log_dir: Path, images: np.ndarray, every: int = 1):
+        super().__init__()
+        self.log_dir, self.images, self.every = Path(log_dir), images, every
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        import tensorflow as tf
+
+        from tfvae import plots
+
+        pictures = {
+            "reconstructions": plots.reconstructions(self.model, self.images),
+            "samples": plots.samples(self.model, 64, seed=0),
+        }
+        if self.model.latent_dim == 2:
+            pictures["manifold"] = plots.manifold(self.model)
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+        with self._writer.as_default():
+            for name, picture in pictures.items():
+                pixels = np.asarray(picture)
+                pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+                tf.summary.image(name, pixels[None], step=epoch + 1)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
 
 
 class MetricsCSV(keras.callbacks.Callback):

@@ -20,6 +20,11 @@ STRATEGIES = ("auto", "default", "one-device", "mirrored", "multi-worker", "tpu"
 OBJECTIVES = ("elbo", "iwae")
 LR_SCHEDULES = ("constant", "burda", "cosine")
 
+# Settings that say where and how fast a run executes and what it shows, not
+# what it computes:
+# a run may resume under other values of them.
+PLACEMENT = ("strategy", "jit_compile", "steps_per_execution", "pictures_every")
+
 # Seeds become int32 stateless-random seeds: larger values would wrap.
 MAX_SEED = 2**31 - 1
 
@@ -155,6 +160,7 @@ class TrainConfig(ModelConfig):
     limit: int | None = None
     validation: int = 0
     init_from: str | None = None
+    pictures_every: int = 1
 
     RULES: ClassVar[dict[str, Rule]] = {
         **ModelConfig.RULES,
@@ -188,6 +194,7 @@ class TrainConfig(ModelConfig):
         "mixed_precision": (lambda v: isinstance(v, bool), "true or false"),
         "limit": (lambda v: v is None or (is_int(v) and v >= 1), "> 0"),
         "validation": (lambda v: is_int(v) and v >= 0, "a number of images >= 0"),
+        "pictures_every": (lambda v: is_int(v) and v >= 0, "epochs >= 0 (0: none)"),
         "init_from": (
             lambda v: v is None or (isinstance(v, str) and bool(v)),
             "a finished run folder or null",

@@ -80,6 +80,37 @@ def samples(model, n: int = 64, seed: int = 0, binary: bool = False) -> Image.Im
     return image_grid(images, columns=math.ceil(math.sqrt(n)))
 
 
+def latent_path(z_from: np.ndarray, z_to: np.ndarray, n: int, spherical: bool = False):
+    """`n` codes `[n, latent]` from `z_from` to `z_to`, both included: evenly
+    spaced on the line, or with `spherical` along the great circle (slerp,
+    Shoemake 1985), which keeps the codes' norm where a line through a
+    Gaussian's interior would shrink it."""
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    a, b = np.asarray(z_from, np.float64), np.asarray(z_to, np.float64)
+    cos = np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)
+    omega = np.arccos(np.clip(cos, -1.0, 1.0))
+    if not spherical or np.sin(omega) < 1e-6:  # (anti)parallel codes: no single great circle
+        return ((1 - t) * a + t * b).astype(np.float32)
+    path = (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
+    return path.astype(np.float32)
+
+
+def interpolate(model, image_from, image_to, n: int = 10, spherical: bool = False):
+    """The decoder's means `[n, h, w, c]` along `latent_path` between the
+    posterior means of two images `[h, w, c]`."""
+    z_mean = posterior_means(model, np.stack([image_from, image_to]))
+    return np.asarray(model.decode(latent_path(z_mean[0], z_mean[1], n, spherical)).mean())
+
+
+def interpolation(model, image_from, image_to, n: int = 10, spherical: bool = False):
+    """One row: the first image, the `n` decoded steps from it to the second
+    (`interpolate`), the second image."""
+    check_grid(n + 2, model.image_shape, "an interpolation")
+    path = interpolate(model, image_from, image_to, n, spherical)
+    row = np.concatenate([image_from[None], path, image_to[None]])
+    return image_grid(row, columns=n + 2)
+
+
 def manifold(model, steps: int = 20) -> Image.Image:
     """The decoder over a grid of the 2-D latent space, at the normal quantiles
     (Kingma & Welling, fig. 4): equal steps in probability, not in z."""

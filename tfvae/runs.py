@@ -4,15 +4,21 @@ A run folder holds `config.json` (settings, versions, status), `model.keras`,
 `metrics.csv`, `logs/` (TensorBoard), pictures, and while training runs a
 `backup/` that lets an interrupted run resume. Every file is written
 atomically and durably (`tfvae.durable`), so a reader never sees half a file.
+One process at a time trains a folder (`lock_folder`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import json
+import os
 import platform
+import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,56 @@ MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.csv"
 BACKUP_DIR = "backup"
 LOGS_DIR = "logs"
+
+
+@contextlib.contextmanager
+def lock_folder(folder: Path) -> Iterator[None]:
+    """Hold the lock of the run in `folder` while the block runs, or refuse
+    at once with a `RunError` naming the process (pid, host) that holds it.
+
+    The lock is `flock` on a sibling file `.<name>.lock` (a sibling, since a
+    fresh run's folder is created only after its data has loaded). The kernel
+    drops it with the process, so a SIGKILL or a power loss leaves nothing
+    that blocks. Locks agree between processes of one machine; on NFS, Linux
+    maps `flock` to the server's byte-range locks, which hold across clients
+    only where the server runs a lock manager (not under `nolock`).
+    """
+    folder = Path(folder)
+    path = folder.with_name(f".{folder.name}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = _take_lock(path, folder)
+    try:
+        yield
+    finally:
+        # Unlinked while held: a process that opened the old file gets its
+        # lock only after this close, sees the file gone and starts over.
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)
+
+
+def _take_lock(path: Path, folder: Path) -> int:
+    """The open, locked descriptor of `path`, whose holder it now names."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunError(
+                f"{folder}: {holder} is training this run folder; wait for it to finish "
+                "or stop it, or choose another --run-dir"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+            return fd
+        os.close(fd)  # the holder released and removed it meanwhile: try again
 
 
 def default_run_dir(root: str | Path = "runs") -> Path:
@@ -142,8 +198,7 @@ def load_run(run_dir: str | Path) -> Run:
     model_path = run_dir / MODEL_FILE
     if state.status != "finished" or not model_path.is_file():
         raise RunError(
-            f"{run_dir}: training has not finished; rerun the same 'tfvae train "
-            f"--run-dir {run_dir}' command to resume it"
+            f"{run_dir}: training has not finished; 'tfvae resume {run_dir}' continues it"
         )
     model = load_model_file(model_path)
     from tfvae.model import VAE

@@ -8,14 +8,22 @@ import math
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import keras
 
 from tfvae import durable, memory
-from tfvae.callbacks import EpochBackup, EpochSeconds, MetricsCSV, StopOnNonFinite
-from tfvae.config import MAX_SEED, TrainConfig
+from tfvae.callbacks import (
+    EpochBackup,
+    EpochLog,
+    EpochSeconds,
+    MetricsCSV,
+    PictureSummaries,
+    StopOnNonFinite,
+)
+from tfvae.config import MAX_SEED, PLACEMENT, TrainConfig
 from tfvae.data import image_pipeline, load_dataset, test_pipeline, train_pipeline
 from tfvae.errors import RunError
 from tfvae.evaluation import evaluate_elbo
@@ -29,6 +37,7 @@ from tfvae.runs import (
     code_version,
     default_run_dir,
     load_run,
+    lock_folder,
     read_state,
     versions,
     write_state,
@@ -45,10 +54,23 @@ class TrainResult:
     test: dict[str, float]
     initial_epoch: int
     model: object
+    epochs: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, object]:
+        """What `tfvae train --json` prints."""
+        return {
+            "run_dir": str(self.run_dir),
+            "epochs": self.epochs,
+            "initial_epoch": self.initial_epoch,
+            "test": self.test,
+            "seconds": round(self.seconds, 1),
+        }
 
 
-def _check_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> bool:
-    """Refuse to clobber what is not ours; allow resuming what is.
+def _check_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool, extend: bool) -> bool:
+    """Refuse to clobber what is not ours; allow resuming what is, and with
+    `extend` a finished run and a new number of epochs too.
 
     Returns whether the folder holds an old run that `overwrite` replaces.
     """
@@ -68,17 +90,18 @@ def _check_run_dir(run_dir: Path, config: TrainConfig, overwrite: bool) -> bool:
     if overwrite:
         return True
     state = read_state(run_dir)
-    if state.status == "finished":
+    if state.status == "finished" and not extend:
         raise RunError(
-            f"{run_dir}: this run has already finished; use --overwrite to train it again "
-            "or choose another --run-dir"
+            f"{run_dir}: this run has already finished; 'tfvae resume {run_dir} --epochs N' "
+            "extends it, --overwrite trains it again, or choose another --run-dir"
         )
-    if state.config != config:
-        old, new = state.config.to_dict(), config.to_dict()
-        changed = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in old if old[k] != new[k])
+    old, new = state.config.to_dict(), config.to_dict()
+    free = (*PLACEMENT, "epochs") if extend else PLACEMENT
+    changed = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in old if old[k] != new[k] and k not in free]
+    if changed:
         raise RunError(
-            f"{run_dir}: an unfinished run with other settings ({changed}); repeat its "
-            "original command to resume it, or use --overwrite"
+            f"{run_dir}: an unfinished run with other settings ({', '.join(changed)}); "
+            f"'tfvae resume {run_dir}' resumes it, or use --overwrite"
         )
     return False
 
@@ -210,20 +233,78 @@ def train(
     overwrite: bool = False,
     echo: Callable[[str], None] = print,
     verbose: int | None = None,
+    extend: bool = False,
 ) -> TrainResult:
     """Train `config` into `run_dir`, resuming it if it holds an unfinished run.
 
-    Four phases: prepare the folder (nothing is written before the data set
-    and the starting weights have loaded, so a bad request leaves no folder
-    behind), choose the starting weights, fit, finish (model, scores,
-    pictures, status).
+    The folder is locked first, so a second process on it is refused at once
+    (`lock_folder`). `extend` (what `resume` passes) lets the run change its
+    number of epochs and continue a finished run.
     """
-    from tfvae.distribute import make_strategy, peer_failures
+    from tfvae.distribute import make_strategy
 
+    start = time.perf_counter()
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir()
     strategy = make_strategy(config.strategy)
     folder, is_chief = _worker_folder(run_dir, strategy)
-    replace_old = _check_run_dir(folder, config, overwrite)
+    with lock_folder(folder):
+        result = _train(
+            config, run_dir, folder, is_chief, strategy, overwrite, extend, echo, verbose
+        )
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def resume(
+    run_dir: str | Path,
+    epochs: int | None = None,
+    echo: Callable[[str], None] = print,
+    verbose: int | None = None,
+    **placement,
+) -> TrainResult:
+    """Continue the run in `run_dir` with the settings of its `config.json`.
+
+    `placement` may change where it runs (`strategy`, `jit_compile`,
+    `steps_per_execution`; None keeps the run's). `epochs` sets a new total:
+    more than a finished run's extends it. The learning-rate schedule is
+    stretched to the new total and continues from the step the run reached:
+    a cosine that had reached 0 rises to the stretched curve's rate there
+    (half the peak rate when the epochs double), a constant rate stays.
+    """
+    run_dir = Path(run_dir)
+    state = read_state(run_dir)
+    done = state.config.epochs if state.status == "finished" else _checkpointed(run_dir)
+    if state.status == "finished" and epochs is None:
+        raise RunError(
+            f"{run_dir}: this run has finished its {done} epochs; give --epochs N "
+            f"(more than {done}) to extend it"
+        )
+    if epochs is not None and epochs <= done:
+        raise RunError(
+            f"{run_dir}: --epochs {epochs} must be more than the {done} epochs it has trained"
+        )
+    changes = {key: value for key, value in placement.items() if value is not None}
+    if unknown := set(changes) - set(PLACEMENT):
+        raise RunError(f"resume can change only {', '.join(PLACEMENT)}, not {sorted(unknown)}")
+    if epochs is not None:
+        changes["epochs"] = epochs
+    config = dataclasses.replace(state.config, **changes)
+    return train(config, run_dir, echo=echo, verbose=verbose, extend=True)
+
+
+def _checkpointed(run_dir: Path) -> int:
+    """The newest epoch an unfinished run holds a checkpoint of (0: none)."""
+    return max(EpochBackup(run_dir / BACKUP_DIR).epochs(), default=0)
+
+
+def _train(config, run_dir, folder, is_chief, strategy, overwrite, extend, echo, verbose):
+    """Four phases: prepare the folder (nothing is written before the data set
+    and the starting weights have loaded, so a bad request leaves no folder
+    behind), choose the starting weights, fit, finish (model, scores,
+    pictures, status)."""
+    from tfvae.distribute import peer_failures
+
+    replace_old = _check_run_dir(folder, config, overwrite, extend)
     data, validation = _load_data(config)
     held = len(data.test_images) + (0 if validation is None else len(validation))
     need = memory.training_need(config, data.image_shape, len(data.train_images), held)
@@ -233,6 +314,8 @@ def train(
     keras.utils.set_random_seed(config.seed)
     model = _build_model(config, data.image_shape, strategy, _steps_per_epoch(config, data))
     backup = EpochBackup(folder / BACKUP_DIR)
+    if extend and not replace_old and _is_finished(folder):
+        _checkpoint_finished(folder, model, backup, strategy)
     # Checked before anything is written; a run that resumes from its own
     # checkpoints no longer needs its source.
     resumable = not replace_old and bool(backup.epochs())
@@ -246,21 +329,44 @@ def train(
     lower = "--batch-size, --k or --hidden (with --overwrite); the last checkpoint is kept"
     with peer_failures(strategy), memory.out_of_memory("training", lower):
         initial_epoch = _starting_point(config, model, backup, strategy, source, echo)
-        _fit(config, model, data, validation, folder, backup, initial_epoch, is_chief, verbose)
+        log = EpochLog(echo, config.epochs, "test" if validation is None else "validation")
+        _fit(config, model, data, validation, folder, backup, initial_epoch, is_chief, verbose, log)
         # Every worker saves (saving can read synchronised variables, a
         # collective step all workers must join); only the chief's copy is kept.
         save_model(model, folder)
     if not is_chief:
         shutil.rmtree(folder, ignore_errors=True)
         echo(f"Worker finished; the chief wrote {run_dir}")
-        return TrainResult(run_dir, {}, initial_epoch, model)
+        return TrainResult(run_dir, {}, initial_epoch, model, config.epochs)
     test = _finish(model, data, validation, state, folder, config)
     echo(f"Run folder: {run_dir}")
     echo(
         f"Test ELBO: {test['elbo']:.2f} nats (KL {test['kl']:.2f}, "
         f"log-likelihood {test['log_likelihood']:.2f})"
     )
-    return TrainResult(run_dir, test, initial_epoch, model)
+    return TrainResult(run_dir, test, initial_epoch, model, config.epochs)
+
+
+def _is_finished(folder: Path) -> bool:
+    return (folder / CONFIG_FILE).is_file() and read_state(folder).status == "finished"
+
+
+def _checkpoint_finished(folder: Path, model, backup: EpochBackup, strategy) -> None:
+    """Make a finished run resumable before it is marked running again: its
+    `model.keras` (weights and Adam's state) becomes the checkpoint of its
+    last epoch, so a kill at any moment leaves a run that resumes from there."""
+    from tfvae.distribute import is_multi_worker
+
+    if is_multi_worker(strategy):
+        raise RunError(
+            f"{folder}: extend a finished run in one process (without --strategy "
+            "multi-worker); resume it under multi-worker once it has a checkpoint"
+        )
+    with strategy.scope():
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(folder / MODEL_FILE)
+    backup.save(model, read_state(folder).config.epochs)
 
 
 def _load_data(config: TrainConfig):
@@ -310,7 +416,10 @@ def _start_folder(folder: Path, config, data, model, strategy, replace_old: bool
             "jit_compile": bool(model.jit_compile),
             "steps_per_execution": int(model.steps_per_execution),
             "started": now,
-            "provenance": [*earlier, {"started": now, **code_version()}],
+            "provenance": [
+                *earlier,
+                {"started": now, "epochs": config.epochs, **code_version()},
+            ],
         },
     )
     write_state(folder, state)
@@ -329,7 +438,11 @@ def _starting_point(config, model, backup: EpochBackup, strategy, source, echo) 
     )
     initial_epoch = backup.restore(model, agreed)
     if initial_epoch:
-        echo(f"Resuming after epoch {initial_epoch} of {config.epochs}")
+        rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        echo(
+            f"Resuming after epoch {initial_epoch} of {config.epochs} "
+            f"(learning rate {rate:.3g}, {config.lr_schedule} schedule)"
+        )
     elif config.init_from is not None:
         # Every worker starts from the source when they agree on epoch 0,
         # even one that holds checkpoints of its own.
@@ -342,7 +455,9 @@ def _starting_point(config, model, backup: EpochBackup, strategy, source, echo) 
     return initial_epoch
 
 
-def _fit(config, model, data, validation, folder: Path, backup, initial_epoch, is_chief, verbose):
+def _fit(
+    config, model, data, validation, folder: Path, backup, initial_epoch, is_chief, verbose, log
+):
     """`model.fit` from `initial_epoch` to `config.epochs`, scored after every
     epoch on the validation images, or on the test images without them."""
     import tensorflow as tf
@@ -365,9 +480,14 @@ def _fit(config, model, data, validation, folder: Path, backup, initial_epoch, i
         MetricsCSV(folder / METRICS_FILE, initial_epoch, held_out),
     ]
     if is_chief:
-        callbacks.append(keras.callbacks.TensorBoard(str(folder / LOGS_DIR)))
+        callbacks += [log, keras.callbacks.TensorBoard(str(folder / LOGS_DIR))]
+    if is_chief and config.pictures_every:
+        shown = data.fixed_binarized("test", config.binarize)[:RECONSTRUCTION_IMAGES]
+        pictures = folder / LOGS_DIR / "pictures"
+        callbacks.append(PictureSummaries(pictures, shown, config.pictures_every))
     if verbose is None:
-        verbose = 1 if sys.stdout.isatty() else 2
+        # Keras' progress bar on a terminal; in a log file, `log`'s lines only.
+        verbose = 1 if sys.stdout.isatty() else 0
     model.fit(
         train_ds.with_options(options),
         epochs=config.epochs,

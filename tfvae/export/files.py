@@ -5,6 +5,15 @@ is published.
 The files keep only builtin ops, so they cannot raise: out-of-range pixels
 are clipped to [0, 1], and a NaN pixel gives NaN outputs. An empty batch
 gives empty outputs.
+
+`int8` files are integer only, as Edge TPU and NPU delegates need them:
+int8 weights and activations, and int8 inputs and outputs too, so no float
+op is left at either end. Each tensor's range comes from calibration on real
+images of the model's data (the encoder) and on their posterior means (the
+decoder). The manifest lists every input's and output's `scale` and
+`zero_point`: an app feeds q = clip(round(x / scale) + zero_point, -128, 127)
+and reads x = scale * (q - zero_point), as the export's own check does.
+Pixels outside [0, 1] saturate in that quantization; NaN has no int8 value.
 """
 
 from __future__ import annotations
@@ -40,12 +49,22 @@ from tfvae.export.savedmodel import export_archive, images_spec, z_spec
 if TYPE_CHECKING:
     from tfvae.model import VAE
 
-QUANTIZATIONS = ("none", "float16", "dynamic")
-Quantize = Literal["none", "float16", "dynamic"]
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+Quantize = Literal["none", "float16", "dynamic", "int8"]
+# How the float files treat pixels; the int8 files' inputs are quantized by the app.
+_FLOAT_INPUT_POLICY = "pixels clipped to [0, 1]; NaN pixels give NaN outputs"
+_INT8_INPUT_POLICY = (
+    "int8 inputs and outputs: feed q = clip(round(x / scale) + zero_point, -128, 127), "
+    "read x = scale * (q - zero_point), with each tensor's scale and zero_point listed "
+    "under its inputs and outputs; pixels outside [0, 1] saturate"
+)
 
 
-def _deterministic_endpoints(model: VAE) -> dict[str, tuple[Callable, list[tf.TensorSpec]]]:
-    """Deterministic, builtin-op-only entry points (no asserts, no random ops)."""
+def _deterministic_endpoints(
+    model: VAE, batch: int | None = None
+) -> dict[str, tuple[Callable, list[tf.TensorSpec]]]:
+    """Deterministic, builtin-op-only entry points (no asserts, no random ops),
+    with a dynamic batch dimension or a fixed one."""
 
     def encode(images):
         z_mean, z_stddev = model.encoder.params(tf.clip_by_value(images, 0.0, 1.0))
@@ -55,10 +74,19 @@ def _deterministic_endpoints(model: VAE) -> dict[str, tuple[Callable, list[tf.Te
         logits = model.decoder.logits(z)
         return {"probabilities": tf.sigmoid(logits), "logits": logits}
 
-    return {"encode": (encode, [images_spec(model)]), "decode": (decode, [z_spec(model)])}
+    return {
+        "encode": (encode, [images_spec(model, batch)]),
+        "decode": (decode, [z_spec(model, batch)]),
+    }
 
 
 _PARTS = {"encoder": "encode", "decoder": "decode"}
+# Which runtimes run which files (the manifest says it beside the batch).
+_DYNAMIC_RUNTIMES = "LiteRT / TFLite on Android, iOS and Python (resize the input to any batch)"
+_STATIC_RUNTIMES = (
+    "every LiteRT runtime, including LiteRT.js in browsers, TFLite Micro and the Edge TPU "
+    "compiler, which need static shapes; feed exactly this batch (pad the last one)"
+)
 
 
 @dataclasses.dataclass
@@ -119,7 +147,6 @@ def _export_pair(
             f"{len(images)} codes from the prior",
             "fidelity_measure": "|file - keras| / (1 + |keras|) over every output value",
             "fidelity_limits": limits,
-            "input_policy": "pixels clipped to [0, 1]; NaN pixels give NaN outputs",
             "files": files,
         }
         (temp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -129,8 +156,18 @@ def _export_pair(
 
 # --- TFLite ----------------------------------------------------------------------
 
+# Calibration batches of one signature: its input's name -> a batch of values.
+_Batches = list[dict[str, np.ndarray]]
 
-def _convert(saved_model: Path, signature: str, quantize: Quantize) -> bytes:
+
+def _convert(
+    saved_model: Path,
+    signature: str,
+    quantize: Quantize,
+    representative: _Batches | None = None,
+) -> bytes:
+    """One signature as a TFLite file; `representative` (int8 only) are the
+    calibration batches that set each tensor's range."""
     converter = tf.lite.TFLiteConverter.from_saved_model(
         str(saved_model), signature_keys=[signature]
     )
@@ -139,7 +176,40 @@ def _convert(saved_model: Path, signature: str, quantize: Quantize) -> bytes:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
+    if quantize == "int8":
+        # Integer only, the ends too: a float op left in fails the conversion
+        # instead of falling back to the CPU on an accelerator.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.representative_dataset = lambda: iter(representative)
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
     return converter.convert()
+
+
+# Calibration batches are this many examples: the ranges are the same at any
+# batch size (plain min/max), and fewer calls convert faster.
+_CALIBRATION_BATCH = 100
+
+
+def _representative_sets(
+    model: VAE, images: np.ndarray, batch: int | None = None
+) -> dict[str, _Batches]:
+    """Calibration batches per signature: the encoder on `images`, the decoder
+    on their posterior means. Not on prior draws too: their rarer, wider
+    activations stretch the min/max ranges, and codes from the prior then
+    come out worse, not better (benchmarks/RESULTS.md)."""
+    z_mean = model.encoder.params(tf.constant(images))[0].numpy()
+    inputs = {"encode": ("images", images), "decode": ("z", z_mean)}
+    # A static batch takes whole batches of its size only (the rest is dropped).
+    size = batch or _CALIBRATION_BATCH
+    stop = {
+        signature: len(value) - len(value) % batch if batch else len(value)
+        for signature, (_, value) in inputs.items()
+    }
+    return {
+        signature: [{key: value[i : i + size]} for i in range(0, stop[signature], size)]
+        for signature, (key, value) in inputs.items()
+    }
 
 
 def _lite_interpreter(model_path: Path):
@@ -152,14 +222,67 @@ def _lite_interpreter(model_path: Path):
 
 
 def _tensor_info(details: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        {
+    """Name, shape and dtype of each tensor, and an integer tensor's
+    `scale` and `zero_point` (what an app needs to feed and read it)."""
+    rows = []
+    for key, info in sorted(details.items()):
+        row = {
             "name": key,
             "shape": [int(d) for d in info["shape_signature"]],
             "dtype": np.dtype(info["dtype"]).name,
         }
-        for key, info in sorted(details.items())
-    ]
+        scale, zero_point = info["quantization"]
+        if scale:
+            row.update(scale=float(scale), zero_point=int(zero_point))
+        rows.append(row)
+    return rows
+
+
+def _quantized_runner(runner) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """`runner` with float inputs and outputs: integer tensors are quantized
+    and dequantized with their own scale and zero_point, as an app does, so
+    the check measures what the app gets. Float tensors pass unchanged."""
+    inputs, outputs = runner.get_input_details(), runner.get_output_details()
+
+    def to_tensor(key: str, value: np.ndarray) -> np.ndarray:
+        scale, zero_point = inputs[key]["quantization"]
+        if not scale:
+            return value
+        dtype = inputs[key]["dtype"]
+        limits = np.iinfo(dtype)
+        return np.clip(np.round(value / scale) + zero_point, limits.min, limits.max).astype(dtype)
+
+    def from_tensor(key: str, value: np.ndarray) -> np.ndarray:
+        scale, zero_point = outputs[key]["quantization"]
+        if not scale:
+            return value
+        return (value.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        got = runner(**{key: to_tensor(key, value) for key, value in feeds.items()})
+        return {key: from_tensor(key, value) for key, value in got.items()}
+
+    return run
+
+
+def _static_runner(run, batch: int) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """`run` of a file whose batch dimension is `batch`, on inputs of any
+    length: fed `batch` rows at a time, the last call padded with zeros."""
+
+    def run_all(feeds: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
+        count = len(next(iter(feeds.values())))
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, count, batch):
+            chunk = {}
+            for key, value in feeds.items():
+                rows = value[start : start + batch]
+                pad = np.zeros((batch - len(rows), *rows.shape[1:]), rows.dtype)
+                chunk[key] = np.concatenate([rows, pad])
+            for key, value in run(chunk).items():
+                parts.setdefault(key, []).append(value[: min(batch, count - start)])
+        return {key: np.concatenate(values) for key, values in parts.items()}
+
+    return run_all
 
 
 def export_tflite(
@@ -168,6 +291,8 @@ def export_tflite(
     name: str,
     quantize: Quantize = "none",
     check_images: np.ndarray | None = None,
+    calibration_images: np.ndarray | None = None,
+    batch: int | None = None,
 ) -> Path:
     """Write `out_dir/<name>/tflite/{encoder,decoder}.tflite` and `manifest.json`.
 
@@ -175,12 +300,36 @@ def export_tflite(
     a SavedModel (never from bare concrete functions, which can silently lose
     the weights), run in LiteRT on `check_images` (real images of the model's
     data; default: the model's own samples) and held to `FIDELITY[quantize]`.
+    `int8` files are calibrated on `calibration_images` (a few hundred real
+    images; default: the check images). Pass other images than the check's
+    (`tfvae export` calibrates on training images and checks on test images),
+    so the check does not grade the file on its own calibration data.
+    `batch` fixes the files' batch dimension (static shapes, which LiteRT.js,
+    TFLite Micro and the Edge TPU compiler need); None keeps it dynamic.
     An existing `tflite/` folder is replaced atomically. Returns it.
     """
     check_model(model)
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
-    archive = export_archive(model, _deterministic_endpoints(model))
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
+        raise ExportError(f"batch must be a positive integer or None, got {batch!r}")
+    manifest: dict[str, Any] = {
+        "quantization": quantize,
+        "batch": batch,
+        "runtimes": _STATIC_RUNTIMES if batch else _DYNAMIC_RUNTIMES,
+        "tensorflow_version": tf.__version__,
+    }
+    representative: dict[str, _Batches] = {}
+    if quantize == "int8":
+        if calibration_images is None:
+            images, note = check_inputs(model, check_images)
+            note = f"the check images, {note}"
+        else:
+            images, note = check_inputs(model, calibration_images, "calibration_images")
+        representative = _representative_sets(model, images, batch)
+        manifest["calibrated_on"] = f"{note} (the encoder); the decoder on their posterior means"
+    manifest["input_policy"] = _INT8_INPUT_POLICY if quantize == "int8" else _FLOAT_INPUT_POLICY
+    archive = export_archive(model, _deterministic_endpoints(model, batch))
 
     base = model_dir(out_dir, name)
     with temp_folder(base, "savedmodel") as source, write_errors(base / "tflite"):
@@ -188,15 +337,15 @@ def export_tflite(
 
         def convert(temp: Path, part: str, signature: str) -> _Converted:
             path = temp / f"{part}.tflite"
-            path.write_bytes(_convert(source, signature, quantize))
+            path.write_bytes(_convert(source, signature, quantize, representative.get(signature)))
             runner = _lite_interpreter(path).get_signature_runner(signature)
+            run = _quantized_runner(runner)
             return _Converted(
-                run=lambda feeds: runner(**feeds),
+                run=_static_runner(run, batch) if batch else run,
                 inputs=_tensor_info(runner.get_input_details()),
                 outputs=_tensor_info(runner.get_output_details()),
             )
 
-        manifest = {"quantization": quantize, "tensorflow_version": tf.__version__}
         return _export_pair(
             model, out_dir, name, "tflite", check_images, convert, FIDELITY[quantize], manifest
         )
@@ -245,7 +394,11 @@ def export_onnx(
             outputs=[_onnx_info(o) for o in session.get_outputs()],
         )
 
-    manifest = {"opset": opset, "tf2onnx_version": tf2onnx.__version__}
+    manifest = {
+        "opset": opset,
+        "tf2onnx_version": tf2onnx.__version__,
+        "input_policy": _FLOAT_INPUT_POLICY,
+    }
     return _export_pair(
         model, out_dir, name, "onnx", check_images, convert, FIDELITY["none"], manifest
     )

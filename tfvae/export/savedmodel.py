@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import tensorflow as tf
 
 from tfvae import durable
@@ -27,6 +28,7 @@ from tfvae.export.publish import (
     temp_folder,
     write_errors,
 )
+from tfvae.export.warmup import write_warmup_file
 
 if TYPE_CHECKING:
     from tfvae.model import VAE
@@ -40,12 +42,14 @@ ELBO_SEED = (0, 0)
 MAX_SAMPLE_COUNT = 10_000
 
 
-def images_spec(model: VAE) -> tf.TensorSpec:
-    return tf.TensorSpec([None, *model.image_shape], tf.float32, name="images")
+def images_spec(model: VAE, batch: int | None = None) -> tf.TensorSpec:
+    """`[batch, h, w, c]` float32 images; a None batch is dynamic."""
+    return tf.TensorSpec([batch, *model.image_shape], tf.float32, name="images")
 
 
-def z_spec(model: VAE) -> tf.TensorSpec:
-    return tf.TensorSpec([None, model.latent_dim], tf.float32, name="z")
+def z_spec(model: VAE, batch: int | None = None) -> tf.TensorSpec:
+    """`[batch, latent]` float32 codes; a None batch is dynamic."""
+    return tf.TensorSpec([batch, model.latent_dim], tf.float32, name="z")
 
 
 def _checked_images(model: VAE, images: tf.Tensor) -> tf.Tensor:
@@ -105,6 +109,34 @@ def _serving_endpoints(model: VAE) -> dict[str, tuple[Callable, list[tf.TensorSp
     }
 
 
+def _warmup_requests(
+    model: VAE,
+    endpoints: dict[str, tuple[Callable, list[tf.TensorSpec]]],
+    warmup_images: np.ndarray | None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Signature -> inputs of one real batch-1 request: the first of
+    `warmup_images` (else one binary sample of the model, in-distribution
+    without a data set), its posterior mean as `z`, one seeded sample."""
+    if warmup_images is None:
+        image = np.asarray(model.sample(1, seed=0, binary=True), np.float32)
+    else:
+        given = np.asarray(warmup_images, np.float32)
+        image = given[:1] if given.ndim else given
+        # TF Serving refuses to load a version whose warm-up request fails: no NaN here.
+        if image.shape != (1, *model.image_shape) or not np.isfinite(image).all():
+            raise ExportError(
+                "warmup_images must be a non-empty [n, "
+                f"{', '.join(map(str, model.image_shape))}] array of finite pixels, "
+                f"got shape {given.shape}"
+            )
+    z = model.encoder.params(tf.constant(image))[0].numpy()
+    feeds = {"images": image, "z": z, "count": np.int32(1), "seed": np.int32(0)}
+    return {
+        name: {spec.name: feeds[spec.name] for spec in specs}
+        for name, (_, specs) in endpoints.items()
+    }
+
+
 def export_archive(model: VAE, endpoints: dict[str, tuple[Callable, list[tf.TensorSpec]]]):
     import keras
 
@@ -116,30 +148,39 @@ def export_archive(model: VAE, endpoints: dict[str, tuple[Callable, list[tf.Tens
 
 
 def export_savedmodel(
-    model: VAE, out_dir: str | os.PathLike, name: str, version: int | None = None
+    model: VAE,
+    out_dir: str | os.PathLike,
+    name: str,
+    version: int | None = None,
+    warmup_images: np.ndarray | None = None,
 ) -> Path:
-    """Write `out_dir/<name>/<version>/` (saved_model.pb + variables/) for TF Serving.
+    """Write `out_dir/<name>/<version>/` (saved_model.pb, variables/ and TF
+    Serving's warm-up requests, one per signature) for TF Serving.
 
     `version=None` takes the next free integer (one above the highest, so TF
     Serving switches to it); an existing version is refused. The export appears
     atomically: it is written to `.tmp-<version>-<host>-<pid>` and renamed.
-    Returns the version folder.
+    `warmup_images`: real images of the model's data (the first is used) for
+    the warm-up requests. Returns the version folder.
     """
     check_model(model)
     if version is not None and (
         isinstance(version, bool) or not isinstance(version, int) or version < 1
     ):
         raise ExportError(f"version must be a positive integer, got {version!r}")
+    endpoints = _serving_endpoints(model)
+    requests = _warmup_requests(model, endpoints, warmup_images)
     base = model_dir(out_dir, name)
     remove_stale_temps(base)
     if version is not None and (base / str(version)).exists():
         raise ExportError(
             f"{base / str(version)} already exists; pick another --version or omit it"
         )
-    archive = export_archive(model, _serving_endpoints(model))
+    archive = export_archive(model, endpoints)
     chosen = version if version is not None else next_version(out_dir, name)
     with temp_folder(base, chosen) as temp, write_errors(base / str(chosen)):
         archive.write_out(str(temp), verbose=False)
+        write_warmup_file(temp, name, requests)
         durable.fsync_tree(temp)
         while True:
             target = base / str(chosen)
