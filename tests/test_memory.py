@@ -9,6 +9,7 @@ import resource
 import subprocess
 import sys
 import textwrap
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -210,3 +211,52 @@ def test_what_slips_past_the_estimate_ends_in_one_line_and_keeps_the_run(tmp_pat
         "(with --overwrite); the last checkpoint is kept"
     ]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["status"] == "running"
+
+
+def test_running_out_after_a_checkpoint_keeps_it_for_resume(tmp_path):
+    """A run that holds epoch 1's checkpoint (trained without a limit, then
+    SIGKILLed) resumes under a 5 GiB limit with the estimate off: its IWAE
+    step (K = 5,000, batch 20: about 4 GB) runs out in one line, the
+    checkpoint stays byte for byte, and `tfvae resume` without the limit
+    then finishes the run from it."""
+    run = tmp_path / "run"
+    command = ["train", "--objective", "iwae", "--k", "5000", "--limit", "40"]
+    command += ["--batch-size", "20", "--hidden", "64", "--epochs", "2", "--run-dir", "run"]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "tfvae", *command],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not (run / "backup" / "epoch-00001").is_dir():
+        assert first.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    first.kill()
+    first.wait()
+
+    def checkpoint() -> dict[str, bytes]:
+        return {str(p): p.read_bytes() for p in sorted((run / "backup").rglob("*")) if p.is_file()}
+
+    kept = checkpoint()
+    out = _limited(command, tmp_path, limit=5 * 2**30, script=SLIP)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert out.stderr.splitlines() == [
+        "Error: ran out of memory while training; lower --batch-size, --k or --hidden "
+        "(with --overwrite); the last checkpoint is kept"
+    ]
+    assert "Resuming after epoch 1 of 2" in out.stdout
+    assert checkpoint() == kept
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tfvae", "resume", "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming after epoch 1 of 2" in resumed.stdout
+    assert json.loads((run / "config.json").read_text())["status"] == "finished"

@@ -229,3 +229,32 @@ def test_static_batch_files_have_that_shape_and_the_dynamic_files_outputs(tmp_pa
     runner = Interpreter(model_path=str(static / "decoder.tflite")).get_signature_runner("decode")
     with pytest.raises(RuntimeError, match="failed to prepare"):
         runner(z=outputs[0][:2])  # not the file's batch
+
+
+def test_a_colour_model_is_shown_in_colour(tmp_path):
+    """8x8 RGB images: the page decodes as Keras does, three numbers a pixel,
+    and paints the sample grid in colour (red, green and blue differ)."""
+    import tensorflow as tf
+
+    from tfvae.config import ModelConfig
+    from tfvae.model import VAE
+
+    _needs_browser()
+    model = VAE((8, 8, 3), ModelConfig(latent_dim=3, hidden_units=(16,)), seed=0)
+    images = np.random.default_rng(0).random((16, 8, 8, 3)).astype(np.float32)
+    folder = _served_page(tmp_path, model, images, "colour")
+    with Server(folder) as server, Browser() as browser:
+        page = _open(browser, server)
+        z = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+        got = np.array(page.evaluate(f"tfvaeDecode({json.dumps(z.tolist())})"))
+        want = tf.sigmoid(model.decoder.logits(tf.constant(z))).numpy().reshape(4, 8 * 8 * 3)
+        assert np.abs(got - want).max() < 1e-5
+        rgba = np.array(
+            page.evaluate(
+                "(() => { const c = document.getElementById('samples');"
+                " const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+                " return Array.from(data); })()"
+            )
+        ).reshape(-1, 4)
+        assert (rgba[:, 0] != rgba[:, 1]).mean() > 0.1
+        assert page.errors == []
