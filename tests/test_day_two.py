@@ -200,6 +200,22 @@ def test_the_time_left_comes_from_recent_epochs_not_the_compiling_one():
     for epoch, seconds in enumerate([10.0, 2.0, 2.0]):
         log.on_epoch_end(epoch, {"loss": 101.234, "seconds": seconds})
     assert said[-1] == "Epoch 3/10: loss 101.23, 2.0 s, about 14 s left"
+
+
+def test_a_long_epoch_says_how_far_it_is(monkeypatch):
+    """Past PROGRESS_SECONDS into an epoch of 100 steps, after step 25 of it:
+    75 steps left at the pace so far (80 s for 25 steps) is 240 s."""
+    import tfvae.callbacks as callbacks
+
+    clock = iter([1000.0, 1030.0, 1080.0])
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    said: list[str] = []
+    log = EpochLog(said.append, epochs=2)
+    log.set_params({"steps": 100})
+    log.on_epoch_begin(0)
+    log.on_train_batch_end(9)  # 30 s in: too soon to say anything
+    log.on_train_batch_end(24)
+    assert said == ["  epoch 1: step 25/100, about 4 min left in this epoch"]
     assert [duration(s) for s in (42, 600, 11_520)] == ["42 s", "10 min", "3.2 h"]
 
 

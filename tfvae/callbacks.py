@@ -148,10 +148,31 @@ class EpochLog(keras.callbacks.Callback):
     held-out -ELBO and KL in nats, the epoch's seconds and the time the
     whole run has left. Runs after `EpochSeconds`."""
 
+    # An epoch longer than this also says how far it is, this often.
+    PROGRESS_SECONDS = 60.0
+
     def __init__(self, echo, epochs: int, held_out: str = "test"):
         super().__init__()
         self.echo, self.epochs, self.held_out = echo, epochs, held_out
         self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._start = self._said = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        """In a long epoch, a line every `PROGRESS_SECONDS`: the steps done
+        and the time the epoch has left, at the pace so far."""
+        now = time.perf_counter()
+        steps = (self.params or {}).get("steps")
+        if now - self._said < self.PROGRESS_SECONDS or not steps:
+            return
+        self._said = now
+        left = (now - self._start) / (batch + 1) * (steps - batch - 1)
+        self.echo(
+            f"  epoch {self._epoch + 1}: step {batch + 1}/{steps}, "
+            f"about {duration(left)} left in this epoch"
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
