@@ -20,6 +20,7 @@ from tfvae.config import (
     ACTIVATIONS,
     ARCHS,
     BINARIZATIONS,
+    GRADIENT_ESTIMATORS,
     LR_SCHEDULES,
     MAX_SEED,
     OBJECTIVES,
@@ -277,6 +278,14 @@ def main():
     default=DEFAULTS.objective,
     show_default=True,
     help="elbo (Kingma & Welling) or iwae (importance-weighted bound, Burda et al.).",
+)
+@click.option(
+    "--gradient-estimator",
+    type=click.Choice(GRADIENT_ESTIMATORS),
+    default=DEFAULTS.gradient_estimator,
+    show_default=True,
+    help="With --objective iwae, the encoder's gradient: the bound's own, or dreg "
+    "(Tucker et al.'s doubly reparameterized estimator, less noisy as --k grows).",
 )
 @click.option(
     "--k",

@@ -25,6 +25,7 @@ from tfvae.config import (
     ACTIVATIONS,
     ARCHS,
     BINARIZATIONS,
+    GRADIENT_ESTIMATORS,
     LR_SCHEDULES,
     OBJECTIVES,
     STRATEGIES,
@@ -134,6 +135,7 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
         "lr_schedule": choice("--lr-schedule", LR_SCHEDULES, bad=("linear", "")),
         "binarize": choice("--binarize", BINARIZATIONS, bad=("soft", "")),
         "objective": choice("--objective", OBJECTIVES, bad=("vlb", "")),
+        "gradient_estimator": choice("--gradient-estimator", GRADIENT_ESTIMATORS, bad=("rws", "")),
         "k": positive_int("--k"),
         "beta": [
             Bad(("--beta", "-0.5"), r"0<=x<=1000"),

@@ -18,6 +18,9 @@ ACTIVATIONS = ("relu", "tanh", "elu", "softplus")
 BINARIZATIONS = ("dynamic", "static", "none")
 STRATEGIES = ("auto", "default", "one-device", "mirrored", "multi-worker", "tpu")
 OBJECTIVES = ("elbo", "iwae")
+# The encoder's gradient of the IWAE bound: the bound's own (`standard`), or
+# the doubly reparameterized estimator of Tucker et al. (2018), `dreg`.
+GRADIENT_ESTIMATORS = ("standard", "dreg")
 LR_SCHEDULES = ("constant", "burda", "cosine")
 
 # Settings that say where and how fast a run executes and what it shows, not
@@ -149,6 +152,7 @@ class TrainConfig(ModelConfig):
     adam_epsilon: float = 1e-7
     binarize: str = "dynamic"
     objective: str = "elbo"
+    gradient_estimator: str = "standard"
     k: int = 1
     beta: float = 1.0
     kl_warmup: int = 0
@@ -187,6 +191,7 @@ class TrainConfig(ModelConfig):
         "seed": (lambda v: is_int(v) and 0 <= v <= MAX_SEED, f"an integer in 0..{MAX_SEED}"),
         "strategy": _one_of(STRATEGIES),
         "objective": _one_of(OBJECTIVES),
+        "gradient_estimator": _one_of(GRADIENT_ESTIMATORS),
         "beta": _number(0, 1000, "a number in [0, 1000]"),
         "kl_warmup": (lambda v: is_int(v) and v >= 0, "epochs >= 0"),
         "jit_compile": (lambda v: v is None or isinstance(v, bool), "true, false or null (auto)"),
@@ -200,6 +205,14 @@ class TrainConfig(ModelConfig):
             "a finished run folder or null",
         ),
     }
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.gradient_estimator == "dreg" and self.objective != "iwae":
+            raise ConfigError(
+                "config: gradient_estimator='dreg' is an estimator of the IWAE bound's "
+                "gradient; use it with objective='iwae'"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

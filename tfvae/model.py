@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.config import OBJECTIVES, ModelConfig, split_model_settings
+from tfvae.config import GRADIENT_ESTIMATORS, OBJECTIVES, ModelConfig, split_model_settings
 from tfvae.layers import BernoulliDecoder, GaussianEncoder, diag_normal, image_distribution
 from tfvae.metrics import MeanTerms
 from tfvae.noise import training_batch
@@ -46,6 +46,7 @@ class VAE(keras.Model):
         beta: float = 1.0,
         kl_warmup_steps: int = 0,
         k: int = 1,
+        gradient_estimator: str = "standard",
         **kwargs,
     ):
         """`model_config` (or its fields as keyword arguments, e.g.
@@ -55,7 +56,13 @@ class VAE(keras.Model):
         super().__init__(**kwargs)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if gradient_estimator not in GRADIENT_ESTIMATORS:
+            raise ValueError(
+                f"gradient_estimator must be one of {GRADIENT_ESTIMATORS}, "
+                f"got {gradient_estimator!r}"
+            )
         self.objective = objective
+        self.gradient_estimator = gradient_estimator
         self.k = int(k)
         self.beta = float(beta)
         self.kl_warmup_steps = int(kl_warmup_steps)
@@ -160,8 +167,12 @@ class VAE(keras.Model):
         the importance-weighted bound ln (1/k) sum_k p(x, z_k) / q(z_k|x)
         (Burda et al.), which equals a one-sample ELBO estimate for k = 1.
         """
+        return self._terms(*self._sampled(images, noise, seed))
+
+    def _sampled(self, images, noise=None, seed=None):
+        """q(z|x)'s `z_mean`, `z_stddev` `[batch, latent]`, codes `z`
+        `[k, batch, latent]` drawn from it, and log p(x|z) `[k, batch]`."""
         z_mean, z_stddev = self.encoder.params(images)
-        q_z = diag_normal(z_mean, z_stddev)
         if noise is None:
             noise = self._standard_normal([tf.shape(images)[0], self.latent_dim], seed)
         noise = tf.convert_to_tensor(noise, tf.float32)
@@ -171,8 +182,11 @@ class VAE(keras.Model):
         # distribution's bijector, whose global cache would keep every traced
         # graph alive.
         z = z_mean + z_stddev * tf.transpose(noise, [1, 0, 2])  # [k, batch, latent]
-        log_px_z = self.log_likelihood(images, z)
-        log_w = self.log_weights(images, q_z, z, log_px_z)
+        return z_mean, z_stddev, z, self.log_likelihood(images, z)
+
+    def _terms(self, z_mean, z_stddev, z, log_px_z) -> dict[str, tf.Tensor]:
+        q_z = diag_normal(z_mean, z_stddev)
+        log_w = self.log_weights(None, q_z, z, log_px_z)
         k = tf.cast(tf.shape(z)[0], tf.float32)
         log_likelihood = tf.reduce_mean(log_px_z, axis=0)
         kl = tfd.kl_divergence(q_z, self.prior)
@@ -182,6 +196,19 @@ class VAE(keras.Model):
             "log_likelihood": log_likelihood,
             "iw_bound": tf.reduce_logsumexp(log_w, axis=0) - tf.math.log(k),
         }
+
+    def dreg_surrogate(self, z_mean, z_stddev, z, log_px_z):
+        """Per image `[batch]`, sum_i stop(w~_i^2) log w_i with q's parameters
+        held fixed inside log q(z_i|x), w~ the normalised importance weights.
+
+        Its encoder gradient is the doubly reparameterized estimate of the
+        IWAE bound's (Tucker et al. 2018, DReG): sum_i w~_i^2 (d log w_i / d z_i)
+        (d z_i / d phi). The score term that makes the bound's own estimate
+        noisy as k grows is gone; the expectation is unchanged."""
+        q_fixed = diag_normal(tf.stop_gradient(z_mean), tf.stop_gradient(z_stddev))
+        log_w = self.log_weights(None, q_fixed, z, log_px_z)
+        weights = tf.stop_gradient(tf.nn.softmax(log_w, axis=0))
+        return tf.reduce_sum(tf.square(weights) * log_w, axis=0)
 
     def kl_weight(self):
         """beta, ramped up linearly from 0 over the first `kl_warmup_steps` steps."""
@@ -228,17 +255,29 @@ class VAE(keras.Model):
 
     def train_step(self, data):
         images, noise = self._unpack(data)
-        with tf.GradientTape() as tape:
-            terms = self.elbo_terms(images, noise)
+        dreg = self.gradient_estimator == "dreg"
+        with tf.GradientTape(persistent=dreg) as tape:
+            sampled = self._sampled(images, noise)
+            terms = self._terms(*sampled)
             per_example = self.per_example_loss(terms)
             # Divide by the *global* batch: Keras sums replica gradients, so
-            # this gives the same update on 1 or N replicas.
-            loss = tf.nn.compute_average_loss(per_example)
-            # Under mixed precision the optimizer scales the loss against
-            # float16 underflow (and unscales the gradients in `apply`).
-            scaled_loss = self.optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled_loss, self.trainable_variables)
-        self.optimizer.apply(gradients, self.trainable_variables)
+            # this gives the same update on 1 or N replicas. Under mixed
+            # precision the optimizer scales the loss against float16
+            # underflow (and unscales the gradients in `apply`).
+            scaled_loss = self.optimizer.scale_loss(tf.nn.compute_average_loss(per_example))
+            if dreg:
+                surrogate = tf.nn.compute_average_loss(-self.dreg_surrogate(*sampled))
+                scaled_surrogate = self.optimizer.scale_loss(surrogate)
+        if dreg:  # the bound's own gradient for the decoder, DReG's for the encoder
+            encoder, decoder = self.encoder.trainable_variables, self.decoder.trainable_variables
+            variables = encoder + decoder
+            gradients = tape.gradient(scaled_surrogate, encoder) + tape.gradient(
+                scaled_loss, decoder
+            )
+        else:
+            variables = self.trainable_variables
+            gradients = tape.gradient(scaled_loss, variables)
+        self.optimizer.apply(gradients, variables)
         return self._record(terms, per_example)
 
     def test_step(self, data):
@@ -259,4 +298,5 @@ class VAE(keras.Model):
             "beta": self.beta,
             "kl_warmup_steps": self.kl_warmup_steps,
             "k": self.k,
+            "gradient_estimator": self.gradient_estimator,
         }

@@ -160,6 +160,7 @@ def _build_model(config: TrainConfig, image_shape, strategy, steps_per_epoch: in
                 beta=config.beta,
                 kl_warmup_steps=config.kl_warmup * steps_per_epoch,
                 k=config.k,
+                gradient_estimator=config.gradient_estimator,
             )
             model.compile(
                 optimizer=keras.optimizers.Adam(
