@@ -285,6 +285,19 @@ def _static_runner(run, batch: int) -> Callable[[dict[str, np.ndarray]], dict[st
     return run_all
 
 
+def _calibration(
+    model: VAE, check_images, calibration_images, batch: int | None
+) -> tuple[dict[str, _Batches], str]:
+    """The int8 calibration batches of each signature, and what they are."""
+    if calibration_images is None:
+        images, note = check_inputs(model, check_images)
+        note = f"the check images, {note}"
+    else:
+        images, note = check_inputs(model, calibration_images, "calibration_images")
+    batches = _representative_sets(model, images, batch)
+    return batches, f"{note} (the encoder); the decoder on their posterior means"
+
+
 def export_tflite(
     model: VAE,
     out_dir: str | os.PathLike,
@@ -321,13 +334,9 @@ def export_tflite(
     }
     representative: dict[str, _Batches] = {}
     if quantize == "int8":
-        if calibration_images is None:
-            images, note = check_inputs(model, check_images)
-            note = f"the check images, {note}"
-        else:
-            images, note = check_inputs(model, calibration_images, "calibration_images")
-        representative = _representative_sets(model, images, batch)
-        manifest["calibrated_on"] = f"{note} (the encoder); the decoder on their posterior means"
+        representative, manifest["calibrated_on"] = _calibration(
+            model, check_images, calibration_images, batch
+        )
     manifest["input_policy"] = _INT8_INPUT_POLICY if quantize == "int8" else _FLOAT_INPUT_POLICY
     archive = export_archive(model, _deterministic_endpoints(model, batch))
 
