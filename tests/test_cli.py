@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -32,6 +33,7 @@ def trained(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "small"
     result = tfvae("train", *SMALL, "--epochs", "2", "--run-dir", run)
     assert f"Run folder: {run}" in result.stdout
+    (run.parent / "small.log").write_text(result.stdout)  # beside the run, not in it
     return run
 
 
@@ -58,6 +60,18 @@ def test_train_writes_a_complete_run_folder(trained):
     last = dict(zip(rows[0].split(","), rows[-1].split(","), strict=True))
     assert float(last["test_loss"]) == pytest.approx(-float(last["test_elbo"]))
     assert 0 < float(last["seconds"]) < 120
+
+
+def test_the_first_log_line_names_the_strategy_and_its_replicas(trained):
+    """The line `tfvae train` starts with says what config.json records: the
+    strategy class and its replica count (which `--strategy auto` gives on
+    this machine: tests/test_distribute.py)."""
+    first = (trained.parent / "small.log").read_text().splitlines()[0]
+    state = json.loads((trained / "config.json").read_text())
+    assert state["strategy_class"] and state["replicas"] >= 1
+    assert first == (
+        f"Training in {trained} under {state['strategy_class']} ({state['replicas']} replica(s))"
+    )
 
 
 def test_evaluate_json_matches_training_and_bounds(trained):
@@ -178,6 +192,44 @@ def test_help_has_examples_and_does_not_import_tensorflow():
         subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
         == "False"
     )
+
+
+def test_every_commands_help_has_examples_of_that_command():
+    """README: every command has --help with examples. Each command's help has
+    an "Example" heading followed by a line that runs that very command."""
+    assert set(main.commands) >= {"train", "resume", "evaluate", "sample", "export"}
+    for name in main.commands:
+        result = CliRunner().invoke(main, [name, "--help"])
+        assert result.exit_code == 0, result.output
+        lines = [line.strip() for line in result.output.splitlines()]
+        heading = next((i for i, line in enumerate(lines) if line.startswith("Example")), None)
+        assert heading is not None, f"tfvae {name} --help has no examples"
+        assert lines[heading + 1].startswith(f"tfvae {name}"), (name, lines[heading + 1])
+
+
+def test_a_lost_peer_restarts_the_command_at_most_ten_times(monkeypatch, capsys):
+    """A PeerLostError makes `tfvae train` exec itself again with the same
+    command line, counting in TFVAE_REJOINS; the tenth restart is the last,
+    and the next loss ends the command with one error line (exit 1) instead."""
+    from tfvae.cli.main import _training
+    from tfvae.distribute import PeerLostError
+
+    execs = []
+    monkeypatch.setattr(os, "execv", lambda *args: execs.append(args))  # never replace pytest
+
+    def lost_peer():
+        raise PeerLostError("another worker stopped")
+
+    monkeypatch.setenv("TFVAE_REJOINS", "9")
+    _training(lost_peer, as_json=False)
+    assert execs == [(sys.executable, sys.orig_argv)]
+    assert os.environ["TFVAE_REJOINS"] == "10"
+    assert "Restarting to rejoin the job (10/10)" in capsys.readouterr().err
+    with pytest.raises(click.ClickException) as refused:
+        _training(lost_peer, as_json=False)
+    assert refused.value.exit_code == 1
+    assert refused.value.message == "another worker stopped (gave up after 10 restarts)"
+    assert len(execs) == 1
 
 
 @pytest.mark.slow

@@ -84,6 +84,23 @@ def test_verify_checksums_missing_file_is_data_error(tmp_path):
         sources.verify_checksums(folder)
 
 
+def test_load_dataset_mnist_refuses_a_damaged_bundle(tmp_path, monkeypatch):
+    """`load_dataset("mnist")` checks the sums itself, on every load: pointed
+    at a copy of the bundle with one byte changed, it refuses to load it."""
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for src in sources.bundled_mnist_dir().iterdir():
+        shutil.copyfile(src, folder / src.name)
+    victim = folder / "train-images-idx3-ubyte.gz"
+    blob = bytearray(victim.read_bytes())
+    blob[-100] ^= 0x01
+    victim.write_bytes(bytes(blob))
+    monkeypatch.setattr(sources, "bundled_mnist_dir", lambda: folder)
+    with pytest.raises(DataError, match="SHA256 mismatch") as err:
+        data.load_dataset("mnist")
+    assert str(victim) in str(err.value)
+
+
 def test_unknown_dataset():
     """An unknown spec is a DataError listing the accepted forms."""
     with pytest.raises(DataError, match="unknown dataset 'nope'"):
@@ -238,6 +255,27 @@ def test_static_binarization_same_images_every_pass(slice2000):
     np.testing.assert_array_equal(_sorted_rows(e2), expected)
     other = _sorted_rows(data.fixed_binarization(subset, subset.train_images, 5))
     assert not np.array_equal(other, expected)
+
+
+def test_binarize_none_trains_on_the_grey_levels(slice2000):
+    """`none`: the training step's targets are the intensities x / 255 (grey
+    levels, not 0/1), every image once per pass; the test set is scored on its
+    intensities too."""
+    subset = slice2000.limit(300, 20)
+    pipeline = data.train_pipeline(subset, 64, binarize="none", seed=2)
+    assert "intensities" not in next(iter(pipeline))  # nothing left for the step to draw
+    targets = _epoch(pipeline)
+    grey = subset.intensities(subset.train_images)
+    assert targets.dtype == np.float32
+    np.testing.assert_array_equal(np.unique(targets), np.unique(grey))
+    np.testing.assert_array_equal(
+        _sorted_rows(np.round(targets * 255)), _sorted_rows(subset.train_images)
+    )
+    assert ((targets > 0) & (targets < 1)).mean() > 0.05  # grey pixels stay grey
+    fixed = subset.fixed_binarized("test", "none")
+    np.testing.assert_array_equal(fixed, subset.intensities(subset.test_images))
+    scored = np.concatenate([b["images"].numpy() for b in data.test_pipeline(subset, 8, "none")])
+    np.testing.assert_array_equal(scored, fixed)
 
 
 def test_binary_dataset_never_rebinarized():

@@ -10,13 +10,19 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from click.testing import CliRunner
 
+from tfvae.cli.main import main
 from tfvae.config import TrainConfig
-from tfvae.training import _build_model
+from tfvae.distribute import PeerLostError, describe, make_strategy, peer_failures
+from tfvae.errors import RunError
+from tfvae.training import _build_model, _worker_folder
 
 MIRRORED_SCRIPT = textwrap.dedent(
     """
@@ -307,3 +313,81 @@ def test_replicated_strategies_on_the_cpu_use_plain_steps():
     assert execution_settings(TrainConfig(strategy="mirrored"), mirrored) == (False, 1)
     with pytest.raises(RunError, match="--jit-compile"):
         execution_settings(TrainConfig(strategy="mirrored", jit_compile=True), mirrored)
+
+
+def test_auto_on_a_machine_without_gpus_is_the_default_strategy():
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("auto mirrors or places on the GPUs here")
+    strategy = make_strategy("auto")
+    assert strategy is tf.distribute.get_strategy()
+    assert describe(strategy) == {"strategy_class": "_DefaultDistributionStrategy", "replicas": 1}
+
+
+def test_tpu_without_a_tpu_is_one_line_and_writes_nothing(tmp_path):
+    if tf.config.list_logical_devices("TPU"):
+        pytest.skip("this machine has a TPU")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--strategy", "tpu", "--run-dir", str(run)])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: --strategy tpu: no TPU found")
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []  # no run folder, no lock file
+
+
+def cluster(task_type, task_id, **jobs):
+    """A stand-in for a multi-worker strategy: only its cluster resolver's
+    task and cluster spec decide where a worker writes."""
+    spec = tf.train.ClusterSpec(
+        {name: [f"host{i}:1" for i in range(n)] for name, n in jobs.items()}
+    )
+    resolver = SimpleNamespace(task_type=task_type, task_id=task_id, cluster_spec=lambda: spec)
+    return SimpleNamespace(cluster_resolver=resolver)
+
+
+def test_only_the_chief_writes_the_run_folder_the_others_a_hidden_sibling():
+    """Worker 0 is the chief unless the cluster names one; every other task
+    writes `.<run>.<type>-<index>` beside the run folder."""
+    run = Path("jobs") / "run"
+    assert _worker_folder(run, tf.distribute.get_strategy()) == (run, True)
+    assert _worker_folder(run, cluster(None, None, worker=1)) == (run, True)
+    assert _worker_folder(run, cluster("worker", 0, worker=3)) == (run, True)
+    assert _worker_folder(run, cluster("worker", 2, worker=3)) == (
+        Path("jobs") / ".run.worker-2",
+        False,
+    )
+    assert _worker_folder(run, cluster("chief", 0, chief=1, worker=2)) == (run, True)
+    assert _worker_folder(run, cluster("worker", 0, chief=1, worker=2)) == (
+        Path("jobs") / ".run.worker-0",
+        False,
+    )
+
+
+# What a collective op raises when a peer dies or stops answering.
+PEER_ERRORS = [
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+]
+
+
+@pytest.mark.parametrize("error", PEER_ERRORS, ids=lambda e: e.__name__)
+def test_a_failed_collective_under_multi_worker_is_a_peer_lost_error(error):
+    """From the Python API, `train` raises PeerLostError (a RunError, one line
+    in the CLI) saying to rerun; the same error without multi-worker, and
+    other errors under it, pass through unchanged."""
+    # Never initialised (a real one must come before TensorFlow starts): only
+    # its type matters here.
+    multi_worker = tf.distribute.MultiWorkerMirroredStrategy.__new__(
+        tf.distribute.MultiWorkerMirroredStrategy
+    )
+    with pytest.raises(PeerLostError, match=f"with {error.__name__}.*rerun the same command"):
+        with peer_failures(multi_worker):
+            raise error(None, None, "connection reset by peer")
+    assert issubclass(PeerLostError, RunError)
+    with pytest.raises(error):
+        with peer_failures(tf.distribute.get_strategy()):
+            raise error(None, None, "connection reset by peer")
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        with peer_failures(multi_worker):
+            raise tf.errors.InvalidArgumentError(None, None, "a bug, not a lost peer")

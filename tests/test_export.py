@@ -470,6 +470,17 @@ def test_out_of_range_pixels_are_clipped_and_nan_refused(loaded, images):
             sig["sample"](count=tf.constant(count), seed=tf.constant(0))
 
 
+def test_infinite_or_nan_codes_are_refused_by_decode(loaded):
+    """One non-finite number in one code fails the whole request."""
+    for bad in (np.inf, -np.inf, np.nan):
+        z = np.zeros((3, 20), np.float32)
+        z[1, 7] = bad
+        with pytest.raises(tf.errors.InvalidArgumentError, match="z must be finite"):
+            loaded.signatures["decode"](z=tf.constant(z))
+    z[1, 7] = 5.0
+    assert loaded.signatures["decode"](z=tf.constant(z))["probabilities"].shape == (3, 28, 28, 1)
+
+
 def test_empty_batch_gives_empty_outputs(loaded, model):
     empty = tf.zeros([0, *model.image_shape])
     shapes = {
@@ -683,10 +694,17 @@ def test_onnx_without_tf2onnx_says_what_to_install(model, tmp_path, monkeypatch)
     assert not (tmp_path / "vae").exists()
 
 
-def test_onnx_export_runs_in_onnxruntime(model, images, tmp_path):
-    onnxruntime = pytest.importorskip("onnxruntime")
+@pytest.fixture(scope="module")
+def onnx_dir(model, images, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
     pytest.importorskip("tf2onnx")
-    folder = export.export_onnx(model, tmp_path, "vae", check_images=images)
+    return export.export_onnx(model, tmp_path_factory.mktemp("onnx"), "vae", check_images=images)
+
+
+def test_onnx_export_runs_in_onnxruntime(model, images, onnx_dir):
+    import onnxruntime
+
+    folder = onnx_dir
     manifest = json.loads((folder / "manifest.json").read_text())
     want, feeds = encoder_decoder_reference(model, images)
     for part, info in manifest["files"].items():
@@ -699,3 +717,23 @@ def test_onnx_export_runs_in_onnxruntime(model, images, tmp_path):
             for key, value in zip(names, got, strict=True):
                 assert value.shape[0] == n
                 np.testing.assert_allclose(value, want[part][key][:n], atol=1e-4, rtol=0)
+
+
+def test_onnx_input_policy(onnx_dir, images):
+    """As in the TFLite files: out-of-range pixels are clipped; a NaN pixel
+    gives NaN codes for its image (no assert op in the file)."""
+    import onnxruntime
+
+    encoder = onnxruntime.InferenceSession(str(onnx_dir / "encoder.onnx"))
+
+    def z_mean(x):
+        return encoder.run(["z_mean"], {"images": x})[0]
+
+    x = images[:3].copy()
+    wild = x * 3.0 - 1.0
+    wild[0, 0, 0, 0] = 1e30
+    x[0, 0, 0, 0] = 1.0
+    np.testing.assert_array_equal(z_mean(wild), z_mean(x))
+    assert not np.array_equal(z_mean(x * 0.5), z_mean(x))  # the values do reach the codes
+    x[1, 4, 4, 0] = np.nan
+    assert np.isnan(z_mean(x)).any(axis=1).tolist() == [False, True, False]

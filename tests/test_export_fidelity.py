@@ -11,6 +11,8 @@ logits reach tens, where the small weights of a short run hide what breaks
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +26,10 @@ from tfvae.export import CHECK_IMAGES, FIDELITY, QUANTIZATIONS, ExportError, fil
 from tfvae.export import fidelity as fidelity_check
 from tfvae.export.run import CALIBRATION_IMAGES
 from tfvae.testing import DAMAGES, damaged_copy
+from tfvae.training import save_model
 
 TRAINED_RUN = Path(__file__).parent / "fixtures" / "runs" / "mnist-default-0.1.0"
+README = Path(__file__).parents[1] / "README.md"
 
 # Mean scaled error of the decoder's probabilities on the test's codes (the
 # posterior means of the fixture's 256 check images and 64 prior draws; int8
@@ -189,6 +193,71 @@ def test_nan_figures_are_refused():
     nan = {"mean": float("nan"), "p99": 0.0, "max": 0.0, "max_abs_diff": 0.0}
     with pytest.raises(ExportError, match=r"probabilities: mean scaled error nan"):
         fidelity_check.check_fidelity("decoder.tflite", {"probabilities": nan}, FIDELITY["dynamic"])
+
+
+def test_the_largest_difference_is_recorded_not_judged():
+    """README's example: one saturated pixel of a `dynamic` file moved by 0.43
+    while the image's mean error stayed at 1.3e-3. The report records that
+    maximum, above every limit, and the file passes: only the mean and the
+    99th percentile are judged. Moving 2% of the pixels that far is refused."""
+    keras_value = np.zeros((64, 28, 28, 1))
+    converted = keras_value + 1.3e-3
+    converted[5, 14, 14, 0] = 0.43
+    report = fidelity_check.fidelity_report(
+        {"probabilities": converted}, {"probabilities": keras_value}
+    )
+    stats, limits = report["probabilities"], FIDELITY["dynamic"]
+    assert stats["max"] == pytest.approx(0.43) and stats["max"] > max(limits.values())
+    assert stats["mean"] < limits["mean"] and stats["p99"] < limits["p99"]
+    fidelity_check.check_fidelity("decoder.tflite", report, limits)
+    converted.reshape(-1)[::50] = 0.43
+    report = fidelity_check.fidelity_report(
+        {"probabilities": converted}, {"probabilities": keras_value}
+    )
+    with pytest.raises(ExportError, match=r"probabilities: p99 scaled error 0\.43 > 0\.4"):
+        fidelity_check.check_fidelity("decoder.tflite", report, limits)
+
+
+def test_the_readmes_fidelity_limits_are_the_ones_applied():
+    """The limits table in README.md ("Every TFLite and ONNX file is checked")
+    states FIDELITY exactly: changing one without the other fails here."""
+    lines = README.read_text().splitlines()
+    (header,) = [
+        i for i, line in enumerate(lines) if "| limit: mean | limit: 99th percentile |" in line
+    ]
+    rows = {}
+    for line in lines[header + 2 :]:
+        if not line.strip().startswith("|"):
+            break
+        name, mean, p99 = (cell.strip() for cell in line.strip().strip("|").split("|")[:3])
+        quantize = re.match(r"`(\w+)`", name).group(1)
+        rows[quantize] = {"mean": float(mean), "p99": float(p99)}
+        if quantize == "none":
+            assert "ONNX" in name  # ONNX files are held to FIDELITY["none"]
+    assert rows == FIDELITY
+    assert tuple(rows) == QUANTIZATIONS
+
+
+def test_cli_export_of_a_refused_conversion_is_one_line_and_writes_nothing(
+    trained, tmp_path, refuse_against_intact
+):
+    """A run whose model the conversion broke (a zeroed copy, checked against
+    the intact model as a broken converter's file would be): `tfvae export`
+    exits 1 with one error line naming the file, and no file is written."""
+    model, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(TRAINED_RUN, run)
+    save_model(damaged_copy(model, "zeroed"), run)
+    out = tmp_path / "exports"
+    result = CliRunner().invoke(main, ["export", str(run), "--format", "tflite", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.strip().splitlines()
+    assert re.fullmatch(
+        r"Error: (encoder|decoder)\.tflite differs from the Keras model \(\w+: (mean|p99) "
+        r"scaled error .* > .*\); the conversion is broken, not exported",
+        line,
+    ), line
+    assert not [p for p in out.rglob("*") if p.is_file()]
 
 
 @pytest.mark.parametrize("argument", ["check_images", "calibration_images"])

@@ -155,6 +155,45 @@ def test_encoder_stddev_floor_for_extreme_inputs(arch):
     assert np.isfinite(q.log_prob(q.mean()).numpy()).all()
 
 
+def _output_shapes(body, x):
+    """Each layer's output shape (batch left out), layer by layer."""
+    shapes = []
+    for layer in body.layers:
+        x = layer(x)
+        shapes.append(tuple(x.shape[1:]))
+    return shapes
+
+
+# Layer outputs for `--hidden 200,100`, latent 20, 28 x 28 x 1 images.
+MIRRORED = {
+    "mlp": (
+        [(784,), (200,), (100,), (40,)],
+        [(100,), (200,), (784,), (28, 28, 1)],
+    ),
+    "conv": (
+        [(14, 14, 32), (7, 7, 64), (3136,), (200,), (100,), (40,)],
+        [(100,), (200,), (3136,), (7, 7, 64), (14, 14, 64), (28, 28, 32), (28, 28, 1)],
+    ),
+}
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_the_decoder_mirrors_the_encoder(arch):
+    """`--hidden 200,100`: the encoder flattens the image (or the conv body's
+    7 x 7 x 64 map), then 200, 100 and 2 x latent; the decoder runs its hidden
+    layers in reverse, 100 then 200, widens back to what the encoder flattened
+    and (conv) grows through the encoder's grids in reverse, 7, 14, 28 (with
+    channels of its own), to the image."""
+    kwargs = dict(image_shape=(28, 28, 1), latent_dim=20, arch=arch, hidden_units=(200, 100))
+    encoder = _output_shapes(GaussianEncoder(**kwargs).body, np.zeros((1, 28, 28, 1), np.float32))
+    decoder = _output_shapes(BernoulliDecoder(**kwargs).body, np.zeros((1, 20), np.float32))
+    assert (encoder, decoder) == MIRRORED[arch]
+    flat = [size for (size,) in (s for s in encoder if len(s) == 1)][:-1]  # the code left out
+    assert [size for (size,) in decoder[: len(flat)]] == flat[::-1]
+    grids = [s[:2] for s in [(28, 28, 1), *encoder] if len(s) == 3]
+    assert [s[:2] for s in decoder if len(s) == 3][: len(grids)] == grids[::-1]
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [

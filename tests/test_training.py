@@ -248,13 +248,18 @@ def finished_tiny_run(tmp_path_factory):
 
 def test_init_from_starts_at_a_finished_runs_weights(finished_tiny_run, tmp_path):
     """At a vanishing learning rate a warm-started run ends where its source
-    did, while a run from random weights does not; config.json names the source."""
-    source = coder_weights(load_run(finished_tiny_run).model)
+    did, while a run from random weights does not; config.json names the source.
+    The optimizer is a fresh one: its step count is the new run's 4 steps, not
+    the source's 4 plus these."""
+    source_model = load_run(finished_tiny_run).model
+    source = coder_weights(source_model)
     crawl = dict(**TINY, learning_rate=1e-9, seed=1)
     warm = quiet_train(TrainConfig(**crawl, init_from=str(finished_tiny_run)), tmp_path / "warm")
     cold = quiet_train(TrainConfig(**crawl), tmp_path / "cold")
     for a, b in zip(source, coder_weights(warm.model), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
+    assert int(source_model.optimizer.iterations.numpy()) == 4  # 256 images, batch 64
+    assert int(warm.model.optimizer.iterations.numpy()) == 4
     assert not all(
         np.allclose(a, c, atol=1e-3) for a, c in zip(source, coder_weights(cold.model), strict=True)
     )
