@@ -6,12 +6,14 @@ TensorFlow is imported inside the commands, never at module level, so
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -29,26 +31,41 @@ from tfvae.config import (
 )
 from tfvae.errors import OutOfMemoryError, TfvaeError
 
+# Users who set TF_CPP_MIN_LOG_LEVEL themselves see all of TensorFlow's and
+# LiteRT's native output.
+_USER_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up chatter (absl INFO lines about
-    oneDNN and CUDA, which ignore TF_CPP_MIN_LOG_LEVEL) sent to /dev/null.
 
-    Users who set TF_CPP_MIN_LOG_LEVEL themselves see everything.
-    """
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+@contextlib.contextmanager
+def _native_output_quiet() -> Iterator[None]:
+    """Send what native code writes to stderr inside the block (absl INFO
+    lines, which ignore TF_CPP_MIN_LOG_LEVEL; LiteRT's "Created TensorFlow
+    Lite XNNPACK delegate") to /dev/null. Python's exceptions still say what
+    went wrong; they are reported after the block."""
+    if _USER_LOG_LEVEL:
+        yield
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
+        yield
     finally:
+        sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow without its C++ start-up chatter."""
+    if "tensorflow" in sys.modules:
+        return
+    if not _USER_LOG_LEVEL:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    with _native_output_quiet():
+        import tensorflow  # noqa: F401
 
 
 class IntList(click.ParamType):
@@ -725,7 +742,8 @@ def export(run_dir, formats, out, name, version, quantize, batch, litert_js, as_
     """
     from tfvae.export import describe_artifact, export_run
 
-    written = export_run(run_dir, formats, out, name, version, quantize, batch, litert_js)
+    with _native_output_quiet():
+        written = export_run(run_dir, formats, out, name, version, quantize, batch, litert_js)
     for record in written:
         click.echo(describe_artifact(record))
     if as_json:

@@ -183,6 +183,7 @@ def test_train_and_export_json_and_a_log_a_person_reads(tmp_path):
     assert summary["test"] == state["test"] and summary["epochs"] == 3 and summary["seconds"] > 0
 
     exported = tfvae("export", run, "--format", "all", "--out", tmp_path / "exports", "--json")
+    assert exported.stderr == ""  # no native chatter (LiteRT's XNNPACK line) either
     records = json.loads(exported.stdout.strip().splitlines()[-1])["exports"]
     assert [r["format"] for r in records][:2] == ["savedmodel", "tflite"]
     assert records[0]["version"] == 1 and records[0]["path"].endswith("/1")
