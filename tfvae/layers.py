@@ -40,7 +40,9 @@ def _encoder_body(image_shape, config: ModelConfig) -> keras.Sequential:
 
 
 def _decoder_body(image_shape, config: ModelConfig) -> keras.Sequential:
-    """z -> pixel logits, the encoder's layers in reverse."""
+    """z -> pixel logits: the hidden layers in reverse order; for conv, then
+    transposed convolutions back up through the encoder's grid sizes (their
+    channels are the decoder's own: 64 then 32, as in the keras.io example)."""
     arch, activation = config.arch, config.activation
     height, width, channels = image_shape
     layers: list[keras.layers.Layer] = [
