@@ -27,8 +27,12 @@ def _assert_same_outputs(a, b, x):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, dict(image_shape=(30, 22, 3), arch="conv", latent_dim=5, hidden_units=(32, 16))],
-    ids=["mlp-mnist", "conv-30x22x3"],
+    [
+        {},
+        dict(image_shape=(30, 22, 3), arch="conv", latent_dim=5, hidden_units=(32, 16)),
+        dict(objective="iwae", k=3, gradient_estimator="dreg"),
+    ],
+    ids=["mlp-mnist", "conv-30x22x3", "iwae-dreg"],
 )
 def test_save_load_round_trip(tmp_path, kwargs):
     """A built model reloads (safe_mode) with identical weights, reconstructions,

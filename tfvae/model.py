@@ -298,5 +298,11 @@ class VAE(keras.Model):
             "beta": self.beta,
             "kl_warmup_steps": self.kl_warmup_steps,
             "k": self.k,
-            "gradient_estimator": self.gradient_estimator,
+            # Written only when set, so a default model's file stays what
+            # 0.1.0 wrote and reads in it.
+            **(
+                {"gradient_estimator": self.gradient_estimator}
+                if self.gradient_estimator != "standard"
+                else {}
+            ),
         }
