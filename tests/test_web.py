@@ -258,3 +258,12 @@ def test_a_colour_model_is_shown_in_colour(tmp_path):
         ).reshape(-1, 4)
         assert (rgba[:, 0] != rgba[:, 1]).mean() > 0.1
         assert page.errors == []
+
+
+def test_web_refuses_tflite_only_options():
+    from tfvae.errors import ExportError
+    from tfvae.export import export_run
+
+    for options in (dict(quantize="int8"), dict(batch=4)):
+        with pytest.raises(ExportError, match="--quantize and --batch shape TFLite files"):
+            export_run(TRAINED, "web", "unused", **options)

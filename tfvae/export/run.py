@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tfvae.errors import ExportError
 from tfvae.evaluation import run_images
 from tfvae.export.files import export_onnx, export_tflite
 from tfvae.export.savedmodel import SIGNATURES, export_savedmodel
@@ -38,6 +39,11 @@ def export_run(
     (for the SavedModel) version, or why it was skipped. `batch` fixes the
     TFLite files' batch dimension; `litert_js` is where a web page loads
     LiteRT.js from (`tfvae.export.web.import_map`)."""
+    if formats == "web" and (quantize != "none" or batch is not None):
+        raise ExportError(
+            "--quantize and --batch shape TFLite files; the web page's files are float32 "
+            "at the batches it needs (drop them, or export --format tflite as well)"
+        )
     run, images = run_images(run_dir, "test", limit=CHECK_IMAGES)
     name = name or default_name(Path(run_dir))
     written = []
