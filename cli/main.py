@@ -175,7 +175,10 @@ def user_errors(command):
             _exit_out_of_memory(f"tfvae {command.__name__} ran out of memory; lower {lower}")
         except OSError as err:  # a full disk, a missing or read-only folder
             where = f"{err.filename}: " if err.filename else ""
-            raise click.ClickException(f"{where}{err.strerror or err}") from None
+            # One line even for libraries whose messages run over several.
+            raise click.ClickException(
+                f"{where}{err.strerror or ' '.join(str(err).split())}"
+            ) from None
 
     return wrapper
 

@@ -764,7 +764,7 @@ def test_no_pickle_or_unsafe_loading_in_the_sources():
 
 RUN_FILES = re.compile(
     r"^(config\.json|metrics\.csv|model\.keras|[\w-]+\.png"
-    r"|logs/(train|validation)/events\.out\.tfevents\.[\w.-]+)$"
+    r"|logs/(train|validation|pictures)/events\.out\.tfevents\.[\w.-]+)$"
 )
 EXPORT_FILES = re.compile(
     r"^(\d+/(saved_model\.pb|fingerprint\.pb|variables/variables\.(index|data-\d+-of-\d+)"
@@ -998,3 +998,24 @@ def test_repeated_exports_retain_no_graphs(tiny_model, tmp_path):
         export.export_savedmodel(tiny_model, tmp_path, "vae")
     grown, rss_grown = live_graphs() - before, rss_mb() - rss_before
     assert grown == 0, f"{grown} graphs and {rss_grown:.0f} MB kept by 3 exports"
+
+
+def test_hdf5_write_failures_read_as_the_os_error_they_are(tmp_path):
+    """h5py reports a failed write as several lines of HDF5's own with the C
+    errno inside: it becomes OSError(ENOSPC, 'No space left on device', path);
+    other errors pass unchanged."""
+    import errno
+
+    from tfvae import durable
+
+    report = (
+        "Can't close file (file write failed: time = Sat Nov 28 21:24:22 2026\n"
+        ", filename = 'x.h5', file descriptor = 19, errno = 28, error message = "
+        "'No space left on device', buf = 0x1, total write size = 3136)"
+    )
+    with pytest.raises(OSError) as raised, durable.hdf5_errors(tmp_path / "x.h5"):
+        raise OSError(report)
+    assert (raised.value.errno, raised.value.strerror) == (errno.ENOSPC, "No space left on device")
+    assert raised.value.filename == str(tmp_path / "x.h5")
+    with pytest.raises(RuntimeError, match="^unrelated$"), durable.hdf5_errors(tmp_path / "x.h5"):
+        raise RuntimeError("unrelated")

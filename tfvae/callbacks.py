@@ -9,9 +9,11 @@ least one whole checkpoint behind.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -88,15 +90,35 @@ class EpochBackup(keras.callbacks.Callback):
     def save(self, model: keras.Model, epoch: int) -> None:
         """Write `model`'s state as the checkpoint of `epoch` (1-based)."""
         self.backup_dir.mkdir(parents=True, exist_ok=True)
+        _check_space(self.backup_dir, model)
         final = self.backup_dir / f"epoch-{epoch:05d}"
         tmp = self.backup_dir / f".tmp-{final.name}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        model.save_weights(tmp / _WEIGHTS)
+        with durable.hdf5_errors(tmp / _WEIGHTS):
+            model.save_weights(tmp / _WEIGHTS)
         (tmp / _META).write_text(json.dumps({"epoch": epoch}))
         durable.replace_folder(tmp, final, self.backup_dir / f".old-{final.name}")
         for old in self._folders()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_space(folder: Path, model: keras.Model) -> None:
+    """Refuse a checkpoint the disk cannot hold before HDF5 starts on it: a
+    write that fails half-way leaves HDF5 in a state that crashes the process
+    when it exits (SIGSEGV), after the error was reported."""
+    variables = [*model.weights, *(model.optimizer.variables if model.optimizer else [])]
+    # The numbers, a few KiB of HDF5's own per variable, and some slack.
+    need = sum(np.dtype(v.dtype).itemsize * int(np.prod(v.shape)) + 4096 for v in variables)
+    need += 2**18
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise OSError(
+            errno.ENOSPC,
+            f"{os.strerror(errno.ENOSPC)} (a checkpoint needs about {need / 1e6:.1f} MB, "
+            f"{free / 1e6:.1f} MB are free)",
+            str(folder),
+        )
 
 
 class StopOnNonFinite(keras.callbacks.Callback):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,21 @@ def atomic_path(path: Path) -> Iterator[Path]:
         fsync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def hdf5_errors(path: Path) -> Iterator[None]:
+    """Turn HDF5's report of a failed write (h5py's error: several lines of
+    HDF5's own, the C errno inside the text) into the OSError a failed write
+    of any other file gives: the errno, its message and `path`."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        found = re.search(r"errno = (\d+)", str(err))
+        if not found:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
