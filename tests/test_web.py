@@ -267,3 +267,15 @@ def test_web_refuses_tflite_only_options():
     for options in (dict(quantize="int8"), dict(batch=4)):
         with pytest.raises(ExportError, match="--quantize and --batch shape TFLite files"):
             export_run(TRAINED, "web", "unused", **options)
+
+
+def test_grids_show_grey_images_dark_on_white_and_colour_images_in_their_colours():
+    """The PNG grids (and the page, which paints as they do): a grey pixel of
+    mean 0.2 is drawn 204, a colour pixel (0.2, 0.6, 1.0) as (51, 153, 255)."""
+    from tfvae.plots import image_grid
+
+    grey = np.asarray(image_grid(np.full((1, 2, 2, 1), 0.2, np.float32), 1, scale=1, gap=0))
+    assert (grey == 204).all()
+    colour = np.broadcast_to(np.float32([0.2, 0.6, 1.0]), (1, 2, 2, 3))
+    drawn = np.asarray(image_grid(colour, 1, scale=1, gap=0))
+    assert (drawn == [51, 153, 255]).all()

@@ -42,13 +42,15 @@ def check_grid(n_images: int, image_shape, what: str, per_image: int = 1) -> Non
 
 
 def image_grid(images: np.ndarray, columns: int, scale: int = 2, gap: int = 2) -> Image.Image:
-    """Tile `[n, h, w, c]` images in [0, 1] into one picture, white gaps between."""
+    """Tile `[n, h, w, c]` images in [0, 1] into one picture, white gaps
+    between; grey images dark on white, colour images in their colours."""
     n, height, width, channels = images.shape
     rows = math.ceil(n / columns)
     cell_h, cell_w = height * scale + gap, width * scale + gap
     canvas = np.full((rows * cell_h + gap, columns * cell_w + gap, channels), 255, np.uint8)
     pixels = np.clip(np.asarray(images) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    pixels = 255 - pixels  # dark strokes on white, as digits are usually shown
+    if channels == 1:  # grey: dark strokes on white, as digits are usually shown
+        pixels = 255 - pixels
     for i, image in enumerate(pixels):
         top, left = gap + (i // columns) * cell_h, gap + (i % columns) * cell_w
         big = image.repeat(scale, axis=0).repeat(scale, axis=1)

@@ -98,8 +98,9 @@ async function init() {
 
 // --- pictures -------------------------------------------------------------------
 
-/** Paint `images` (flat H x W x C means in [0, 1]) into `canvas` as a grid,
- * dark strokes on white as `tfvae sample` draws them. */
+/** Paint `images` (flat H x W x C means in [0, 1]) into `canvas` as a grid
+ * as `tfvae sample` draws them: grey images dark on white, colour images in
+ * their colours. */
 function paint(canvas, images, [height, width, channels], columns, scale = 2, gap = 2) {
   const rows = Math.ceil(images.length / columns);
   canvas.width = columns * (width + gap) + gap;
@@ -113,8 +114,9 @@ function paint(canvas, images, [height, width, channels], columns, scale = 2, ga
     const picture = context.createImageData(width, height);
     for (let p = 0; p < height * width; p++) {
       for (let c = 0; c < 3; c++) {
-        const value = means[p * channels + (channels === 3 ? c : 0)];
-        picture.data[4 * p + c] = 255 - Math.round(255 * Math.min(1, Math.max(0, value)));
+        const mean = Math.min(1, Math.max(0, means[p * channels + (channels === 3 ? c : 0)]));
+        const value = Math.round(255 * mean);
+        picture.data[4 * p + c] = channels === 1 ? 255 - value : value;
       }
       picture.data[4 * p + 3] = 255;
     }
