@@ -53,6 +53,23 @@ def independent_loss(model, images, noise, objective: str, kl_weight: float) -> 
     return tf.reduce_mean(per_image)
 
 
+def sgd_model(**settings):
+    """The small model of these tests, built from `TrainConfig` as `tfvae
+    train` builds it (10 steps an epoch), compiled with plain SGD."""
+    config = TrainConfig(
+        latent_dim=3,
+        hidden_units=(8,),
+        activation="tanh",
+        jit_compile=False,
+        steps_per_execution=1,
+        batch_size=BATCH,
+        **settings,
+    )
+    model = _build_model(config, SHAPE, tf.distribute.get_strategy(), steps_per_epoch=10)
+    model.compile(optimizer=keras.optimizers.SGD(LR), jit_compile=False)
+    return config, model
+
+
 @pytest.mark.parametrize(
     "settings,steps_done,kl_weight",
     [
@@ -66,17 +83,7 @@ def independent_loss(model, images, noise, objective: str, kl_weight: float) -> 
     ids=["elbo", "iwae-k5", "elbo-k3", "beta4", "inside-warmup"],
 )
 def test_one_sgd_step_follows_the_gradient_of_the_chosen_objective(settings, steps_done, kl_weight):
-    config = TrainConfig(
-        latent_dim=3,
-        hidden_units=(8,),
-        activation="tanh",
-        jit_compile=False,
-        steps_per_execution=1,
-        batch_size=BATCH,
-        **settings,
-    )
-    model = _build_model(config, SHAPE, tf.distribute.get_strategy(), steps_per_epoch=10)
-    model.compile(optimizer=keras.optimizers.SGD(LR), jit_compile=False)
+    config, model = sgd_model(**settings)
     model.optimizer.build(model.trainable_variables)
     model.optimizer.iterations.assign(steps_done)
     rng = np.random.default_rng(0)
@@ -136,19 +143,7 @@ def test_dreg_steps_along_its_own_estimate(estimator):
     """With --gradient-estimator dreg one SGD step moves the encoder by DReG's
     formula and the decoder by the bound's gradient; the standard estimator's
     step (k = 5) is far from it, so a step that ignored the option would fail."""
-    config = TrainConfig(
-        latent_dim=3,
-        hidden_units=(8,),
-        activation="tanh",
-        jit_compile=False,
-        steps_per_execution=1,
-        batch_size=BATCH,
-        objective="iwae",
-        k=5,
-        gradient_estimator=estimator,
-    )
-    model = _build_model(config, SHAPE, tf.distribute.get_strategy(), steps_per_epoch=10)
-    model.compile(optimizer=keras.optimizers.SGD(LR), jit_compile=False)
+    config, model = sgd_model(objective="iwae", k=5, gradient_estimator=estimator)
     assert model.trainable_variables == [
         *model.encoder.trainable_variables,
         *model.decoder.trainable_variables,
