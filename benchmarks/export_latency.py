@@ -92,7 +92,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         version = export.export_savedmodel(model, tmp, "vae")
         decode_sm = tf.saved_model.load(str(version)).signatures["decode"]
-        keras_fn = tf.function(lambda z: tf.sigmoid(model.decoder.logits(z)))
+        keras_fn = tf.function(lambda z: tf.sigmoid(model.decoder.outputs(z)))
         candidates: list[tuple[str, int | None, Callable[[np.ndarray], object]]] = [
             ("keras eager (decode().mean())", None, lambda z: model.decode(z).mean()),
             ("keras tf.function", None, keras_fn),

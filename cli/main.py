@@ -23,6 +23,7 @@ from tfvae.config import (
     ARCHS,
     BINARIZATIONS,
     GRADIENT_ESTIMATORS,
+    LIKELIHOODS,
     LR_SCHEDULES,
     MAX_SEED,
     OBJECTIVES,
@@ -98,20 +99,27 @@ class FiniteFloatRange(click.FloatRange):
 
 
 class DatasetSpec(click.ParamType):
-    """`mnist`, `idx:DIR` or `tfds:NAME[/CONFIG]`; whether it exists is checked on load."""
+    """`mnist`, `idx:DIR`, `images:DIR` or `tfds:NAME[/CONFIG]`; whether it
+    exists is checked on load."""
 
-    name = "mnist|idx:DIR|tfds:NAME[/CONFIG]"
+    name = "mnist|idx:DIR|images:DIR|tfds:NAME[/CONFIG]"
 
     def convert(self, value, param, ctx):
         if value == "mnist":
             return value
-        for scheme, what in (("idx:", "a folder"), ("tfds:", "a TFDS name")):
+        for scheme, what in (
+            ("idx:", "a folder"),
+            ("images:", "a folder"),
+            ("tfds:", "a TFDS name"),
+        ):
             if value.startswith(scheme):
                 if not value[len(scheme) :]:
                     self.fail(f"{value!r}: give {what} after '{scheme}'", param, ctx)
                 return value
         self.fail(
-            f"unknown dataset {value!r}; use mnist, idx:DIR or tfds:NAME[/CONFIG]", param, ctx
+            f"unknown dataset {value!r}; use mnist, idx:DIR, images:DIR or tfds:NAME[/CONFIG]",
+            param,
+            ctx,
         )
 
 
@@ -205,7 +213,9 @@ def main():
     type=DatasetSpec(),
     default=DEFAULTS.dataset,
     show_default=True,
-    help="mnist (bundled), idx:DIR or tfds:NAME[/CONFIG].",
+    help="mnist (bundled), idx:DIR (MNIST-format IDX files), images:DIR (PNG/JPEG/BMP/GIF "
+    "files; class subfolders give labels, train/ and test/ subfolders the splits) "
+    "or tfds:NAME[/CONFIG].",
 )
 @click.option(
     "--data-dir",
@@ -290,7 +300,17 @@ def main():
     type=click.Choice(BINARIZATIONS),
     default=DEFAULTS.binarize,
     show_default=True,
-    help="A fresh Bernoulli draw each pass, one fixed draw, or none (grey levels as targets).",
+    help="For --likelihood bernoulli: a fresh Bernoulli draw each pass, one fixed draw, or "
+    "none (grey levels as targets). The other likelihoods see the pixels as they are.",
+)
+@click.option(
+    "--likelihood",
+    type=click.Choice(LIKELIHOODS),
+    default=None,
+    help="p(x|z) per pixel: bernoulli (binary or binarized pixels; the default, but "
+    "logistic for images:DIR), continuous-bernoulli (intensities in [0, 1]), logistic "
+    "(the 256 levels of 8-bit pixels), gaussian (dequantized levels). logistic and "
+    "gaussian give bits/dim.",
 )
 @click.option(
     "--objective",
@@ -504,7 +524,9 @@ def _rejoin(err: Exception) -> None:
 def evaluate(run_dir, split, k, as_json):
     """Score a trained run: ELBO, KL, log-likelihood and importance-weighted NLL.
 
-    All figures are nats per image on one fixed binarization of the split.
+    All figures are nats per image on the split as the run scores it (one
+    fixed binarization, or dequantization); logistic and gaussian runs also
+    give the NLL in bits per dimension.
 
     \b
     Examples:
@@ -531,6 +553,8 @@ def evaluate(run_dir, split, k, as_json):
     click.echo(f"  KL              {scores['kl']:10.3f}")
     click.echo(f"  log-likelihood  {scores['log_likelihood']:10.3f}   (E_q ln p(x|z))")
     click.echo(f"  NLL (IW, K={k:<4}) {scores['nll']:9.3f}   (-ln p(x), upper bound)")
+    if scores["bits_per_dim"] is not None:
+        click.echo(f"  bits/dim        {scores['bits_per_dim']:10.4f}   (NLL / (D ln 2))")
     click.echo(f"  active units    {scores['active_units']:6d} of {scores['latent_dim']}")
 
 

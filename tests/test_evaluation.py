@@ -35,7 +35,7 @@ def exact_log_px(model, images) -> np.ndarray:
     (20001 points; the integrand is smooth with Gaussian tails, so the rule is
     exact far below 1e-3 nats)."""
     z = np.linspace(-12, 12, 20001, dtype=np.float32)[:, None]
-    logits = model.decoder.logits(z).numpy().astype(np.float64).reshape(len(z), -1)
+    logits = model.decoder.outputs(z).numpy().astype(np.float64).reshape(len(z), -1)
     x = images.reshape(len(images), -1).astype(np.float64)
     log_px_z = x @ logits.T - np.logaddexp(0, logits).sum(1)  # [images, grid]
     log_joint = log_px_z - 0.5 * (z[:, 0].astype(np.float64) ** 2 + np.log(2 * np.pi))
@@ -131,7 +131,7 @@ def test_iw_estimate_matches_a_float64_numpy_estimate_at_latent_3():
     # The estimator's own draws (one chunk: k * batch * pixels < IW_NUMBERS).
     noise = tf.random.stateless_normal([k, 7, 3], seed=[seed, 0], alg="philox").numpy()
     z = mu + sigma * noise.astype(np.float64)  # [k, batch, latent]
-    logits = model.decoder.logits(z.reshape(-1, 3).astype(np.float32)).numpy()
+    logits = model.decoder.outputs(z.reshape(-1, 3).astype(np.float32)).numpy()
     logits = logits.reshape(k, 7, -1).astype(np.float64)
     x = images.reshape(1, 7, -1).astype(np.float64)
     log_px_z = (x * logits - np.logaddexp(0, logits)).sum(-1)

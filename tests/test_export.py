@@ -101,7 +101,7 @@ def keras_outputs(model, images, codes) -> dict[str, np.ndarray]:
         "encode/z_mean": z_mean.numpy(),
         "encode/z_stddev": z_stddev.numpy(),
         "decode/probabilities": p_x.mean().numpy(),
-        "decode/logits": model.decoder.logits(codes).numpy(),
+        "decode/logits": model.decoder.outputs(codes).numpy(),
         **{f"elbo/{key}": terms[key].numpy() for key in ("elbo", "kl", "log_likelihood")},
     }
 
@@ -616,7 +616,7 @@ def lite_interpreters(path: Path):
 def encoder_decoder_reference(model, images):
     """Keras outputs of the exported encoder/decoder pair, and the inputs that give them."""
     z_mean, z_stddev = (t.numpy() for t in model.encoder.params(images))
-    logits = model.decoder.logits(z_mean).numpy()
+    logits = model.decoder.outputs(z_mean).numpy()
     want = {
         "encoder": {"z_mean": z_mean, "z_stddev": z_stddev},
         "decoder": {"logits": logits, "probabilities": 1 / (1 + np.exp(-logits))},

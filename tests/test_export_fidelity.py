@@ -80,7 +80,7 @@ def from_file(values: dict[str, np.ndarray], tensors: list[dict]) -> dict[str, n
 
 def keras_outputs(model, images, codes) -> dict[str, dict[str, np.ndarray]]:
     z_mean, z_stddev = (t.numpy() for t in model.encoder.params(images))
-    logits = model.decoder.logits(codes).numpy()
+    logits = model.decoder.outputs(codes).numpy()
     return {
         "encoder": {"z_mean": z_mean, "z_stddev": z_stddev},
         "decoder": {"logits": logits, "probabilities": 0.5 * (1 + np.tanh(logits / 2))},
@@ -89,7 +89,7 @@ def keras_outputs(model, images, codes) -> dict[str, dict[str, np.ndarray]]:
 
 def test_the_fixture_has_the_logit_scale_of_a_trained_model(trained):
     model, images = trained
-    logits = model.decoder.logits(model.encoder.params(images)[0]).numpy()
+    logits = model.decoder.outputs(model.encoder.params(images)[0]).numpy()
     assert np.abs(logits).max() > 20
     assert json.loads((TRAINED_RUN / "config.json").read_text())["config"]["epochs"] == 250
 

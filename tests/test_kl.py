@@ -74,7 +74,7 @@ def test_elbo_terms_consistent(model, mnist):
     np.testing.assert_allclose(terms["elbo"], terms["log_likelihood"] - terms["kl"], rtol=1e-6)
     mu, sigma = (t.numpy() for t in model.encoder.params(x))
     np.testing.assert_allclose(terms["kl"], _kl_formula(mu, sigma), rtol=1e-5)
-    logits = model.decoder.logits(mu + sigma * noise).numpy().astype(np.float64)
+    logits = model.decoder.outputs(mu + sigma * noise).numpy().astype(np.float64)
     expected = (x * logits - np.logaddexp(0.0, logits)).reshape(8, -1).sum(1)
     np.testing.assert_allclose(terms["log_likelihood"], expected, rtol=1e-5)
     assert np.all(terms["log_likelihood"] < 0) and np.all(terms["kl"] >= 0)

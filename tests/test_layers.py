@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.layers import SCALE_FLOOR, BernoulliDecoder, GaussianEncoder, image_distribution
+from tfvae.layers import SCALE_FLOOR, GaussianEncoder, ImageDecoder
+from tfvae.likelihoods import LIKELIHOOD
 
 tfd = tfp.distributions
 
@@ -17,7 +18,7 @@ IDS = ["mlp-28x28x1", "conv-28x28x1", "conv-30x22x3", "mlp-5x7x2"]
 
 def _coders(arch, shape, latent=6):
     kwargs = dict(image_shape=shape, latent_dim=latent, arch=arch, hidden_units=(32,))
-    encoder, decoder = GaussianEncoder(**kwargs), BernoulliDecoder(**kwargs)
+    encoder, decoder = GaussianEncoder(**kwargs), ImageDecoder(**kwargs)
     encoder.build()
     decoder.build()
     return encoder, decoder
@@ -49,7 +50,7 @@ def test_decoder_distribution_shapes(arch, shape):
     p = decoder(np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32))
     assert isinstance(p, tfd.Independent) and isinstance(p.distribution, tfd.Bernoulli)
     assert p.batch_shape.as_list() == [4] and p.event_shape.as_list() == list(shape)
-    assert decoder.logits(np.zeros((2, 6), np.float32)).shape == (2, *shape)
+    assert decoder.outputs(np.zeros((2, 6), np.float32)).shape == (2, *shape)
     assert p.log_prob(_binary_images(4, shape)).shape == (4,)
 
 
@@ -102,8 +103,12 @@ def test_conv_decoder_channel_bias_log_prob():
     )
 
 
-def test_image_distribution_matches_numpy():
-    """`image_distribution(logits)` log_prob equals the numpy Bernoulli formula."""
+def image_distribution(logits):
+    return LIKELIHOOD["bernoulli"].distribution(logits)
+
+
+def test_bernoulli_distribution_matches_numpy():
+    """The Bernoulli likelihood's log_prob equals the numpy Bernoulli formula."""
     rng = np.random.default_rng(5)
     logits = rng.normal(scale=4.0, size=(3, 4, 5, 2)).astype(np.float32)
     x = _binary_images(3, (4, 5, 2), seed=6)
@@ -186,7 +191,7 @@ def test_the_decoder_mirrors_the_encoder(arch):
     channels of its own), to the image."""
     kwargs = dict(image_shape=(28, 28, 1), latent_dim=20, arch=arch, hidden_units=(200, 100))
     encoder = _output_shapes(GaussianEncoder(**kwargs).body, np.zeros((1, 28, 28, 1), np.float32))
-    decoder = _output_shapes(BernoulliDecoder(**kwargs).body, np.zeros((1, 20), np.float32))
+    decoder = _output_shapes(ImageDecoder(**kwargs).body, np.zeros((1, 20), np.float32))
     assert (encoder, decoder) == MIRRORED[arch]
     flat = [size for (size,) in (s for s in encoder if len(s) == 1)][:-1]  # the code left out
     assert [size for (size,) in decoder[: len(flat)]] == flat[::-1]
@@ -205,6 +210,6 @@ def test_the_decoder_mirrors_the_encoder(arch):
 )
 def test_invalid_settings(kwargs, message):
     """Bad arch, latent size or hidden sizes are ValueErrors with a clear message."""
-    for cls in (GaussianEncoder, BernoulliDecoder):
+    for cls in (GaussianEncoder, ImageDecoder):
         with pytest.raises(ValueError, match=message):
             cls(**{"image_shape": (28, 28, 1), **kwargs})

@@ -54,7 +54,7 @@ def test_iw_bound_matches_a_numpy_computation(batch):
     terms = model.elbo_terms(images, noise)
     mu, sigma = (t.numpy().astype(np.float64) for t in model.encoder.params(images))
     z = mu[:, None] + sigma[:, None] * noise  # [batch, k, latent]
-    logits = model.decoder.logits(z.reshape(-1, 3).astype(np.float32)).numpy()
+    logits = model.decoder.outputs(z.reshape(-1, 3).astype(np.float32)).numpy()
     logits = logits.reshape(6, 7, -1).astype(np.float64)
     x = images.reshape(6, 1, -1)
     log_px_z = (x * logits - np.logaddexp(0, logits)).sum(-1)

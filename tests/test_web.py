@@ -153,7 +153,7 @@ def test_a_2d_model_gets_a_manifold_to_drag_over(tmp_path, mnist_images):
         z = np.array([[NormalDist().inv_cdf(0.2), NormalDist().inv_cdf(0.7)]], np.float32)
         assert shown == f"z = ({z[0, 0]:.2f}, {z[0, 1]:.2f})"
         got = np.array(page.evaluate(f"tfvaeDecode({json.dumps(z.tolist())})"))
-        want = tf.sigmoid(model.decoder.logits(tf.constant(z))).numpy().reshape(1, -1)
+        want = tf.sigmoid(model.decoder.outputs(tf.constant(z))).numpy().reshape(1, -1)
         assert np.abs(got - want).max() < 1e-5
         (tmp_path / "page.png").write_bytes(page.screenshot())
         assert page.errors == []
@@ -247,7 +247,7 @@ def test_a_colour_model_is_shown_in_colour(tmp_path):
         page = _open(browser, server)
         z = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
         got = np.array(page.evaluate(f"tfvaeDecode({json.dumps(z.tolist())})"))
-        want = tf.sigmoid(model.decoder.logits(tf.constant(z))).numpy().reshape(4, 8 * 8 * 3)
+        want = tf.sigmoid(model.decoder.outputs(tf.constant(z))).numpy().reshape(4, 8 * 8 * 3)
         assert np.abs(got - want).max() < 1e-5
         rgba = np.array(
             page.evaluate(

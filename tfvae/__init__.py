@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 _API = {
     "VAE": "tfvae.model",
     "GaussianEncoder": "tfvae.layers",
+    "ImageDecoder": "tfvae.layers",
     "BernoulliDecoder": "tfvae.layers",
     "ImageDataset": "tfvae.data",
     "load_dataset": "tfvae.data",

@@ -16,6 +16,14 @@ from tfvae.errors import ConfigError
 ARCHS = ("mlp", "conv")
 ACTIVATIONS = ("relu", "tanh", "elu", "softplus")
 BINARIZATIONS = ("dynamic", "static", "none")
+# p(x|z) per pixel (`tfvae.likelihoods`): Bernoulli for binary and binarized
+# pixels; for grey or colour levels, the continuous Bernoulli on [0, 1], the
+# discretized logistic over the 256 levels of 8-bit pixels, and a Gaussian
+# on the uniformly dequantized levels.
+LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "logistic", "gaussian")
+# What the pipelines do to the pixels before the model sees them: a
+# binarization (`bernoulli`), or, for `gaussian`, uniform dequantization.
+PIXEL_TREATMENTS = (*BINARIZATIONS, "dequantize")
 STRATEGIES = ("auto", "default", "one-device", "mirrored", "multi-worker", "tpu")
 OBJECTIVES = ("elbo", "iwae")
 # The encoder's gradient of the IWAE bound: the bound's own (`standard`), or
@@ -77,6 +85,7 @@ class ModelConfig:
     latent_dim: int = 20
     hidden_units: tuple[int, ...] = (400,)
     activation: str = "relu"
+    likelihood: str = "bernoulli"
 
     RULES: ClassVar[dict[str, Rule]] = {
         "arch": _one_of(ARCHS),
@@ -90,6 +99,7 @@ class ModelConfig:
             "positive layer sizes",
         ),
         "activation": _one_of(ACTIVATIONS),
+        "likelihood": _one_of(LIKELIHOODS),
     }
 
     def __post_init__(self):
@@ -120,6 +130,15 @@ class ModelConfig:
             for key, value in dataclasses.asdict(self).items()
         }
 
+    def layer_settings(self) -> dict[str, Any]:
+        """`to_dict` without the settings tfvae 0.1.0 did not know, where they
+        hold its behaviour: the layers' saved configs, so a Bernoulli model's
+        `.keras` file stays what 0.1.0 wrote and reads in it."""
+        settings = self.to_dict()
+        if settings["likelihood"] == "bernoulli":
+            del settings["likelihood"]
+        return settings
+
 
 def split_model_settings(settings: dict[str, Any]) -> tuple[ModelConfig | None, dict[str, Any]]:
     """The model's settings among keyword `settings`, as a `ModelConfig` (None
@@ -142,6 +161,9 @@ class TrainConfig(ModelConfig):
     on a 2-core CPU (benchmarks/RESULTS.md compares the schedules).
     """
 
+    # None: `logistic` for image folders, `bernoulli` (binarized) for the rest,
+    # as the MNIST-family literature scores them. Resolved when the config is made.
+    likelihood: str | None = None
     dataset: str = "mnist"
     data_dir: str | None = None
     resize: tuple[int, int] | None = None
@@ -207,12 +229,34 @@ class TrainConfig(ModelConfig):
     }
 
     def __post_init__(self):
+        self._resolve_likelihood()
         super().__post_init__()
         if self.gradient_estimator == "dreg" and self.objective != "iwae":
             raise ConfigError(
                 "config: gradient_estimator='dreg' is an estimator of the IWAE bound's "
                 "gradient; use it with objective='iwae'"
             )
+
+    def _resolve_likelihood(self) -> None:
+        """Fill in the default likelihood; binarization belongs to `bernoulli`,
+        the others see the pixels as they are (`binarize` is stored as `none`
+        for them, and `static`, which would feed them binary pixels, is refused)."""
+        if self.likelihood is None:
+            default = "logistic" if self.dataset.startswith("images:") else "bernoulli"
+            object.__setattr__(self, "likelihood", default)
+        if self.likelihood == "bernoulli" or self.likelihood not in LIKELIHOODS:
+            return
+        if self.binarize == "static":
+            raise ConfigError(
+                f"config: binarize='static' makes binary pixels, which only the bernoulli "
+                f"likelihood scores; drop it for likelihood={self.likelihood!r}"
+            )
+        object.__setattr__(self, "binarize", "none")
+
+    @property
+    def pixels(self) -> str:
+        """What the pipelines do to the pixels, one of `PIXEL_TREATMENTS`."""
+        return "dequantize" if self.likelihood == "gaussian" else self.binarize
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

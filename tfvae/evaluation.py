@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from tfvae.data import image_pipeline, load_dataset
 from tfvae.errors import RunError
+from tfvae.likelihoods import bits_per_dim
 from tfvae.noise import training_batch
 from tfvae.runs import load_run
 
@@ -132,7 +133,7 @@ def run_images(run_dir: str | Path, split: str = "test", limit: int | None = Non
             f"{config.dataset}: images are {data.image_shape}, the run was trained on "
             f"{run.state.image_shape}"
         )
-    images = data.fixed_binarized(split, config.binarize)
+    images = data.fixed_binarized(split, config.pixels)
     return run, images if limit is None else images[:limit]
 
 
@@ -143,19 +144,23 @@ def score_run(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """ELBO, KL, log-likelihood, IW negative log-likelihood (K samples) and the
-    number of active units, in nats per image. `progress(done, total)` counts
-    (image, sample) pairs of the IW estimate."""
+    number of active units, in nats per image, and the NLL in bits per
+    dimension where the likelihood scores 8-bit levels (else None).
+    `progress(done, total)` counts (image, sample) pairs of the IW estimate."""
     run, images = run_images(run_dir, split)
     model = run.model
     scores = evaluate_elbo(model, images)
     report = None if progress is None else (lambda n: progress(n, len(images) * k))
     log_px = iw_log_likelihood(model, images, k=k, progress=report)
+    nll = float(-np.mean(log_px))
+    per_level = model.decoder.likelihood.per_level
     return {
         "split": split,
         "n_images": int(len(images)),
         "k": k,
         **scores,
-        "nll": float(-np.mean(log_px)),
+        "nll": nll,
+        "bits_per_dim": bits_per_dim(nll, model.image_shape) if per_level else None,
         "active_units": active_units(model, images),
         "latent_dim": model.latent_dim,
     }

@@ -12,12 +12,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae.config import ModelConfig, conv_padded, split_model_settings
+from tfvae.likelihoods import INITIAL_RAW_SCALE, LIKELIHOOD, SCALE_FLOOR
 
 tfd = tfp.distributions
-
-# softplus can underflow to 0 for very negative inputs; the floor keeps
-# sigma > 0 so log sigma^2 and the KL stay finite.
-SCALE_FLOOR = 1e-4
 
 
 def _encoder_body(image_shape, config: ModelConfig) -> keras.Sequential:
@@ -98,7 +95,7 @@ class _Coder(keras.layers.Layer):
         return {
             **super().get_config(),
             "image_shape": list(self.image_shape),
-            **self.model_config.to_dict(),
+            **self.model_config.layer_settings(),
         }
 
 
@@ -129,51 +126,52 @@ class GaussianEncoder(_Coder):
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
-class BernoulliDecoder(_Coder):
-    """p(x|z) = prod over pixels of Bernoulli(logits): codes -> image distribution.
+class ImageDecoder(_Coder):
+    """p(x|z) = prod over pixels of the config's likelihood (`tfvae.likelihoods`):
+    codes `[batch, latent]` -> image distribution, event shape `[h, w, c]`.
 
-    The likelihood is built from logits, never probabilities, so log p(x|z)
-    stays exact for saturated pixels.
+    The body's output is the likelihood's per-pixel parameter (logits, or a
+    location); a Bernoulli is built from logits, never probabilities, so
+    log p(x|z) stays exact for saturated pixels. Likelihoods with a scale
+    hold it as one weight per pixel and channel.
     """
 
     def __init__(self, image_shape, model_config: ModelConfig | None = None, **kwargs):
         super().__init__(image_shape, model_config, **kwargs)
+        self.likelihood = LIKELIHOOD[self.model_config.likelihood]
         self.body = _decoder_body(self.image_shape, self.model_config)
 
     def build(self, input_shape=None):
         self.body.build((None, self.latent_dim))
+        if self.likelihood.has_scale and not hasattr(self, "raw_scale"):
+            self.raw_scale = self.add_weight(
+                shape=self.image_shape,
+                initializer=keras.initializers.Constant(INITIAL_RAW_SCALE),
+                name="raw_scale",
+            )
 
-    def logits(self, z):
-        """Pixel logits `[batch, height, width, channels]` for codes `[batch, latent]`."""
+    def outputs(self, z):
+        """The body's output `[batch, h, w, c]` for codes `[batch, latent]`:
+        pixel logits, or the likelihood's location."""
         return tf.cast(self.body(z), tf.float32)
 
+    def scale(self):
+        """The learned scale `[h, w, c]` in intensity units, or None."""
+        if not self.likelihood.has_scale:
+            return None
+        return tf.nn.softplus(tf.cast(self.raw_scale, tf.float32)) + SCALE_FLOOR
+
     def call(self, z):
-        return image_distribution(self.logits(z))
+        return self.likelihood.distribution(self.outputs(z), self.scale())
+
+    def mean(self, z):
+        """E[x|z] as intensities in [0, 1], `[batch, h, w, c]`."""
+        return self.likelihood.mean(self.outputs(z), self.scale())
+
+    def exported(self, z):
+        """The exported decoders' outputs for codes `z` (`Likelihood.exported`)."""
+        return self.likelihood.exported(self.outputs(z), self.scale())
 
 
-class PixelBernoulli(tfd.Bernoulli):
-    """`tfd.Bernoulli` whose `log_prob` from logits is TensorFlow's fused
-    sigmoid cross-entropy, x * l - softplus(l).
-
-    TFP's own evaluates two softplus per pixel, softplus(l) and softplus(-l).
-    In the XLA-compiled step of Burda et al.'s batch-20 model both were
-    unfused log1p kernels over every pixel of the batch; dropping one made
-    that step faster (benchmarks/RESULTS.md). Both forms are exact for any
-    logit and for grey-level targets x in [0, 1].
-    """
-
-    def _log_prob(self, event):
-        if self._logits is None:
-            return super()._log_prob(event)
-        logits = tf.convert_to_tensor(self._logits)
-        labels = tf.cast(event, logits.dtype)
-        # Codes `[samples, batch, latent]` give logits with a leading axis.
-        shape = tf.broadcast_dynamic_shape(tf.shape(logits), tf.shape(labels))
-        return -tf.nn.sigmoid_cross_entropy_with_logits(
-            labels=tf.broadcast_to(labels, shape), logits=tf.broadcast_to(logits, shape)
-        )
-
-
-def image_distribution(logits):
-    """Independent Bernoulli pixels; event shape `[height, width, channels]`."""
-    return tfd.Independent(PixelBernoulli(logits=logits), reinterpreted_batch_ndims=3)
+# The name of tfvae 0.1.0, whose only likelihood was the Bernoulli (the default).
+BernoulliDecoder = ImageDecoder

@@ -13,7 +13,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae.config import GRADIENT_ESTIMATORS, OBJECTIVES, ModelConfig, split_model_settings
-from tfvae.layers import BernoulliDecoder, GaussianEncoder, diag_normal, image_distribution
+from tfvae.layers import GaussianEncoder, ImageDecoder, diag_normal
 from tfvae.metrics import MeanTerms
 from tfvae.noise import training_batch
 
@@ -32,8 +32,9 @@ def _stateless_seed(seed):
 class VAE(keras.Model):
     """Encoder q(z|x), decoder p(x|z) and the prior p(z) = N(0, I).
 
-    Images are float32 `[batch, height, width, channels]` with binary pixels
-    for training; all metrics are in nats per image. `k` is the number of z
+    Images are float32 `[batch, height, width, channels]` in [0, 1] (binary
+    pixels for the Bernoulli likelihood as trained; see `tfvae.likelihoods`
+    for the others); all metrics are in nats per image. `k` is the number of z
     drawn per image in training (IWAE's k; 1 for the ELBO).
     """
 
@@ -68,7 +69,7 @@ class VAE(keras.Model):
         self.kl_warmup_steps = int(kl_warmup_steps)
         self.model_config = model_config or settings or ModelConfig()
         self.encoder = GaussianEncoder(image_shape, self.model_config, name="encoder")
-        self.decoder = BernoulliDecoder(image_shape, self.model_config, name="decoder")
+        self.decoder = ImageDecoder(image_shape, self.model_config, name="decoder")
         self.image_shape = self.encoder.image_shape
         self.latent_dim = self.model_config.latent_dim
         self.seed = seed
@@ -107,8 +108,9 @@ class VAE(keras.Model):
             self._symbolic_build()
 
     def call(self, images):
-        """Deterministic reconstruction: pixel probabilities of p(x | z = E[q(z|x)])."""
-        return self.decode(self.encode(images).mean()).mean()
+        """Deterministic reconstruction: the pixel means of p(x | z = E[q(z|x)]),
+        as intensities in [0, 1] (for the Bernoulli, its probabilities)."""
+        return self.decoder.mean(self.encode(images).mean())
 
     def reconstruct(self, images):
         """`call` on `images` `[n, height, width, channels]`, `DECODE_BATCH` at a
@@ -117,7 +119,8 @@ class VAE(keras.Model):
         return tf.concat(parts, axis=0)
 
     def sample(self, n: int, seed: int | None = None, binary: bool = False):
-        """`n` images from the prior: pixel means, or Bernoulli draws if `binary`.
+        """`n` images from the prior as intensities in [0, 1]: pixel means, or
+        draws from p(x|z) if `binary` (Bernoulli pixels for the Bernoulli).
 
         The same `seed` always gives the same images; without one the model's
         seed generator advances. A Python `n` is decoded `DECODE_BATCH` codes
@@ -133,9 +136,13 @@ class VAE(keras.Model):
         step = DECODE_BATCH if eager else n
         parts = []
         for chunk, start in enumerate(range(0, n, step) if eager else [0]):
-            p_x = self.decode(z[start : start + step])  # z ~ p(z) = N(0, I)
+            outputs = self.decoder.outputs(z[start : start + step])  # z ~ p(z) = N(0, I)
             pixel_seed = tf.random.experimental.stateless_fold_in(x_seed, chunk)
-            parts.append(p_x.sample(seed=pixel_seed) if binary else p_x.mean())
+            likelihood, scale = self.decoder.likelihood, self.decoder.scale()
+            if binary:
+                parts.append(likelihood.draw(outputs, scale, pixel_seed))
+            else:
+                parts.append(likelihood.mean(outputs, scale))
         return tf.concat(parts, axis=0)
 
     # --- objective ----------------------------------------------------------
@@ -152,9 +159,9 @@ class VAE(keras.Model):
     def log_likelihood(self, images, z):
         """log p(x|z) `[samples, batch]` for codes `z` `[samples, batch, latent]`."""
         shape = tf.shape(z)
-        logits = self.decoder.logits(tf.reshape(z, [-1, self.latent_dim]))
-        logits = tf.reshape(logits, tf.concat([shape[:2], tf.shape(logits)[1:]], 0))
-        return image_distribution(logits).log_prob(images)
+        outputs = self.decoder.outputs(tf.reshape(z, [-1, self.latent_dim]))
+        outputs = tf.reshape(outputs, tf.concat([shape[:2], tf.shape(outputs)[1:]], 0))
+        return self.decoder.likelihood.log_prob(images, outputs, self.decoder.scale())
 
     def elbo_terms(self, images, noise=None, seed=None) -> dict[str, tf.Tensor]:
         """Per-image terms of the objective, each `[batch]`, in nats.
@@ -292,7 +299,7 @@ class VAE(keras.Model):
         return {
             **super().get_config(),
             "image_shape": list(self.image_shape),
-            **self.model_config.to_dict(),
+            **self.model_config.layer_settings(),
             "seed": self.seed,
             "objective": self.objective,
             "beta": self.beta,

@@ -19,9 +19,12 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from tfvae.data.dataset import LEVELS
+
 GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: spreads consecutive counters
 BINARIZE_STREAM = 0
 NORMAL_STREAM = 1
+DEQUANTIZE_STREAM = 2
 
 
 def _fmix32(h):
@@ -71,14 +74,26 @@ def binarize(intensities, keys):
     return tf.reshape(tf.cast(u < p, tf.float32), shape)
 
 
+def dequantize(levels, keys):
+    """(level + u) / LEVELS with u ~ U[0, 1) per pixel, float32, for uint8
+    `levels` `[batch, height, width, channels]` and their `keys`: 8-bit pixels
+    as a density's data (the `gaussian` likelihood)."""
+    shape = tf.shape(levels)
+    x = tf.reshape(tf.cast(levels, tf.float32), [shape[0], -1])
+    u = uniform(keys, math.prod(levels.shape[1:]), DEQUANTIZE_STREAM)
+    return tf.reshape((x + u) / LEVELS, shape)
+
+
 def training_batch(batch: dict, noise_shape):
     """`(images, noise)` for a batch in the one batch format (a dict from
     `data.train_pipeline` or `data.image_pipeline`): the images, binarized here
-    if they came as `intensities`, and noise `[batch, *noise_shape]` (None for
-    no noise)."""
+    if they came as `intensities`, dequantized if they came as `levels`, and
+    noise `[batch, *noise_shape]` (None for no noise)."""
     keys = batch["keys"]
     if "intensities" in batch:
         images = binarize(batch["intensities"], keys)
+    elif "levels" in batch:
+        images = dequantize(batch["levels"], keys)
     else:
         images = batch["images"]
     return images, (None if noise_shape is None else standard_normal(keys, noise_shape))

@@ -101,7 +101,7 @@ def interpolate(model, image_from, image_to, n: int = 10, spherical: bool = Fals
     """The decoder's means `[n, h, w, c]` along `latent_path` between the
     posterior means of two images `[h, w, c]`."""
     z_mean = posterior_means(model, np.stack([image_from, image_to]))
-    return np.asarray(model.decode(latent_path(z_mean[0], z_mean[1], n, spherical)).mean())
+    return np.asarray(model.decoder.mean(latent_path(z_mean[0], z_mean[1], n, spherical)))
 
 
 def interpolation(model, image_from, image_to, n: int = 10, spherical: bool = False):
@@ -120,7 +120,7 @@ def manifold(model, steps: int = 20) -> Image.Image:
         raise ValueError("the manifold picture needs a 2-D latent space")
     quantiles = [NormalDist().inv_cdf((i + 0.5) / steps) for i in range(steps)]
     grid = np.array([(x, y) for y in reversed(quantiles) for x in quantiles], np.float32)
-    images = np.asarray(model.decode(grid).mean())
+    images = np.asarray(model.decoder.mean(grid))
     return image_grid(images, columns=steps, scale=1, gap=0)
 
 

@@ -378,7 +378,7 @@ def _load_data(config: TrainConfig):
         data = data.limit(config.limit, config.limit)
     if not config.validation:
         return data, None
-    return data.hold_out(config.validation, config.binarize)
+    return data.hold_out(config.validation, config.pixels)
 
 
 def _steps_per_epoch(config: TrainConfig, data) -> int:
@@ -469,10 +469,10 @@ def _fit(
     # A fresh pipeline starts its shuffle and draws from the beginning:
     # seeded as before, a resumed run would replay epoch 1's batches.
     seed = pipeline_seed(config.seed, initial_epoch)
-    train_ds = train_pipeline(data, config.batch_size, config.binarize, seed)
+    train_ds = train_pipeline(data, config.batch_size, config.pixels, seed)
     batch_size = max(config.batch_size, 500)
     if validation is None:
-        held_out, held_out_ds = "test", test_pipeline(data, batch_size, config.binarize)
+        held_out, held_out_ds = "test", test_pipeline(data, batch_size, config.pixels)
     else:
         held_out, held_out_ds = "validation", image_pipeline(validation, batch_size)
     callbacks = [
@@ -483,7 +483,7 @@ def _fit(
     if is_chief:
         callbacks += [log, keras.callbacks.TensorBoard(str(folder / LOGS_DIR))]
     if is_chief and config.pictures_every:
-        shown = data.fixed_binarized("test", config.binarize)[:RECONSTRUCTION_IMAGES]
+        shown = data.fixed_binarized("test", config.pixels)[:RECONSTRUCTION_IMAGES]
         pictures = folder / LOGS_DIR / "pictures"
         callbacks.append(PictureSummaries(pictures, shown, config.pictures_every))
     if verbose is None:
@@ -503,7 +503,7 @@ def _fit(
 def _finish(model, data, validation, state: RunState, folder: Path, config) -> dict[str, float]:
     """Score the test set (and the validation images), draw the pictures,
     mark the run finished."""
-    test_images = data.fixed_binarized("test", config.binarize)
+    test_images = data.fixed_binarized("test", config.pixels)
     test = evaluate_elbo(model, test_images)
     if validation is not None:
         state.extra["validation"] = evaluate_elbo(model, validation)

@@ -1,7 +1,7 @@
 """Image data: the data set type, its sources and the pipelines that feed the VAE.
 
-`load_dataset("mnist" | "idx:DIR" | "tfds:NAME[/CONFIG]")` gives an
-`ImageDataset`; `train_pipeline` and `test_pipeline` turn it into batches.
+`load_dataset("mnist" | "idx:DIR" | "images:DIR" | "tfds:NAME[/CONFIG]")` gives
+an `ImageDataset`; `train_pipeline` and `test_pipeline` turn it into batches.
 """
 
 from tfvae.data.dataset import TEST_BINARIZATION_SEED, ImageDataset, fixed_binarization

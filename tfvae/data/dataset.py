@@ -12,6 +12,10 @@ import numpy as np
 TEST_BINARIZATION_SEED = 0
 # The validation images (held out of the training split) get their own draw.
 VALIDATION_BINARIZATION_SEED = 1
+# Sets with no test split give up the last tenth of `train`, always the same images.
+HELD_OUT_FRACTION = 0.1
+# The grey levels of 8-bit pixels: dequantized images are (level + u) / LEVELS.
+LEVELS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,14 +80,17 @@ class ImageDataset:
         return self.fixed_binarized("test")
 
     def fixed_binarized(self, split: str, binarize: str = "dynamic") -> np.ndarray:
-        """A split's images as scored: one fixed binarization (float32 0/1), or
-        the intensities themselves when the run trains with `binarize="none"`."""
+        """A split's images as scored: one fixed binarization (float32 0/1),
+        the intensities themselves when the run trains with `binarize="none"`,
+        or one fixed uniform dequantization for `binarize="dequantize"`."""
         images = {"train": self.train_images, "test": self.test_images}[split]
         return self._as_scored(images, binarize, TEST_BINARIZATION_SEED)
 
     def _as_scored(self, images: np.ndarray, binarize: str, seed: int) -> np.ndarray:
         if binarize == "none":
             return self.intensities(images)
+        if binarize == "dequantize":
+            return fixed_dequantization(images, seed)
         return fixed_binarization(self, images, seed)
 
 
@@ -94,3 +101,9 @@ def fixed_binarization(data: ImageDataset, images: np.ndarray, seed: int) -> np.
         return x
     u = np.random.default_rng(seed).random(x.shape, dtype=np.float32)
     return (u < x).astype(np.float32)
+
+
+def fixed_dequantization(images: np.ndarray, seed: int) -> np.ndarray:
+    """One uniform dequantization of uint8 `images`: (level + U[0, 1)) / 256."""
+    u = np.random.default_rng(seed).random(images.shape, dtype=np.float32)
+    return (images.astype(np.float32) + u) / np.float32(LEVELS)

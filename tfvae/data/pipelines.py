@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfvae.config import BINARIZATIONS
+from tfvae.config import PIXEL_TREATMENTS
 from tfvae.data.dataset import ImageDataset, fixed_binarization
 
 PREFETCH = 4  # batches made ahead of the step
@@ -44,14 +44,16 @@ def train_pipeline(data: ImageDataset, batch_size: int, binarize: str = "dynamic
     pipeline ships uint8 and never touches a random pixel (`noise.training_batch`
     turns a batch into images and noise, as `VAE.train_step` does). `static`
     draws one binary sample up front; `none` keeps the intensities in [0, 1] as
-    Bernoulli targets (for colour or grey-level sets). Sets that are already
-    binary are never binarized. Deterministic for a given `seed` (and
-    TensorFlow global seed).
+    Bernoulli targets (for colour or grey-level sets), and the likelihoods
+    other than the Bernoulli score them so. `dequantize` ships uint8 `levels`,
+    which the step turns into (level + u) / 256 afresh on every pass, like
+    `dynamic`. Sets that are already binary are never binarized. Deterministic
+    for a given `seed` (and TensorFlow global seed).
     """
     import tensorflow as tf
 
-    if binarize not in BINARIZATIONS:
-        raise ValueError(f"binarize must be one of {BINARIZATIONS}, got {binarize!r}")
+    if binarize not in PIXEL_TREATMENTS:
+        raise ValueError(f"binarize must be one of {PIXEL_TREATMENTS}, got {binarize!r}")
     n = len(data.train_images)
     images, binary = tf.constant(data.train_images), data.binary
     if binarize == "static" and not data.binary:
@@ -66,6 +68,8 @@ def train_pipeline(data: ImageDataset, batch_size: int, binarize: str = "dynamic
         batch = tf.gather(images, idx)
         if dynamic:
             return {"intensities": batch, "keys": keys}
+        if binarize == "dequantize":
+            return {"levels": batch, "keys": keys}
         return {"images": _as_float(batch, binary), "keys": keys}
 
     indices = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
@@ -95,6 +99,6 @@ def image_pipeline(images: np.ndarray, batch_size: int, seed: int = 1):
 
 
 def test_pipeline(data: ImageDataset, batch_size: int, binarize: str = "dynamic", seed: int = 1):
-    """Batches of the test images under their one fixed binarization (or their
-    intensities for `binarize="none"`), in order, with fixed keys."""
+    """Batches of the test images as scored (`ImageDataset.fixed_binarized`),
+    in order, with fixed keys."""
     return image_pipeline(data.fixed_binarized("test", binarize), batch_size, seed)

@@ -1,5 +1,6 @@
-"""Where data sets come from: the bundled MNIST, folders of IDX files, and
-TensorFlow Datasets (`tfvae.data.tfds`), each loaded into an `ImageDataset`."""
+"""Where data sets come from: the bundled MNIST, folders of IDX files, folders
+of image files (`tfvae.data.folders`) and TensorFlow Datasets
+(`tfvae.data.tfds`), each loaded into an `ImageDataset`."""
 
 from __future__ import annotations
 
@@ -86,8 +87,9 @@ def load_dataset(
 ) -> ImageDataset:
     """Load a data set by name.
 
-    `mnist` (bundled, offline), `idx:DIR` (four MNIST-format IDX files) or
-    `tfds:NAME[/CONFIG]` (the TensorFlow Datasets catalog; `data_dir` is
+    `mnist` (bundled, offline), `idx:DIR` (four MNIST-format IDX files),
+    `images:DIR` (PNG, JPEG, BMP or GIF files; class subfolders give labels)
+    or `tfds:NAME[/CONFIG]` (the TensorFlow Datasets catalog; `data_dir` is
     TFDS's data folder). `resize=(height, width)` brings every image to that
     size (area averaging), for sets whose images differ in size.
     """
@@ -95,6 +97,10 @@ def load_dataset(
         from tfvae.data.tfds import load_tfds
 
         return load_tfds(spec[len("tfds:") :], data_dir=data_dir, resize=resize)
+    if spec.startswith("images:"):
+        from tfvae.data.folders import load_image_folder
+
+        return load_image_folder(spec[len("images:") :], resize=resize)
     if spec == "mnist":
         folder = bundled_mnist_dir()
         verify_checksums(folder)
@@ -102,7 +108,10 @@ def load_dataset(
     elif spec.startswith("idx:"):
         data = load_idx_folder(spec[len("idx:") :])
     else:
-        raise DataError(f"unknown dataset '{spec}'; use 'mnist', 'idx:DIR' or 'tfds:NAME[/CONFIG]'")
+        raise DataError(
+            f"unknown dataset '{spec}'; use 'mnist', 'idx:DIR', 'images:DIR' or "
+            "'tfds:NAME[/CONFIG]'"
+        )
     if resize is None:
         return data
     n_images = len(data.train_images) + len(data.test_images)

@@ -17,15 +17,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tfvae import memory
-from tfvae.data.dataset import ImageDataset
+from tfvae.data.dataset import HELD_OUT_FRACTION, ImageDataset
 from tfvae.errors import DataError
 
 log = logging.getLogger(__name__)
 
 # Splits used as the test set, best first (binarized_mnist: train/validation/test).
 TEST_SPLITS = ("test", "validation", "valid", "val")
-# Sets with no test split give up the last tenth of `train`, always the same images.
-HELD_OUT_FRACTION = 0.1
 # Examples decoded per step: bounds the extra memory next to the final arrays.
 _READ_BATCH = 1024
 

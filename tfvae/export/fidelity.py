@@ -1,9 +1,10 @@
 """How far a converted file is from the Keras model, and the limits it is held to.
 
 The measure is the scaled error |file - keras| / (1 + |keras|) of every value
-of every output users consume (`z_mean`, `z_stddev`, `probabilities`,
-`logits`); a file is refused when its mean or 99th percentile is above the
-limit of its quantization.
+of every output users consume (`z_mean`, `z_stddev`, and the decoder's
+mean and parameters, `tfvae.likelihoods.Likelihood.exported`); a file is
+refused when its mean or 99th percentile is above the limit of its
+quantization.
 """
 
 from __future__ import annotations
@@ -99,12 +100,8 @@ def keras_reference(model: VAE, images: np.ndarray) -> dict[str, dict[str, np.nd
     z_mean, z_stddev = model.encoder.params(tf.constant(images))
     prior_z = tf.random.stateless_normal(tf.shape(z_mean), seed=(0, 1), alg="philox")
     z = tf.concat([z_mean, prior_z], axis=0)
-    logits = model.decoder.logits(z)
+    decoded = {key: value.numpy() for key, value in model.decoder.exported(z).items()}
     return {
         "encoder": {"images": images, "z_mean": z_mean.numpy(), "z_stddev": z_stddev.numpy()},
-        "decoder": {
-            "z": z.numpy(),
-            "logits": logits.numpy(),
-            "probabilities": tf.sigmoid(logits).numpy(),
-        },
+        "decoder": {"z": z.numpy(), **decoded},
     }

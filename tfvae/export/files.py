@@ -71,8 +71,7 @@ def _deterministic_endpoints(
         return {"z_mean": z_mean, "z_stddev": z_stddev}
 
     def decode(z):
-        logits = model.decoder.logits(z)
-        return {"probabilities": tf.sigmoid(logits), "logits": logits}
+        return model.decoder.exported(z)
 
     return {
         "encode": (encode, [images_spec(model, batch)]),

@@ -67,17 +67,17 @@ def _checked_z(model: VAE, z: tf.Tensor) -> tf.Tensor:
 def _serving_endpoints(model: VAE) -> dict[str, tuple[Callable, list[tf.TensorSpec]]]:
     """The signatures: name -> (function returning a dict of named outputs, inputs)."""
     images, z = images_spec(model), z_spec(model)
+    mean_name = model.decoder.likelihood.mean_name
 
     def reconstruct(images):
-        return {"probabilities": model(_checked_images(model, images))}
+        return {mean_name: model(_checked_images(model, images))}
 
     def encode(images):
         z_mean, z_stddev = model.encoder.params(_checked_images(model, images))
         return {"z_mean": z_mean, "z_stddev": z_stddev}
 
     def decode(z):
-        logits = model.decoder.logits(_checked_z(model, z))
-        return {"probabilities": tf.sigmoid(logits), "logits": logits}
+        return model.decoder.exported(_checked_z(model, z))
 
     def sample(count, seed):
         with tf.control_dependencies(
@@ -89,7 +89,7 @@ def _serving_endpoints(model: VAE) -> dict[str, tuple[Callable, list[tf.TensorSp
             ]
         ):
             count = tf.identity(count)
-        return {"probabilities": model.sample(count, seed=seed)}
+        return {mean_name: model.sample(count, seed=seed)}
 
     def elbo(images):
         terms = model.elbo_terms(_checked_images(model, images), seed=ELBO_SEED)

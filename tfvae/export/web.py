@@ -125,6 +125,8 @@ def export_web(
             "name": name,
             "image_shape": list(model.image_shape),
             "latent_dim": int(model.latent_dim),
+            # The decoder output the page draws: E[x|z] as intensities.
+            "mean_output": model.decoder.likelihood.mean_name,
             **files,
             "explore": _explore(model, images),
             "litert_js": import_map(litert_js)["imports"],

@@ -88,7 +88,7 @@ async function init() {
   const api = {
     info, examples, latent, shape: info.image_shape,
     decode: async (z) =>
-      runRows(decoders, 'z', 'probabilities', checkedRows(z, latent, 'code'), latent),
+      runRows(decoders, 'z', info.mean_output, checkedRows(z, latent, 'code'), latent),
     encode: async (images) =>
       runRows(encoders, 'images', 'z_mean', checkedRows(images, pixels, 'image'), pixels),
   };
