@@ -26,6 +26,7 @@ from tfvae.config import (
     ARCHS,
     BINARIZATIONS,
     GRADIENT_ESTIMATORS,
+    LIKELIHOODS,
     LR_SCHEDULES,
     OBJECTIVES,
     STRATEGIES,
@@ -95,6 +96,7 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
             Bad(("--dataset", "cifar10"), r"mnist.*idx:.*tfds:"),
             Bad(("--dataset", ""), r"mnist.*idx:.*tfds:"),
             Bad(("--dataset", "idx:"), r"folder"),
+            Bad(("--dataset", "images:"), r"folder"),
         ],
         "data_dir": [
             Bad(("--data-dir", A_FILE), "is a file"),
@@ -134,6 +136,7 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
         ],
         "lr_schedule": choice("--lr-schedule", LR_SCHEDULES, bad=("linear", "")),
         "binarize": choice("--binarize", BINARIZATIONS, bad=("soft", "")),
+        "likelihood": choice("--likelihood", LIKELIHOODS, bad=("normal", "Logistic", "")),
         "objective": choice("--objective", OBJECTIVES, bad=("vlb", "")),
         "gradient_estimator": choice("--gradient-estimator", GRADIENT_ESTIMATORS, bad=("rws", "")),
         "k": positive_int("--k"),

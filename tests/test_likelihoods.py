@@ -14,7 +14,14 @@ from tfvae.config import LIKELIHOODS, TrainConfig
 from tfvae.data.dataset import LEVELS, fixed_dequantization
 from tfvae.errors import ConfigError
 from tfvae.evaluation import iw_log_likelihood
-from tfvae.likelihoods import LIKELIHOOD, SCALE_FLOOR, bits_per_dim
+from tfvae.likelihoods import (
+    INITIAL_RAW_SCALE,
+    LIKELIHOOD,
+    SCALE_FLOOR,
+    bits_per_dim,
+    discretized_logistic,
+    logistic_mean,
+)
 from tfvae.model import VAE
 from tfvae.noise import dequantize
 
@@ -27,6 +34,19 @@ SCALES = np.array([SCALE_FLOOR, 1e-3, 0.01, 0.05, 0.3, 2.0], np.float32)
 def _grid():
     loc, scale = np.meshgrid(LOCATIONS, SCALES, indexing="ij")
     return loc.reshape(-1, 1, 1, 1), scale.reshape(-1, 1, 1, 1)
+
+
+def _outputs(location, scale):
+    """Decoder outputs `[..., 2]` (location, raw scale) that give `scale`."""
+    raw = np.log(np.expm1(np.float64(scale) - SCALE_FLOOR)) - INITIAL_RAW_SCALE
+    location, raw = np.broadcast_arrays(np.float64(location), raw)
+    return np.concatenate([location, raw], axis=-1).astype(np.float32)
+
+
+def test_a_raw_scale_gives_the_scale_asked_for():
+    wanted = SCALES[1:, None]  # above the floor, which softplus only approaches
+    _, scale = LIKELIHOOD["logistic"].split(_outputs(np.zeros_like(wanted), wanted))
+    np.testing.assert_allclose(scale.numpy(), wanted, rtol=1e-5)
 
 
 def _sigmoid(x):
@@ -59,11 +79,7 @@ def test_discretized_logistic_sums_to_one_and_matches_numpy():
     loc, scale = _grid()
     levels = np.arange(LEVELS, dtype=np.float32).reshape(1, 16, 16, 1)
     images = levels / 255.0
-    pixel = (
-        LIKELIHOOD["logistic"]
-        .distribution(np.broadcast_to(loc, (len(loc), 16, 16, 1)), scale)
-        .distribution
-    )
+    pixel = discretized_logistic(np.broadcast_to(loc, (len(loc), 16, 16, 1)), scale)
     probs = tf.exp(pixel.log_prob(LIKELIHOOD["logistic"].events(images))).numpy()
     np.testing.assert_allclose(probs.reshape(len(loc), -1).sum(1), 1.0, atol=1e-5)
     expected = np_logistic_probs(loc[:, 0, 0, 0], scale[:, 0, 0, 0])
@@ -74,14 +90,8 @@ def test_discretized_logistic_sums_to_one_and_matches_numpy():
 
 def test_the_logistic_is_centred_on_its_level():
     """Location 100/255 puts the mode on level 100, with equal mass either side."""
-    pixel = (
-        LIKELIHOOD["logistic"]
-        .distribution(
-            np.full((1, 1, 1, 1), 100 / 255, np.float32), np.full((1, 1, 1), 0.02, np.float32)
-        )
-        .distribution
-    )
-    p = np.exp(pixel.log_prob(np.arange(LEVELS, dtype=np.float32)[:, None, None, None])).ravel()
+    pixel = discretized_logistic(np.float32(100 / 255), np.float32(0.02))
+    p = np.exp(pixel.log_prob(np.arange(LEVELS, dtype=np.float32)))
     assert p.argmax() == 100
     assert p[99] == pytest.approx(p[101], rel=1e-5)
 
@@ -110,8 +120,8 @@ def test_gaussian_density_per_level_integrates_to_one(loc, scale):
     unit, so one level's mass is a nat-for-nat bound of a discrete P(level)."""
     v = np.linspace(255 * loc - 12 * 255 * scale, 255 * loc + 12 * 255 * scale, 400_001)
     images = ((v + 0.5) / LEVELS).astype(np.float32).reshape(-1, 1, 1, 1)
-    outputs = np.full((len(v), 1, 1, 1), loc, np.float32)
-    log_p = LIKELIHOOD["gaussian"].log_prob(images, outputs, np.full((1, 1, 1), scale, np.float32))
+    outputs = _outputs(np.full((len(v), 1, 1, 1), loc), scale)
+    log_p = LIKELIHOOD["gaussian"].log_prob(images, outputs)
     density = np.exp(np.float64(log_p))
     assert _trapezoid(density, v) == pytest.approx(1.0, abs=1e-4)
     sd = 255 * scale
@@ -121,7 +131,7 @@ def test_gaussian_density_per_level_integrates_to_one(loc, scale):
 
 def test_logistic_mean_is_the_expected_level():
     loc, scale = _grid()
-    mean = LIKELIHOOD["logistic"].mean(loc, scale).numpy()[:, 0, 0, 0]
+    mean = logistic_mean(loc, scale).numpy()[:, 0, 0, 0]
     probs = np_logistic_probs(loc[:, 0, 0, 0], scale[:, 0, 0, 0])
     np.testing.assert_allclose(mean, probs @ np.arange(LEVELS) / 255.0, atol=2e-5)
 
@@ -130,33 +140,33 @@ def test_logistic_mean_is_the_expected_level():
 def test_gradients_are_finite_at_the_end_levels_and_saturated_outputs(name):
     likelihood = LIKELIHOOD[name]
     images = np.array([0.0, 1.0, 0.0, 1.0, 0.5, 254.9 / 256], np.float32).reshape(6, 1, 1, 1)
+    # Logits or locations far out, and for the scale: at its floor (-30) or wide.
     for extreme in (50.0, -50.0, 6.0, -5.0):
-        outputs = tf.Variable(np.full((6, 1, 1, 1), extreme, np.float32))
-        raw = tf.Variable(np.full((1, 1, 1), -30.0, np.float32))  # the scale at its floor
-        with tf.GradientTape() as tape:
-            scale = tf.nn.softplus(raw) + SCALE_FLOOR
-            log_p = likelihood.log_prob(images, outputs, scale if likelihood.has_scale else None)
-        grads = tape.gradient(log_p, [outputs, raw])
-        assert np.all(np.isfinite(log_p))
-        for grad in grads:
-            assert grad is None or np.all(np.isfinite(grad))
+        for raw in (-30.0, 3.0):
+            values = [extreme, raw] if likelihood.has_scale else [extreme]
+            outputs = tf.Variable(np.broadcast_to(values, (6, 1, 1, len(values))), dtype=tf.float32)
+            with tf.GradientTape() as tape:
+                log_p = likelihood.log_prob(images, outputs)
+            assert np.all(np.isfinite(log_p))
+            assert np.all(np.isfinite(tape.gradient(log_p, outputs)))
 
 
-def np_log_px_z(name, images, outputs, scale):
-    """log p(x|z) per image in float64 numpy, `[images, grid]`, for decoder
-    `outputs` `[grid, pixels]`: the independent implementation."""
+def np_log_px_z(name, images, params, scale):
+    """log p(x|z) per image in float64 numpy, `[images, grid]`, for the
+    decoder's logits or locations `params` and scales `[grid, pixels]`: the
+    independent implementation."""
     x = images.reshape(len(images), 1, -1).astype(np.float64)
-    out = outputs.astype(np.float64)[None]
+    out = params.astype(np.float64)[None]
     if name == "bernoulli":
         terms = x * out - np.logaddexp(0, out)
     elif name == "continuous-bernoulli":
         terms = np_cb_log_prob(x, out)
     elif name == "logistic":
-        probs = np_logistic_probs(out, np.broadcast_to(scale.ravel(), out.shape))
+        probs = np_logistic_probs(out, scale[None])
         level = np.round(x * 255).astype(int)
         terms = np.log(np.take_along_axis(probs, level[..., None], axis=-1)[..., 0])
     else:
-        sd = 255.0 * scale.ravel().astype(np.float64)
+        sd = 255.0 * scale[None].astype(np.float64)
         v = x * LEVELS - 0.5
         terms = -0.5 * ((v - 255 * out) / sd) ** 2 - np.log(sd * math.sqrt(2 * math.pi))
     return terms.sum(-1)
@@ -189,17 +199,23 @@ def test_iw_estimate_matches_exact_integration(name):
     for weight in model.decoder.body.weights:
         weight.assign(rng.normal(0, 1.0, weight.shape).astype(np.float32) * 0.8)
     if model.decoder.likelihood.has_scale:
-        model.decoder.raw_scale.assign(np.full((3, 3, 1), -0.5, np.float32))
+        # Scales near 0.45 (115 levels) that vary with z: the outputs
+        # alternate location, raw scale.
+        kernel, bias = model.decoder.body.layers[-2].weights
+        kernel.assign(kernel.numpy() * np.tile([1.0, 0.2], 9).astype(np.float32))
+        bias.assign(np.where(np.arange(18) % 2, 2.5, bias.numpy()).astype(np.float32))
     kernel, bias = model.encoder.body.layers[-1].weights
     kernel.assign(np.zeros(kernel.shape, np.float32))
     bias.assign(np.array([0.2, np.log(np.expm1(1.4))], np.float32))  # q = N(0.2, 1.4^2)
     images = _images_for(name, rng, 4)
 
     z = np.linspace(-12, 12, 20001, dtype=np.float32)[:, None]
-    outputs = model.decoder.outputs(z).numpy().reshape(len(z), -1)
-    scale = model.decoder.scale()
-    scale = None if scale is None else scale.numpy()
-    log_joint = np_log_px_z(name, images, outputs, scale) - 0.5 * (
+    params, scale = model.decoder.likelihood.split(model.decoder.outputs(z))
+    params = params.numpy().reshape(len(z), -1)
+    scale = None if scale is None else scale.numpy().reshape(len(z), -1)
+    if scale is not None:
+        assert 0.2 < scale.min() and np.ptp(scale, axis=0).min() > 1e-3
+    log_joint = np_log_px_z(name, images, params, scale) - 0.5 * (
         np.float64(z[:, 0]) ** 2 + np.log(2 * np.pi)
     )
     peak = log_joint.max(1, keepdims=True)

@@ -46,6 +46,12 @@ def conv_padded(size: int) -> int:
     return 4 * math.ceil(size / 4)
 
 
+def pixel_parameters(likelihood: str) -> int:
+    """Numbers per pixel and channel a decoder outputs for `likelihood`:
+    logits, or a location and a scale."""
+    return 2 if likelihood in ("logistic", "gaussian") else 1
+
+
 def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

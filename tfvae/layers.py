@@ -11,8 +11,8 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.config import ModelConfig, conv_padded, split_model_settings
-from tfvae.likelihoods import INITIAL_RAW_SCALE, LIKELIHOOD, SCALE_FLOOR
+from tfvae.config import ModelConfig, conv_padded, pixel_parameters, split_model_settings
+from tfvae.likelihoods import LIKELIHOOD, SCALE_FLOOR
 
 tfd = tfp.distributions
 
@@ -37,18 +37,20 @@ def _encoder_body(image_shape, config: ModelConfig) -> keras.Sequential:
 
 
 def _decoder_body(image_shape, config: ModelConfig) -> keras.Sequential:
-    """z -> pixel logits: the hidden layers in reverse order; for conv, then
-    transposed convolutions back up through the encoder's grid sizes (their
-    channels are the decoder's own: 64 then 32, as in the keras.io example)."""
+    """z -> the likelihood's parameters per pixel (`[h, w, c * parameters]`):
+    the hidden layers in reverse order; for conv, then transposed
+    convolutions back up through the encoder's grid sizes (their channels
+    are the decoder's own: 64 then 32, as in the keras.io example)."""
     arch, activation = config.arch, config.activation
     height, width, channels = image_shape
+    channels *= pixel_parameters(config.likelihood)
     layers: list[keras.layers.Layer] = [
         keras.layers.Dense(units, activation=activation) for units in reversed(config.hidden_units)
     ]
     if arch == "mlp":
         layers += [
             keras.layers.Dense(height * width * channels),
-            keras.layers.Reshape(image_shape),
+            keras.layers.Reshape((height, width, channels)),
         ]
     else:
         grid = (conv_padded(height) // 4, conv_padded(width) // 4)
@@ -130,10 +132,9 @@ class ImageDecoder(_Coder):
     """p(x|z) = prod over pixels of the config's likelihood (`tfvae.likelihoods`):
     codes `[batch, latent]` -> image distribution, event shape `[h, w, c]`.
 
-    The body's output is the likelihood's per-pixel parameter (logits, or a
-    location); a Bernoulli is built from logits, never probabilities, so
-    log p(x|z) stays exact for saturated pixels. Likelihoods with a scale
-    hold it as one weight per pixel and channel.
+    The body's output is the likelihood's per-pixel parameters (logits, or a
+    location and a scale); a Bernoulli is built from logits, never
+    probabilities, so log p(x|z) stays exact for saturated pixels.
     """
 
     def __init__(self, image_shape, model_config: ModelConfig | None = None, **kwargs):
@@ -143,34 +144,23 @@ class ImageDecoder(_Coder):
 
     def build(self, input_shape=None):
         self.body.build((None, self.latent_dim))
-        if self.likelihood.has_scale and not hasattr(self, "raw_scale"):
-            self.raw_scale = self.add_weight(
-                shape=self.image_shape,
-                initializer=keras.initializers.Constant(INITIAL_RAW_SCALE),
-                name="raw_scale",
-            )
 
     def outputs(self, z):
-        """The body's output `[batch, h, w, c]` for codes `[batch, latent]`:
-        pixel logits, or the likelihood's location."""
+        """The body's output for codes `[batch, latent]`: pixel logits
+        `[batch, h, w, c]`, or locations then raw scales `[batch, h, w, 2c]`
+        (`Likelihood.split`)."""
         return tf.cast(self.body(z), tf.float32)
 
-    def scale(self):
-        """The learned scale `[h, w, c]` in intensity units, or None."""
-        if not self.likelihood.has_scale:
-            return None
-        return tf.nn.softplus(tf.cast(self.raw_scale, tf.float32)) + SCALE_FLOOR
-
     def call(self, z):
-        return self.likelihood.distribution(self.outputs(z), self.scale())
+        return self.likelihood.distribution(self.outputs(z))
 
     def mean(self, z):
         """E[x|z] as intensities in [0, 1], `[batch, h, w, c]`."""
-        return self.likelihood.mean(self.outputs(z), self.scale())
+        return self.likelihood.mean(self.outputs(z))
 
     def exported(self, z):
         """The exported decoders' outputs for codes `z` (`Likelihood.exported`)."""
-        return self.likelihood.exported(self.outputs(z), self.scale())
+        return self.likelihood.exported(self.outputs(z))
 
 
 # The name of tfvae 0.1.0, whose only likelihood was the Bernoulli (the default).

@@ -1,11 +1,11 @@
 """The pixel likelihoods p(x|z) a decoder returns, each a TFP distribution.
 
-The decoder's body gives one number per pixel and channel, `[batch, height,
-width, channels]`: logits for the Bernoulli kinds, a location for the
-others, which also have one learned scale per pixel and channel (not a
-function of z: it keeps the body's output one image-shaped tensor, as the
-exports expect). Images reach the model as floats in [0, 1]; each likelihood
-scores them as its own events:
+The decoder's body gives, per pixel and channel, logits for the Bernoulli
+kinds, and a location and a scale for the others (both functions of z:
+a scale learned per pixel but shared by all images gave 5.4 bits/dim for
+the Gaussian on MNIST, worse than independent pixels, benchmarks/RESULTS.md).
+Images reach the model as floats in [0, 1]; each likelihood scores them as
+its own events:
 
 - `bernoulli`: binary pixels (binarized, or intensities as targets);
 - `continuous-bernoulli`: intensities in [0, 1], a normalised density
@@ -26,6 +26,7 @@ import math
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfvae.config import pixel_parameters
 from tfvae.data.dataset import LEVELS
 
 tfd = tfp.distributions
@@ -33,8 +34,10 @@ tfd = tfp.distributions
 # softplus can underflow to 0 for very negative inputs; the floor keeps every
 # scale (q's sigma and the pixels') > 0, so log-densities and the KL stay finite.
 SCALE_FLOOR = 1e-4
-# softplus^-1(0.05): the learned scale starts at 5% of the intensity range.
-INITIAL_RAW_SCALE = math.log(math.expm1(0.05))
+# A fresh decoder's scales (raw outputs near 0) are near 5% of the intensity
+# range: the shift is softplus^-1(0.05).
+INITIAL_SCALE = 0.05
+INITIAL_RAW_SCALE = math.log(math.expm1(INITIAL_SCALE))
 
 
 class PixelBernoulli(tfd.Bernoulli):
@@ -114,16 +117,30 @@ def continuous_bernoulli_mean(logits):
 @dataclasses.dataclass(frozen=True)
 class Likelihood:
     """One kind of pixel likelihood: how its events are made from the model's
-    images in [0, 1], and its distribution given the body's output.
+    images in [0, 1], and its distribution given the decoder body's output.
 
-    `has_scale`: a learned scale per pixel; `per_level`: its nats are those of
-    8-bit levels (discrete, or a density per level on dequantized data), so
-    bits/dim are defined.
+    `has_scale`: the body gives a scale per pixel beside the location (its
+    output has twice the image's channels: locations, then raw scales);
+    `per_level`: its nats are those of 8-bit levels (discrete, or a density
+    per level on dequantized data), so bits/dim are defined.
     """
 
     name: str
-    has_scale: bool
     per_level: bool
+
+    @property
+    def has_scale(self) -> bool:
+        return pixel_parameters(self.name) == 2
+
+    def split(self, outputs):
+        """The body's `outputs` `[..., h, w, c * parameters]` as (logits or
+        location, scale or None), each `[..., h, w, c]`; the scale in
+        intensity units, softplus of the raw output shifted so that a raw 0
+        gives `INITIAL_SCALE`, plus the floor."""
+        if not self.has_scale:
+            return outputs, None
+        location, raw = tf.split(outputs, 2, axis=-1)
+        return location, tf.nn.softplus(raw + INITIAL_RAW_SCALE) + SCALE_FLOOR
 
     def events(self, images):
         """The model's images `[..., h, w, c]` in [0, 1] as this likelihood's events."""
@@ -134,30 +151,31 @@ class Likelihood:
             return images * LEVELS - 0.5
         return images
 
-    def distribution(self, outputs, scale=None) -> tfd.Distribution:
-        """p(x|z) for the body's `outputs` `[..., h, w, c]` (and the scale
-        `[h, w, c]`), event shape `[h, w, c]`."""
+    def distribution(self, outputs) -> tfd.Distribution:
+        """p(x|z) for the body's `outputs`, event shape `[h, w, c]`."""
+        params, scale = self.split(outputs)
         if self.name == "bernoulli":
-            return _independent(PixelBernoulli(logits=outputs))
+            return _independent(PixelBernoulli(logits=params))
         if self.name == "continuous-bernoulli":
-            return _independent(tfd.ContinuousBernoulli(logits=outputs))
+            return _independent(tfd.ContinuousBernoulli(logits=params))
         if self.name == "logistic":
-            return _independent(discretized_logistic(outputs, scale))
-        return _independent(dequantized_gaussian(outputs, scale))
+            return _independent(discretized_logistic(params, scale))
+        return _independent(dequantized_gaussian(params, scale))
 
-    def log_prob(self, images, outputs, scale=None):
+    def log_prob(self, images, outputs):
         """log p(x|z) of the model's images, `[...]` (the outputs' batch shape)."""
-        return self.distribution(outputs, scale).log_prob(self.events(images))
+        return self.distribution(outputs).log_prob(self.events(images))
 
-    def mean(self, outputs, scale=None):
+    def mean(self, outputs):
         """E[x|z] as intensities in [0, 1] (levels / 255), `[..., h, w, c]`."""
+        params, scale = self.split(outputs)
         if self.name == "bernoulli":
-            return tf.sigmoid(outputs)
+            return tf.sigmoid(params)
         if self.name == "continuous-bernoulli":
-            return continuous_bernoulli_mean(outputs)
+            return continuous_bernoulli_mean(params)
         if self.name == "logistic":
-            return logistic_mean(outputs, scale)
-        return outputs
+            return logistic_mean(params, scale)
+        return params
 
     @property
     def mean_name(self) -> str:
@@ -165,22 +183,22 @@ class Likelihood:
         name since tfvae 0.1.0), `mean` for the others."""
         return "probabilities" if self.name == "bernoulli" else "mean"
 
-    def exported(self, outputs, scale=None) -> dict:
+    def exported(self, outputs) -> dict:
         """What exported decoders return, each `[batch, h, w, c]`: the mean
         (`mean_name`, intensities in [0, 1]) and the parameters, `logits` or
         `location` and `scale` (intensity units; x 255 for levels)."""
-        named = {self.mean_name: self.mean(outputs, scale)}
+        params, scale = self.split(outputs)
+        named = {self.mean_name: self.mean(outputs)}
         if self.has_scale:
-            named["location"] = outputs
-            named["scale"] = tf.broadcast_to(scale, tf.shape(outputs))
+            named["location"], named["scale"] = params, scale
         else:
-            named["logits"] = outputs
+            named["logits"] = params
         return named
 
-    def draw(self, outputs, scale, seed):
+    def draw(self, outputs, seed):
         """One image from p(x|z) as intensities in [0, 1]: for `gaussian`
         the nearest level, clipped to 0..255."""
-        x = self.distribution(outputs, scale).sample(seed=seed)
+        x = self.distribution(outputs).sample(seed=seed)
         if self.name == "logistic":
             return x / (LEVELS - 1)
         if self.name == "gaussian":
@@ -189,10 +207,10 @@ class Likelihood:
 
 
 LIKELIHOOD = {
-    "bernoulli": Likelihood("bernoulli", has_scale=False, per_level=False),
-    "continuous-bernoulli": Likelihood("continuous-bernoulli", has_scale=False, per_level=False),
-    "logistic": Likelihood("logistic", has_scale=True, per_level=True),
-    "gaussian": Likelihood("gaussian", has_scale=True, per_level=True),
+    "bernoulli": Likelihood("bernoulli", per_level=False),
+    "continuous-bernoulli": Likelihood("continuous-bernoulli", per_level=False),
+    "logistic": Likelihood("logistic", per_level=True),
+    "gaussian": Likelihood("gaussian", per_level=True),
 }
 
 

@@ -19,7 +19,7 @@ import resource
 from collections.abc import Iterator
 from pathlib import Path
 
-from tfvae.config import ModelConfig, TrainConfig, conv_padded
+from tfvae.config import ModelConfig, TrainConfig, conv_padded, pixel_parameters
 from tfvae.errors import OutOfMemoryError
 
 FLOAT = 4  # bytes of a float32
@@ -148,14 +148,17 @@ def _conv_grid(image_shape) -> tuple[int, int]:
 def _parameters(config: ModelConfig, image_shape) -> int:
     """Weights of the encoder and decoder that `tfvae.layers` builds."""
     pixels = math.prod(image_shape)
+    per_pixel = pixel_parameters(config.likelihood)
     hidden, latent = list(config.hidden_units), config.latent_dim
     if config.arch == "mlp":
-        return _dense([pixels, *hidden, 2 * latent]) + _dense([latent, *hidden[::-1], pixels])
+        decoder = _dense([latent, *hidden[::-1], pixels * per_pixel])
+        return _dense([pixels, *hidden, 2 * latent]) + decoder
     channels = image_shape[2]
+    out = channels * per_pixel
     height, width = _conv_grid(image_shape)
     flat = (height // 4) * (width // 4) * 64
     convs = 9 * channels * 32 + 32 + 9 * 32 * 64 + 64
-    transposed = 9 * 64 * 64 + 64 + 9 * 64 * 32 + 32 + 9 * 32 * channels + channels
+    transposed = 9 * 64 * 64 + 64 + 9 * 64 * 32 + 32 + 9 * 32 * out + out
     encoder = convs + _dense([flat, *hidden, 2 * latent])
     return encoder + _dense([latent, *hidden[::-1], flat]) + transposed
 
@@ -175,7 +178,7 @@ def _step_numbers(config: ModelConfig, image_shape) -> tuple[int, int]:
         decoder_maps = quarter + (height // 2) * (width // 2) * 64 + height * width * 32
     encoder = HIDDEN_COPIES * (hidden + 3 * latent) + MAP_COPIES * encoder_maps + 2 * pixels
     decoder = HIDDEN_COPIES * (latent + hidden) + MAP_COPIES * decoder_maps
-    return encoder, decoder + PIXEL_COPIES * pixels
+    return encoder, decoder + PIXEL_COPIES * pixels * pixel_parameters(config.likelihood)
 
 
 def training_need(config: TrainConfig, image_shape, n_train: int, n_held: int) -> Need:

@@ -138,11 +138,11 @@ class VAE(keras.Model):
         for chunk, start in enumerate(range(0, n, step) if eager else [0]):
             outputs = self.decoder.outputs(z[start : start + step])  # z ~ p(z) = N(0, I)
             pixel_seed = tf.random.experimental.stateless_fold_in(x_seed, chunk)
-            likelihood, scale = self.decoder.likelihood, self.decoder.scale()
+            likelihood = self.decoder.likelihood
             if binary:
-                parts.append(likelihood.draw(outputs, scale, pixel_seed))
+                parts.append(likelihood.draw(outputs, pixel_seed))
             else:
-                parts.append(likelihood.mean(outputs, scale))
+                parts.append(likelihood.mean(outputs))
         return tf.concat(parts, axis=0)
 
     # --- objective ----------------------------------------------------------
@@ -161,7 +161,7 @@ class VAE(keras.Model):
         shape = tf.shape(z)
         outputs = self.decoder.outputs(tf.reshape(z, [-1, self.latent_dim]))
         outputs = tf.reshape(outputs, tf.concat([shape[:2], tf.shape(outputs)[1:]], 0))
-        return self.decoder.likelihood.log_prob(images, outputs, self.decoder.scale())
+        return self.decoder.likelihood.log_prob(images, outputs)
 
     def elbo_terms(self, images, noise=None, seed=None) -> dict[str, tf.Tensor]:
         """Per-image terms of the objective, each `[batch]`, in nats.
