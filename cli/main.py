@@ -573,7 +573,11 @@ def _output(run_dir: Path, output: Path | None, default: str) -> Path:
     help="Images in the grid: at most 10000 (fewer for images larger than 49x49).",
 )
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--binary", is_flag=True, help="Bernoulli draws instead of pixel means.")
+@click.option(
+    "--binary",
+    is_flag=True,
+    help="Draws from p(x|z) (Bernoulli pixels for a Bernoulli model) instead of pixel means.",
+)
 @click.option(
     "-o",
     "--output",
