@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tfvae import export
+from tfvae.config import TrainConfig
 from tfvae.data import load_dataset, train_pipeline
 from tfvae.likelihoods import continuous_bernoulli_mean
 from tfvae.model import VAE
@@ -38,7 +39,7 @@ def trained(request, mnist_slice):
     """A model of each likelihood after 100 steps on 8-bit MNIST: its scale
     and locations have moved far from their initial values."""
     name = request.param
-    pixels = "dequantize" if name == "gaussian" else "none"
+    pixels = TrainConfig(likelihood=name).pixels  # as `tfvae train` feeds it
     keras.utils.set_random_seed(0)
     model = VAE(likelihood=name, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(2e-3))

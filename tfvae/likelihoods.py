@@ -68,8 +68,9 @@ def _independent(pixels: tfd.Distribution) -> tfd.Distribution:
     return tfd.Independent(pixels, reinterpreted_batch_ndims=3)
 
 
-def _level_scale(scale):
-    return (LEVELS - 1) * scale
+def _in_levels(intensity):
+    """A location or scale in intensity units ([0, 1]) in units of levels."""
+    return (LEVELS - 1) * intensity
 
 
 def discretized_logistic(location, scale) -> tfd.Distribution:
@@ -79,20 +80,20 @@ def discretized_logistic(location, scale) -> tfd.Distribution:
 
     TFP's quantization gives P(k) = G(k) - G(k - 1), so its logistic sits
     half a level lower."""
-    levels = tfd.Logistic(_level_scale(location) - 0.5, _level_scale(scale))
+    levels = tfd.Logistic(_in_levels(location) - 0.5, _in_levels(scale))
     return tfd.QuantizedDistribution(levels, low=0.0, high=float(LEVELS - 1))
 
 
 def dequantized_gaussian(location, scale) -> tfd.Distribution:
     """N(255 location, 255 scale) over levels: the density of level + noise."""
-    return tfd.Normal(_level_scale(location), _level_scale(scale))
+    return tfd.Normal(_in_levels(location), _in_levels(scale))
 
 
 def logistic_mean(location, scale):
     """E[level] / 255 of `discretized_logistic`: sum over k = 0..254 of
     P(level > k) = 1 - F(k + 1/2), one level at a time so memory stays that
     of one image batch."""
-    center, width = _level_scale(location), _level_scale(scale)
+    center, width = _in_levels(location), _in_levels(scale)
     edges = tf.range(LEVELS - 1, dtype=center.dtype) + 0.5
     above = tf.foldl(
         lambda total, edge: total + tf.sigmoid((center - edge) / width),

@@ -134,15 +134,13 @@ class VAE(keras.Model):
         z = tf.random.stateless_normal([n, self.latent_dim], seed=z_seed, alg="philox")
         eager = isinstance(n, int | np.integer)
         step = DECODE_BATCH if eager else n
-        parts = []
+        likelihood, parts = self.decoder.likelihood, []
         for chunk, start in enumerate(range(0, n, step) if eager else [0]):
             outputs = self.decoder.outputs(z[start : start + step])  # z ~ p(z) = N(0, I)
             pixel_seed = tf.random.experimental.stateless_fold_in(x_seed, chunk)
-            likelihood = self.decoder.likelihood
-            if binary:
-                parts.append(likelihood.draw(outputs, pixel_seed))
-            else:
-                parts.append(likelihood.mean(outputs))
+            parts.append(
+                likelihood.draw(outputs, pixel_seed) if binary else likelihood.mean(outputs)
+            )
         return tf.concat(parts, axis=0)
 
     # --- objective ----------------------------------------------------------

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from tfvae import memory
 from tfvae.data.dataset import HELD_OUT_FRACTION, ImageDataset
+from tfvae.data.sources import area_resize
 from tfvae.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -190,12 +191,10 @@ def _decode_each(
 
 
 def _decode_image(contents: tf.Tensor | bytes, resize: tuple[int, int] | None) -> tf.Tensor:
-    """One encoded image as uint8 `[h, w, c]` (a GIF's first frame), resized
-    as `sources.resize_images` does, so 0/1 images stay 0/1."""
+    """One encoded image as uint8 `[h, w, c]` (a GIF's first frame), at
+    `resize` if given (`sources.area_resize`)."""
     image = tf.io.decode_image(contents, expand_animations=False)
-    if resize is None:
-        return image
-    return tf.cast(tf.round(tf.image.resize(image, resize, method="area")), tf.uint8)
+    return image if resize is None else area_resize(image, resize)
 
 
 def _check_one_by_one(paths: list[Path], resize: tuple[int, int] | None) -> None:

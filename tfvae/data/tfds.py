@@ -13,11 +13,11 @@ import logging
 import os
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tfvae import memory
 from tfvae.data.dataset import HELD_OUT_FRACTION, ImageDataset
+from tfvae.data.sources import area_resize
 from tfvae.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ def _read_split(
     def pick(example):
         image = example[image_key]
         if resize is not None:
-            image = tf.cast(tf.round(tf.image.resize(image, resize, method="area")), tf.uint8)
+            image = area_resize(image, resize)
         return (image, *(example[k] for k in wanted[1:]))
 
     ds = ds.map(pick).batch(_READ_BATCH)
