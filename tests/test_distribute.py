@@ -91,14 +91,28 @@ WORKER_SCRIPT = textwrap.dedent(
     """
     import os, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    strategy, run_dir, out = sys.argv[1:4]
-    import numpy as np
+    strategy, run_dir, out, dataset = sys.argv[1:5]
+    import numpy as np, tensorflow as tf
     from tfvae.config import TrainConfig
+    from tfvae.data import streams
     from tfvae.training import train
+
+    # Which training images this process decodes: the real decode, watched.
+    decoded, n_train, read = [], int(sys.argv[5]), streams.ImageFiles.decode
+
+    def watched(self, index):
+        if len(self) == n_train:
+            record = lambda i: (decoded.append(i.copy()), i)[1]
+            index = tf.numpy_function(record, [index], tf.int64, stateful=True)
+        return read(self, tf.reshape(index, [-1]))
+
+    streams.ImageFiles.decode = watched
     config = TrainConfig(strategy=strategy, limit=600, epochs=2, hidden_units=(32,),
-                         latent_dim=2, batch_size=100)
+                         latent_dim=2, batch_size=100, dataset=dataset, jit_compile=False)
     result = train(config, run_dir, verbose=0)
-    np.savez(out, *[w.numpy() for w in result.model.weights])
+    np.savez(out, *[w.numpy() for w in result.model.weights],
+             decoded=np.concatenate(decoded) if decoded else np.zeros(0, np.int64),
+             sizes=np.array([len(batch) for batch in decoded], np.int64))
     """
 )
 
@@ -125,24 +139,83 @@ def free_ports(n):
     return ports
 
 
-def test_two_workers_train_the_weights_of_one_process_and_only_the_chief_writes(tmp_path):
+def global_batches(n, batch_size, passes):
+    """The batches of indices of the first `passes` epochs a streamed run with
+    seed 0 trains on."""
+    import keras
+
+    from tfvae.data.pipelines import _shuffled
+    from tfvae.training import pipeline_seed
+
+    keras.utils.set_random_seed(0)
+    batches = _shuffled(n, batch_size, pipeline_seed(0, 0))
+    return [idx for _ in range(passes) for idx, _ in batches.as_numpy_iterator()]
+
+
+def replica_rows(batch, share):
+    """Worker `share`'s rows of a global `batch` under two workers (share 2:
+    all of it, as one process reads it), as `pipelines._replica_rows` splits."""
+    if share == 2:
+        return batch
+    m = len(batch)
+    return batch[share * m // 2 : (share + 1) * m // 2]
+
+
+@pytest.fixture(scope="module")
+def streamed_folder(tmp_path_factory):
+    """240 MNIST digits as PNGs in their class folders: 216 training images,
+    so each epoch ends on a partial global batch of 16. (Digits, not noise:
+    on images a model cannot learn, gradients are rounding noise that Adam
+    scales up to whole steps, and no two runs agree.)"""
+    from PIL import Image
+
+    from tfvae.data import load_dataset
+
+    folder = tmp_path_factory.mktemp("streamed")
+    mnist = load_dataset("mnist")
+    for i, (image, label) in enumerate(
+        zip(mnist.train_images[:240], mnist.train_labels[:240], strict=True)
+    ):
+        (folder / str(label)).mkdir(exist_ok=True)
+        Image.fromarray(image[..., 0]).save(folder / str(label) / f"{i:03d}.png")
+    return folder
+
+
+@pytest.mark.parametrize("source", ["mnist", "streamed"])
+def test_two_workers_train_the_weights_of_one_process_and_only_the_chief_writes(
+    tmp_path, source, request
+):
     """Two workers on localhost and one process train the same config (six
     steps of 100 images). The workers end bit-identical, and equal to the one
     process: each worker took its half of every global batch, not a batch of
     its own or the whole batch. Measured: 1.8e-6 at most, from the order of
     the gradient sums. Sharding turned off, or each worker shuffling with a
     seed of its own, moved weights by 1.8e-2; 1e-4 keeps a margin of 50 on
-    the one side and 180 on the other."""
+    the one side and 180 on the other.
+
+    A streamed image folder (`TFVAE_STREAM_ABOVE_MB=0`) trains to the same
+    weights, and each worker decodes only its own rows: every batch worker 0
+    decoded is the first half of a global batch of the one process's
+    sequence (recomputed here), worker 1's the second half, and both decoded
+    their halves of every batch that trained."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER_SCRIPT)
     ports = free_ports(2)
     run = tmp_path / "jobs" / "run"
     run.parent.mkdir()
+    dataset, n_train = "mnist", 600
+    if source == "streamed":
+        dataset, n_train = f"images:{request.getfixturevalue('streamed_folder')}", 216
 
     def start(strategy, run_dir, out, env):
         command = [sys.executable, str(script), strategy, str(run_dir), str(tmp_path / out)]
+        env = dict(env or os.environ, TFVAE_STREAM_ABOVE_MB="0")
         return subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            [*command, dataset, str(n_train)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
         )
 
     processes = [start("multi-worker", run, f"w{i}.npz", worker_env(i, ports)) for i in range(2)]
@@ -152,10 +225,21 @@ def test_two_workers_train_the_weights_of_one_process_and_only_the_chief_writes(
         assert process.returncode == 0, output[-3000:]
     w0, w1 = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
     single = np.load(tmp_path / "single.npz")
-    assert len(w0.files) == 8
-    for key in w0.files:
+    weights = [key for key in single.files if key not in ("decoded", "sizes")]
+    assert len(weights) == 8
+    for key in weights:
         np.testing.assert_array_equal(w0[key], w1[key])
         np.testing.assert_allclose(w0[key], single[key], rtol=0, atol=1e-4)
+    if source == "streamed":
+        # Passes beyond the 2 epochs: a worker reads a few batches ahead.
+        expected = global_batches(n_train, batch_size=100, passes=5)
+        for share, result in enumerate([w0, w1, single]):
+            decoded = np.split(result["decoded"], np.cumsum(result["sizes"])[:-1])
+            halves = {",".join(map(str, replica_rows(b, share))) for b in expected}
+            assert all(",".join(map(str, batch)) in halves for batch in decoded)
+            # The 6 batches that trained: 2 epochs of 3 (100, 100, 16).
+            trained = {",".join(map(str, replica_rows(b, share))) for b in expected[:6]}
+            assert trained <= {",".join(map(str, batch)) for batch in decoded}
     state = json.loads((run / "config.json").read_text())
     assert state["status"] == "finished" and state["replicas"] == 2
     assert state["strategy_class"] == "CollectiveAllReduceStrategy"

@@ -27,9 +27,10 @@ from tfvae.runs import load_run
 IW_NUMBERS = 20_000 * 784
 
 
-def _batches(images: np.ndarray, batch_size: int):
+def _batches(images, batch_size: int):
+    """`(start, float32 images)` in order, of an array or streamed images."""
     for start in range(0, len(images), batch_size):
-        yield start, images[start : start + batch_size]
+        yield start, np.asarray(images[start : start + batch_size])
 
 
 def evaluate_elbo(
@@ -134,7 +135,7 @@ def run_images(run_dir: str | Path, split: str = "test", limit: int | None = Non
             f"{run.state.image_shape}"
         )
     images = data.fixed_binarized(split, config.pixels)
-    return run, images if limit is None else images[:limit]
+    return run, images if limit is None else np.asarray(images[:limit])
 
 
 def score_run(

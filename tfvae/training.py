@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from tfvae import durable, memory
 from tfvae.callbacks import (
@@ -25,6 +26,7 @@ from tfvae.callbacks import (
 )
 from tfvae.config import MAX_SEED, PLACEMENT, TrainConfig
 from tfvae.data import image_pipeline, load_dataset, test_pipeline, train_pipeline
+from tfvae.data.pipelines import Share
 from tfvae.errors import RunError
 from tfvae.evaluation import evaluate_elbo
 from tfvae.runs import (
@@ -119,7 +121,7 @@ def save_pictures(model, data, test_images, run_dir: Path) -> list[Path]:
 
     paths = [
         plots.save_png(
-            plots.reconstructions(model, test_images[:RECONSTRUCTION_IMAGES]),
+            plots.reconstructions(model, np.asarray(test_images[:RECONSTRUCTION_IMAGES])),
             run_dir / "reconstructions.png",
         ),
         plots.save_png(plots.samples(model, 64, seed=0), run_dir / "samples.png"),
@@ -129,7 +131,7 @@ def save_pictures(model, data, test_images, run_dir: Path) -> list[Path]:
         labels = None if data.test_labels is None else data.test_labels[:LATENT_PLOT_IMAGES]
         paths.append(
             plots.latent_scatter(
-                model, test_images[:LATENT_PLOT_IMAGES], labels, run_dir / "latent.png"
+                model, np.asarray(test_images[:LATENT_PLOT_IMAGES]), labels, run_dir / "latent.png"
             )
         )
     return paths
@@ -307,13 +309,18 @@ def _train(config, run_dir, folder, is_chief, strategy, overwrite, extend, echo,
 
     replace_old = _check_run_dir(folder, config, overwrite, extend)
     data, validation = _load_data(config)
+    # Streamed images are read as used: only images in memory count.
+    in_memory = 0 if data.streamed else 1
     held = len(data.test_images) + (0 if validation is None else len(validation))
-    need = memory.training_need(config, data.image_shape, len(data.train_images), held)
+    need = memory.training_need(
+        config, data.image_shape, in_memory * len(data.train_images), in_memory * held
+    )
     memory.check(need, "training")
     # Before the model and the pipelines: the weights' initializers and
     # tf.data's op seeds derive from the global seed.
     keras.utils.set_random_seed(config.seed)
     model = _build_model(config, data.image_shape, strategy, _steps_per_epoch(config, data))
+    _check_streamed_steps(data, model, strategy)
     backup = EpochBackup(folder / BACKUP_DIR)
     if extend and not replace_old and _is_finished(folder):
         _checkpoint_finished(folder, model, backup, strategy)
@@ -469,7 +476,7 @@ def _fit(
     # A fresh pipeline starts its shuffle and draws from the beginning:
     # seeded as before, a resumed run would replay epoch 1's batches.
     seed = pipeline_seed(config.seed, initial_epoch)
-    train_ds = train_pipeline(data, config.batch_size, config.pixels, seed)
+    train_ds, steps_per_epoch = _train_input(model.distribute_strategy, data, config, seed, options)
     batch_size = max(config.batch_size, 500)
     if validation is None:
         held_out, held_out_ds = "test", test_pipeline(data, batch_size, config.pixels)
@@ -483,21 +490,53 @@ def _fit(
     if is_chief:
         callbacks += [log, keras.callbacks.TensorBoard(str(folder / LOGS_DIR))]
     if is_chief and config.pictures_every:
-        shown = data.fixed_binarized("test", config.pixels)[:RECONSTRUCTION_IMAGES]
+        shown = np.asarray(data.fixed_binarized("test", config.pixels)[:RECONSTRUCTION_IMAGES])
         pictures = folder / LOGS_DIR / "pictures"
         callbacks.append(PictureSummaries(pictures, shown, config.pictures_every))
     if verbose is None:
         # Keras' progress bar on a terminal; in a log file, `log`'s lines only.
         verbose = 1 if sys.stdout.isatty() else 0
     model.fit(
-        train_ds.with_options(options),
+        train_ds,
         epochs=config.epochs,
         initial_epoch=initial_epoch,
+        steps_per_epoch=steps_per_epoch,
         validation_data=held_out_ds.with_options(options),
         shuffle=False,
         verbose=verbose if is_chief else 0,
         callbacks=[*callbacks, backup],
     )
+
+
+def _check_streamed_steps(data, model, strategy) -> None:
+    """Refuse several steps per call where each worker streams without end:
+    Keras would run whole calls past the end of an epoch."""
+    from tfvae.distribute import is_multi_worker
+
+    if data.streamed and is_multi_worker(strategy) and model.steps_per_execution > 1:
+        raise RunError(
+            f"{data.name} streams from disk: under --strategy multi-worker it trains one "
+            "step per call; leave --steps-per-execution at its default"
+        )
+
+
+def _train_input(strategy, data, config: TrainConfig, seed: int, options):
+    """The training batches and the steps of an epoch (None: until they end).
+
+    Under multi-worker, a streamed set gives each worker an endless pipeline
+    that decodes only its own rows of every global batch; otherwise one
+    pipeline of one pass, which `tf.distribute` splits (`options`)."""
+    from tfvae.distribute import is_multi_worker
+
+    if data.streamed and is_multi_worker(strategy):
+        batches = strategy.distribute_datasets_from_function(
+            lambda context: train_pipeline(
+                data, config.batch_size, config.pixels, seed, Share.of(context)
+            )
+        )
+        return batches, _steps_per_epoch(config, data)
+    batches = train_pipeline(data, config.batch_size, config.pixels, seed)
+    return batches.with_options(options), None
 
 
 def _finish(model, data, validation, state: RunState, folder: Path, config) -> dict[str, float]:

@@ -4,8 +4,12 @@ one fixed binarization every score is computed on."""
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tfvae.data.streams import ScoredImages, StreamedImages
 
 # The test split is binarized once with this seed (numpy PCG64), the same
 # draw as the PyTorch peer's, so test figures compare across runs and packages.
@@ -20,18 +24,24 @@ LEVELS = 256
 
 @dataclasses.dataclass(frozen=True)
 class ImageDataset:
-    """Train and test images (uint8) with optional integer labels.
+    """Train and test images (uint8 `[n, h, w, c]`, in memory or streamed from
+    disk) with optional integer labels.
 
     `binary` marks sets whose pixels are already 0/1 (then they are never
     binarized again); otherwise pixels are grey levels 0..255.
     """
 
     name: str
-    train_images: np.ndarray
-    test_images: np.ndarray
+    train_images: np.ndarray | StreamedImages
+    test_images: np.ndarray | StreamedImages
     train_labels: np.ndarray | None = None
     test_labels: np.ndarray | None = None
     binary: bool = False
+
+    @property
+    def streamed(self) -> bool:
+        """True when the images are read from disk as used (`streams.StreamedImages`)."""
+        return not isinstance(self.train_images, np.ndarray)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -79,14 +89,18 @@ class ImageDataset:
         """The test images under the one fixed binarization, float32 0/1."""
         return self.fixed_binarized("test")
 
-    def fixed_binarized(self, split: str, binarize: str = "dynamic") -> np.ndarray:
+    def fixed_binarized(self, split: str, binarize: str = "dynamic") -> np.ndarray | ScoredImages:
         """A split's images as scored: one fixed binarization (float32 0/1),
         the intensities themselves when the run trains with `binarize="none"`,
         or one fixed uniform dequantization for `binarize="dequantize"`."""
         images = {"train": self.train_images, "test": self.test_images}[split]
         return self._as_scored(images, binarize, TEST_BINARIZATION_SEED)
 
-    def _as_scored(self, images: np.ndarray, binarize: str, seed: int) -> np.ndarray:
+    def _as_scored(
+        self, images: np.ndarray | StreamedImages, binarize: str, seed: int
+    ) -> np.ndarray | ScoredImages:
+        if not isinstance(images, np.ndarray):
+            return images.as_scored(binarize, seed)
         if binarize == "none":
             return self.intensities(images)
         if binarize == "dequantize":

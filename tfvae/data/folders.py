@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tfvae import memory
 from tfvae.data.dataset import HELD_OUT_FRACTION, ImageDataset
-from tfvae.data.sources import area_resize
+from tfvae.data.streams import ImageFiles, decode_image, stream_threshold
 from tfvae.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,9 @@ class Split(NamedTuple):
 
 
 def load_image_folder(folder: str | Path, resize: tuple[int, int] | None = None) -> ImageDataset:
-    """Decode every image under `folder` into uint8 `[n, h, w, c]` arrays:
-    `c` is 1 if every image is grey, else 3 (RGB, alpha dropped).
+    """Every image under `folder` as uint8 `[n, h, w, c]` splits: `c` is 1 if
+    every image is grey, else 3 (RGB, alpha dropped). Decoded into memory up
+    to `streams.stream_threshold()` bytes, streamed from disk above it.
 
     `resize=(height, width)` brings each image to that size (area averaging,
     rounded), for folders whose images differ in size.
@@ -151,50 +152,68 @@ def _labels(splits: list[Split]) -> list[np.ndarray] | None:
     return [np.array([index[path.parts[0]] for path in split.files], np.int64) for split in splits]
 
 
-def _decode(paths: list[Path], folder: Path, resize: tuple[int, int] | None) -> np.ndarray:
+def _decode(
+    paths: list[Path], folder: Path, resize: tuple[int, int] | None
+) -> np.ndarray | ImageFiles:
     """`paths` decoded into one uint8 array, grey `[n, h, w, 1]` if every image
-    is grey (with or without alpha), else RGB `[n, h, w, 3]`."""
-    decoded = _decode_each(paths, folder, resize)
-    grey = all(image.shape[2] < 3 for image in decoded)
-    shape = (*decoded[0].shape[:2], 1 if grey else 3)
+    is grey (with or without alpha), else RGB `[n, h, w, 3]`; or, when that
+    array would pass `stream_threshold()`, the same as `ImageFiles` that are
+    decoded as training reads them (each file was decoded once here, so a bad
+    one fails now, not in epoch 12)."""
+    scan = _scan(paths, folder, resize, stream_threshold())
+    shape = (*scan.size, 1 if scan.grey else 3)
+    if scan.images is None:
+        return ImageFiles(tuple(os.fspath(path) for path in paths), shape, resize)
     # Only now is the channel count known; the budget already counts the
     # decoded images, so this asks whether the stacked copy fits beside them.
-    memory.check(memory.images_need(len(decoded), shape), f"decoding images:{folder}")
-    images = np.empty((len(decoded), *shape), np.uint8)
-    for i, image in enumerate(decoded):
+    memory.check(memory.images_need(len(scan.images), shape), f"decoding images:{folder}")
+    images = np.empty((len(scan.images), *shape), np.uint8)
+    for i, image in enumerate(scan.images):
         # A grey channel broadcasts to RGB's three; alpha is dropped.
         images[i] = image[..., :1] if image.shape[2] < 3 else image[..., :3]
     return images
 
 
-def _decode_each(
-    paths: list[Path], folder: Path, resize: tuple[int, int] | None
-) -> list[np.ndarray]:
-    """Each image with its own channels (at `resize` if given), decoded in
-    parallel and in order; without `resize` all must have one size."""
+class Scan(NamedTuple):
+    """What decoding every file found: their one size `(h, w)`, whether all
+    are grey, and the images themselves (None once they passed the budget)."""
+
+    size: tuple[int, int]
+    grey: bool
+    images: list[np.ndarray] | None
+
+
+def _scan(paths: list[Path], folder: Path, resize: tuple[int, int] | None, keep: int) -> Scan:
+    """Decode each image with its own channels (at `resize` if given), in
+    parallel and in order, keeping them while they total at most `keep`
+    bytes; without `resize` all must have one size."""
     dataset = tf.data.Dataset.from_tensor_slices([os.fspath(path) for path in paths]).map(
-        lambda path: _decode_image(tf.io.read_file(path), resize),
+        lambda path: decode_image(tf.io.read_file(path), resize),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    decoded: list[np.ndarray] = []
+    kept: list[np.ndarray] | None = []
+    first, grey, done, total = None, True, 0, 0
     try:
         for image in dataset.as_numpy_iterator():
-            if resize is None and decoded and image.shape[:2] != decoded[0].shape[:2]:
-                raise _sizes_differ(folder, (paths[0], decoded[0]), (paths[len(decoded)], image))
-            decoded.append(image)
+            if first is None:
+                first = image
+            elif resize is None and image.shape[:2] != first.shape[:2]:
+                raise _sizes_differ(folder, (paths[0], first), (paths[done], image))
+            grey = grey and image.shape[2] < 3
+            # Judged on the first image's size times their number, so a big
+            # folder never holds a kept image, then on the running total.
+            total += image.nbytes
+            if kept is not None and max(total, first.nbytes * len(paths)) <= keep:
+                kept.append(image)
+            else:
+                kept = None
+            done += 1
     except _UNREADABLE:
         # In order, the failure comes at the first bad file: find it from there.
-        _check_one_by_one(paths[len(decoded) :], resize)
+        _check_one_by_one(paths[done:], resize)
         raise
-    return decoded
-
-
-def _decode_image(contents: tf.Tensor | bytes, resize: tuple[int, int] | None) -> tf.Tensor:
-    """One encoded image as uint8 `[h, w, c]` (a GIF's first frame), at
-    `resize` if given (`sources.area_resize`)."""
-    image = tf.io.decode_image(contents, expand_animations=False)
-    return image if resize is None else area_resize(image, resize)
+    return Scan(first.shape[:2], grey, kept)
 
 
 def _check_one_by_one(paths: list[Path], resize: tuple[int, int] | None) -> None:
@@ -202,7 +221,7 @@ def _check_one_by_one(paths: list[Path], resize: tuple[int, int] | None) -> None
     (an `OSError` naming one that cannot be read)."""
     for path in paths:
         try:
-            _decode_image(path.read_bytes(), resize)
+            decode_image(path.read_bytes(), resize)
         except tf.errors.InvalidArgumentError as err:
             raise DataError(
                 f"{path}: does not decode as an image ({_reason(err)}); remove or replace it"

@@ -1,17 +1,25 @@
 """The `tf.data` pipelines that feed the VAE.
 
-Images are kept in memory as uint8 `[n, height, width, channels]` (decoded
-once); pipelines gather whole batches by index and prefetch, so the input
-never waits on Python. Dynamic binarization happens in the training step
-(`tfvae.noise`), which is where its random numbers are cheapest.
+Small sets are kept in memory as uint8 `[n, height, width, channels]`
+(decoded once); pipelines gather whole batches by index and prefetch, so the
+input never waits on Python. Streamed sets (`streams.ImageFiles`) shuffle the
+indices of all their images, the same way, and decode each batch's files in
+parallel: memory holds the indices and a few batches, whatever the set's
+size. Dynamic binarization happens in the training step (`tfvae.noise`),
+which is where its random numbers are cheapest.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from tfvae.config import PIXEL_TREATMENTS
 from tfvae.data.dataset import ImageDataset, fixed_binarization
+
+if TYPE_CHECKING:
+    from tfvae.data.streams import ScoredImages
 
 PREFETCH = 4  # batches made ahead of the step
 
@@ -34,7 +42,29 @@ def _quiet(dataset):
     return dataset.prefetch(PREFETCH).with_options(options)
 
 
-def train_pipeline(data: ImageDataset, batch_size: int, binarize: str = "dynamic", seed: int = 0):
+class Share(NamedTuple):
+    """Which rows of every global batch a pipeline yields, for a worker of
+    `--strategy multi-worker` that reads only its own images: the rows of
+    replicas `first .. first + replicas - 1` of `total`, one batch per replica."""
+
+    first: int
+    replicas: int
+    total: int
+
+    @classmethod
+    def of(cls, context) -> Share:
+        """The share of the pipeline `context` (a `tf.distribute.InputContext`) describes."""
+        local = context.num_replicas_in_sync // context.num_input_pipelines
+        return cls(context.input_pipeline_id * local, local, context.num_replicas_in_sync)
+
+
+def train_pipeline(
+    data: ImageDataset,
+    batch_size: int,
+    binarize: str = "dynamic",
+    seed: int = 0,
+    share: Share | None = None,
+):
     """Shuffled batches of training images, each a dict with the images' `keys`
     (uint32 `[batch, 2]`) and either `intensities` (uint8 `[batch, h, w, c]`, to
     binarize) or `images` (float32, used as they are).
@@ -48,12 +78,17 @@ def train_pipeline(data: ImageDataset, batch_size: int, binarize: str = "dynamic
     other than the Bernoulli score them so. `dequantize` ships uint8 `levels`,
     which the step turns into (level + u) / 256 afresh on every pass, like
     `dynamic`. Sets that are already binary are never binarized. Deterministic
-    for a given `seed` (and TensorFlow global seed).
+    for a given `seed` (and TensorFlow global seed). Streamed image files give
+    the batches the same images give in memory; with a `share` they yield
+    only that share of each, without end (the in-memory path is split by
+    `tf.distribute`).
     """
-    import tensorflow as tf
-
     if binarize not in PIXEL_TREATMENTS:
         raise ValueError(f"binarize must be one of {PIXEL_TREATMENTS}, got {binarize!r}")
+    if data.streamed:
+        return _streamed_train(data.train_images, batch_size, binarize, seed, share)
+    import tensorflow as tf
+
     n = len(data.train_images)
     images, binary = tf.constant(data.train_images), data.binary
     if binarize == "static" and not data.binary:
@@ -61,10 +96,7 @@ def train_pipeline(data: ImageDataset, batch_size: int, binarize: str = "dynamic
         binary = True
     dynamic = binarize == "dynamic" and not binary
 
-    def gather(idx, pair):
-        keys = tf.random.stateless_uniform(
-            [tf.size(idx), 2], seed=pair, minval=None, maxval=None, dtype=tf.uint32, alg="philox"
-        )
+    def gather(idx, keys):
         batch = tf.gather(images, idx)
         if dynamic:
             return {"intensities": batch, "keys": keys}
@@ -72,9 +104,96 @@ def train_pipeline(data: ImageDataset, batch_size: int, binarize: str = "dynamic
             return {"levels": batch, "keys": keys}
         return {"images": _as_float(batch, binary), "keys": keys}
 
+    return _quiet(_shuffled(n, batch_size, seed).map(gather))
+
+
+def _shuffled(n: int, batch_size: int, seed: int):
+    """Batches of shuffled indices `[batch]` (int64) with their images' keys
+    `[batch, 2]` (uint32), reshuffled and redrawn on every pass."""
+    import tensorflow as tf
+
     indices = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    return _quiet(tf.data.Dataset.zip(indices.batch(batch_size), seeds).map(gather))
+    return tf.data.Dataset.zip(indices.batch(batch_size), seeds).map(
+        lambda idx, pair: (idx, _keys(tf.size(idx), pair))
+    )
+
+
+def _keys(size, pair):
+    """`size` images' keys, uint32 `[size, 2]`, drawn from one seed pair."""
+    import tensorflow as tf
+
+    return tf.random.stateless_uniform(
+        [size, 2], seed=pair, minval=None, maxval=None, dtype=tf.uint32, alg="philox"
+    )
+
+
+def _streamed_train(images, batch_size: int, binarize: str, seed: int, share: Share | None):
+    """`train_pipeline` for `streams.StreamedImages`.
+
+    Image files take the in-memory path's shuffled indices and keys, and each
+    batch's files are decoded in parallel (several batches at once). TFDS
+    records are read in shuffled file order through a shuffle buffer, each
+    worker reading its own files.
+
+    Alone it is one pass of unknown length, so that `fit` makes one iterator
+    per epoch (for a set of known length Keras makes a spare one at each
+    epoch's end, which reshuffles: one process would train on passes 1, 3,
+    5...). With a `share` it is endless, for `fit` with `steps_per_epoch`:
+    Keras ran an extra, empty step per epoch on a worker's pipeline of
+    unknown length, which moved Adam's weights.
+    """
+    import tensorflow as tf
+
+    from tfvae.data.streams import scored
+
+    if hasattr(images, "decode"):
+        batches = _shuffled(len(images), batch_size, seed)
+        if share is not None:
+            batches = batches.repeat().flat_map(lambda idx, keys: _replica_rows(idx, keys, share))
+        batches = batches.map(
+            lambda idx, keys: (idx, images.decode(idx), keys),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+    else:
+        per_replica = batch_size if share is None else batch_size // share.total
+        read = images.shuffled(seed, share).batch(per_replica)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        batches = tf.data.Dataset.zip(read, seeds).map(
+            lambda batch, pair: (*batch, _keys(tf.size(batch[0]), pair))
+        )
+        batches = batches if share is None else batches.repeat()
+
+    def as_batch(idx, pixels, keys):
+        if images.binary:
+            return {"images": tf.cast(pixels, tf.float32), "keys": keys}
+        if binarize == "dynamic":
+            return {"intensities": pixels, "keys": keys}
+        if binarize == "dequantize":
+            return {"levels": pixels, "keys": keys}
+        # `static`: one fixed draw per image, from its own key (index, seed).
+        treatment = "dynamic" if binarize == "static" else binarize
+        return {"images": scored(pixels, idx, treatment, seed), "keys": keys}
+
+    if share is None:
+        batches = batches.filter(lambda *batch: True)  # length unknown
+    return batches.map(as_batch).prefetch(PREFETCH)
+
+
+def _replica_rows(idx, keys, share: Share):
+    """One batch per replica of `share`: replica j of N takes rows
+    [j m / N, (j + 1) m / N) of a global batch of m, as even as they can be."""
+    import tensorflow as tf
+
+    m = tf.size(idx, out_type=tf.int64)
+
+    def rows(j):
+        start, stop = j * m // share.total, (j + 1) * m // share.total
+        return idx[start:stop], keys[start:stop]
+
+    replicas = tf.data.Dataset.range(share.first, share.first + share.replicas)
+    return replicas.map(rows)
 
 
 def fixed_keys(n: int, seed: int = 1):
@@ -86,12 +205,17 @@ def fixed_keys(n: int, seed: int = 1):
     return tf.cast(tf.stack([index, tf.fill([n], tf.cast(seed, tf.int64))], axis=1), tf.uint32)
 
 
-def image_pipeline(images: np.ndarray, batch_size: int, seed: int = 1):
+def image_pipeline(images: np.ndarray | ScoredImages, batch_size: int, seed: int = 1):
     """Batches of float32 `images` `[n, height, width, channels]` in order, in
     the training batch format (`{"images", "keys"}`) with fixed keys, so
-    every evaluation of the same weights gives the same numbers."""
+    every evaluation of the same weights gives the same numbers. Streamed
+    images (`streams.ScoredImages`) are decoded as the batches are read."""
     import tensorflow as tf
 
+    if not isinstance(images, np.ndarray):
+        keys = tf.data.Dataset.from_tensor_slices(fixed_keys(len(images), seed)).batch(batch_size)
+        batches = tf.data.Dataset.zip(images.batches(batch_size), keys)
+        return batches.map(lambda x, key: {"images": x, "keys": key}).prefetch(PREFETCH)
     batches = tf.data.Dataset.from_tensor_slices(
         {"images": np.asarray(images, np.float32), "keys": fixed_keys(len(images), seed)}
     )

@@ -1,4 +1,6 @@
-"""TensorFlow Datasets (TFDS) image sets, decoded once into an `ImageDataset`.
+"""TensorFlow Datasets (TFDS) image sets as an `ImageDataset`: decoded once
+into memory, or read from the records as training uses them (`TfdsImages`)
+when they would pass `streams.stream_threshold()`.
 
 TFDS downloads on first use, and without a network `tfds.load` retries for
 minutes before it gives up. This loader therefore only reads sets that are
@@ -8,16 +10,20 @@ run on a machine that has internet.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import os
+from typing import Any
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tfvae import memory
 from tfvae.data.dataset import HELD_OUT_FRACTION, ImageDataset
 from tfvae.data.sources import area_resize
+from tfvae.data.streams import StreamedImages, stream_threshold
 from tfvae.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -26,6 +32,10 @@ log = logging.getLogger(__name__)
 TEST_SPLITS = ("test", "validation", "valid", "val")
 # Examples decoded per step: bounds the extra memory next to the final arrays.
 _READ_BATCH = 1024
+# A streamed set is binary (pixels 0/1) when its first images are.
+BINARY_CHECK = 1024
+# Examples a streamed set's shuffle buffer holds, after shuffling its files.
+SHUFFLE_BUFFER = 10_000
 
 
 def load_tfds(
@@ -46,9 +56,11 @@ def load_tfds(
     train_split, test_split = pick_splits(list(info.splits.keys()), spec)
     image = info.features[image_key]
     held = sum(info.splits[split].num_examples for split in (train_split, test_split) if split)
-    memory.check(
-        memory.images_need(held, (*(resize or image.shape[:2]), image.shape[2])), f"decoding {spec}"
-    )
+    shape = (*(resize or image.shape[:2]), image.shape[2])
+    if memory.images_need(held, shape).total > stream_threshold():
+        splits = (train_split, test_split)
+        return _streamed(spec, builder, splits, (image_key, label_key), shape, resize)
+    memory.check(memory.images_need(held, shape), f"decoding {spec}")
 
     keys = (image_key, label_key)
     train_images, train_labels = _read_split(builder, train_split, keys, spec, resize)
@@ -58,15 +70,7 @@ def load_tfds(
         n = len(train_images)
         if n < 2:
             raise DataError(f"{spec}: only {n} example(s), too few to hold out a test set")
-        n_test = max(1, round(n * HELD_OUT_FRACTION))
-        log.warning(
-            "%s has no test split (splits: %s); using the last %d of %d '%s' examples as test",
-            spec,
-            ", ".join(info.splits.keys()),
-            n_test,
-            n,
-            train_split,
-        )
+        n_test = _held_out(spec, info, train_split, n)
         test_images, train_images = train_images[-n_test:], train_images[:-n_test]
         if train_labels is not None:
             test_labels, train_labels = train_labels[-n_test:], train_labels[:-n_test]
@@ -81,6 +85,127 @@ def load_tfds(
         test_labels=test_labels,
         binary=is_binary(train_images, test_images),
     )
+
+
+def _held_out(spec: str, info, train_split: str, n: int) -> int:
+    """How many of the `n` training examples a set without a test split tests on."""
+    if n < 2:
+        raise DataError(f"{spec}: only {n} example(s), too few to hold out a test set")
+    n_test = max(1, round(n * HELD_OUT_FRACTION))
+    log.warning(
+        "%s has no test split (splits: %s); using the last %d of %d '%s' examples as test",
+        spec,
+        ", ".join(info.splits.keys()),
+        n_test,
+        n,
+        train_split,
+    )
+    return n_test
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsImages(StreamedImages):
+    """Examples `start`..`stop` of a prepared TFDS split, read from its
+    records when used: uint8 `[h, w, c]` images (at `resize` if given)."""
+
+    builder: Any
+    split: str
+    start: int
+    stop: int
+    image_key: str
+    image_shape: tuple[int, int, int]
+    resize: tuple[int, int] | None = None
+    binary: bool = False
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index: slice) -> TfdsImages:
+        positions = range(self.start, self.stop)[index]
+        if positions.step != 1:
+            raise TypeError("TFDS examples are sliced in order, without a step")
+        return dataclasses.replace(self, start=positions.start, stop=positions.stop)
+
+    def _read(self, seed: int | None = None, context=None):
+        """`(index, image)`: the examples in order, or, with a `seed`, in
+        shuffled file order (the files of pipeline `context` only); `index` is
+        then a hash of the example's TFDS id, the same in every pass."""
+        config = tfds.ReadConfig(
+            try_autocache=False,
+            shuffle_seed=seed,
+            input_context=context,
+            add_tfds_id=seed is not None,
+        )
+        examples = self.builder.as_dataset(
+            split=f"{self.split}[{self.start}:{self.stop}]",
+            shuffle_files=seed is not None,
+            read_config=config,
+        )
+
+        def pick(example):
+            image = example[self.image_key]
+            image = image if self.resize is None else area_resize(image, self.resize)
+            if seed is None:
+                return image
+            return tf.strings.to_hash_bucket_fast(example["tfds_id"], 2**62), image
+
+        return examples.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def batches(self, batch_size: int = 256):
+        images = self._read().batch(batch_size)
+        index = tf.data.Dataset.range(len(self)).batch(batch_size)
+        return tf.data.Dataset.zip(index, images).prefetch(tf.data.AUTOTUNE)
+
+    def shuffled(self, seed: int, share=None):
+        """One pass in a shuffled order, `(index, image)` (see `_read`): the
+        files shuffled, then `SHUFFLE_BUFFER` examples; under a `share`
+        (`pipelines.Share`), only this worker's files."""
+        context = None
+        if share is not None:
+            context = tf.distribute.InputContext(
+                num_input_pipelines=share.total // share.replicas,
+                input_pipeline_id=share.first // share.replicas,
+                num_replicas_in_sync=share.total,
+            )
+        examples = self._read(seed, context)
+        return examples.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+
+
+def _streamed(spec: str, builder, splits, keys, shape, resize) -> ImageDataset:
+    """The set as `TfdsImages`, split as `load_tfds` splits it in memory."""
+    (train_split, test_split), (image_key, label_key), info = splits, keys, builder.info
+
+    def examples(split: str) -> TfdsImages:
+        n = info.splits[split].num_examples
+        return TfdsImages(builder, split, 0, n, image_key, shape, resize)
+
+    train = examples(train_split)
+    if test_split is not None:
+        test = examples(test_split)
+    else:
+        n_test = _held_out(spec, info, train_split, len(train))
+        train, test = train[:-n_test], train[-n_test:]
+    binary = is_binary(np.asarray(train[:BINARY_CHECK]))
+    train, test = (dataclasses.replace(part, binary=binary) for part in (train, test))
+    return ImageDataset(
+        name=spec,
+        train_images=train,
+        test_images=test,
+        test_labels=None if label_key is None else _labels(test, label_key),
+        binary=binary,
+    )
+
+
+def _labels(images: TfdsImages, label_key: str) -> np.ndarray:
+    """The labels of `images`, read without decoding the images."""
+    examples = images.builder.as_dataset(
+        split=f"{images.split}[{images.start}:{images.stop}]",
+        shuffle_files=False,
+        read_config=tfds.ReadConfig(try_autocache=False),
+        decoders={images.image_key: tfds.decode.SkipDecoding()},
+    )
+    labels = examples.map(lambda example: example[label_key]).batch(_READ_BATCH)
+    return np.concatenate(list(labels.as_numpy_iterator())).astype(np.int64)
 
 
 def is_binary(*arrays: np.ndarray) -> bool:

@@ -1,0 +1,196 @@
+"""Image sets read from disk as they are used, for sets too big to decode
+into memory (`images:DIR` folders and `tfds:` sets above `stream_threshold()`).
+
+A `StreamedImages` split behaves like the uint8 array `[n, h, w, c]` the
+in-memory sets hold: `len`, `.shape`, slicing and `np.asarray` (for the few
+images a picture needs). `ImageFiles` (image files, read in any order) is one;
+`tfds.TfdsImages` (TFDS records, read in sequence) the other. `ScoredImages`
+is such a split as it is scored (`ImageDataset.fixed_binarized`): every image
+gets its fixed binarization or dequantization from its own key (its index and
+a seed), so no draw over the whole set is ever held.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tfvae.data.dataset import LEVELS
+from tfvae.data.sources import area_resize
+
+# Above this many MiB of decoded uint8 pixels, image folders stream from
+# disk; below it they are decoded once into memory, which is faster.
+STREAM_ENV = "TFVAE_STREAM_ABOVE_MB"
+DEFAULT_STREAM_MB = 64
+# Images decoded at once when a slice is turned into an array.
+_ARRAY_BATCH = 256
+
+
+def stream_threshold() -> int:
+    """Bytes of decoded images above which a folder streams (`TFVAE_STREAM_ABOVE_MB`)."""
+    value = os.environ.get(STREAM_ENV, str(DEFAULT_STREAM_MB))
+    try:
+        megabytes = float(value)
+    except ValueError:
+        from tfvae.errors import DataError
+
+        raise DataError(
+            f"{STREAM_ENV}={value!r} is not a number; give the decoded size in MiB "
+            "above which image folders stream (0: always)"
+        ) from None
+    return int(megabytes * 2**20)
+
+
+def decode_image(contents, resize: tuple[int, int] | None, channels: int | None = None):
+    """One encoded image as uint8 `[h, w, c]` (a GIF's first frame), at `resize`
+    if given; `channels` 1 keeps the first channel, 3 gives RGB (a grey
+    channel repeated, alpha dropped), None keeps the file's own."""
+    image = tf.io.decode_image(contents, expand_animations=False)
+    if resize is not None:
+        image = area_resize(image, resize)
+    if channels == 1:
+        return image[..., :1]
+    if channels == 3:
+        grey = tf.shape(image)[-1] < 3
+        return tf.cond(grey, lambda: tf.tile(image[..., :1], [1, 1, 3]), lambda: image[..., :3])
+    return image
+
+
+def _position(index: slice, length: int) -> range:
+    positions = range(length)[index]
+    if positions.step != 1:
+        raise TypeError("image files are sliced in order, without a step")
+    return positions
+
+
+class StreamedImages:
+    """A split read from disk: `image_shape`, `binary` (pixels already 0/1),
+    `len`, in-order `batches` and slices (without a step) of its subclasses."""
+
+    image_shape: tuple[int, int, int]
+    binary: bool = False
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self), *self.image_shape)
+
+    def batches(self, batch_size: int = _ARRAY_BATCH):
+        """The images in order, `(index, images)` per batch: int64 `[m]` (from
+        0 in this split), uint8 `[m, h, w, c]`."""
+        raise NotImplementedError
+
+    def as_scored(self, treatment: str, seed: int) -> ScoredImages:
+        """These images as scored (`ImageDataset.fixed_binarized`)."""
+        return ScoredImages(self, treatment, seed)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.empty(self.shape, np.uint8)
+        for index, images in self.batches().as_numpy_iterator():
+            out[index] = images
+        return out if dtype is None else out.astype(dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFiles(StreamedImages):
+    """A split of image files, decoded only when read: uint8 `[h, w, c]` each."""
+
+    paths: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    resize: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: slice) -> ImageFiles:
+        positions = _position(index, len(self))
+        return dataclasses.replace(self, paths=self.paths[positions.start : positions.stop])
+
+    def decode(self, index):
+        """The uint8 images `[m, h, w, c]` at int64 `index` `[m]` (graph-safe, so
+        a `tf.data` map can call it on a batch of indices)."""
+        paths = tf.gather(tf.constant(self.paths), index)
+        return tf.map_fn(
+            lambda path: tf.ensure_shape(
+                decode_image(tf.io.read_file(path), self.resize, self.image_shape[2]),
+                self.image_shape,
+            ),
+            paths,
+            fn_output_signature=tf.TensorSpec(self.image_shape, tf.uint8),
+            parallel_iterations=os.cpu_count() or 1,
+        )
+
+    def batches(self, batch_size: int = _ARRAY_BATCH):
+        """`StreamedImages.batches`, several batches decoded in parallel."""
+        index = tf.data.Dataset.range(len(self)).batch(batch_size)
+        return index.map(
+            lambda i: (i, self.decode(i)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        ).prefetch(tf.data.AUTOTUNE)
+
+
+def scored(images, index, treatment: str, seed: int, binary: bool = False):
+    """uint8 `images` `[m, h, w, c]` at int64 `index` `[m]` as scored, float32:
+    `none` the intensities, `dequantize` (level + u) / 256, otherwise one
+    binarization (u < intensity), with u drawn from each image's own key
+    (index, seed), the same whatever batch the image is in. `binary` images
+    (0/1 already) are used as they are."""
+    x = tf.cast(images, tf.float32)
+    if binary:
+        return x
+    if treatment == "none":
+        return x / 255.0
+    keys = tf.stack([index, tf.fill(tf.shape(index), tf.cast(seed, tf.int64))], axis=1)
+    u = tf.map_fn(
+        lambda key: tf.random.stateless_uniform(tf.shape(x)[1:], seed=key, alg="philox"),
+        keys,
+        fn_output_signature=tf.float32,
+    )
+    if treatment == "dequantize":
+        return (x + u) / float(LEVELS)
+    return tf.cast(u < x / 255.0, tf.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredImages:
+    """Streamed images as scored (`scored`), float32 `[h, w, c]` each, read in order.
+
+    `offset` is the first image's index in the split it was sliced from, so a
+    slice keeps every image's fixed draw."""
+
+    files: StreamedImages
+    treatment: str
+    seed: int
+    offset: int = 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return self.files.shape
+
+    def __getitem__(self, index: slice) -> ScoredImages:
+        positions = _position(index, len(self))
+        return dataclasses.replace(
+            self, files=self.files[index], offset=self.offset + positions.start
+        )
+
+    def batches(self, batch_size: int = _ARRAY_BATCH):
+        """float32 batches `[m, h, w, c]` in order, decoded in parallel."""
+        return self.files.batches(batch_size).map(
+            lambda index, images: scored(
+                images, index + self.offset, self.treatment, self.seed, self.files.binary
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.empty(self.shape, np.float32)
+        start = 0
+        for batch in self.batches().as_numpy_iterator():
+            out[start : start + len(batch)] = batch
+            start += len(batch)
+        return out if dtype is None else out.astype(dtype)
