@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -496,16 +497,20 @@ def _fit(
     if verbose is None:
         # Keras' progress bar on a terminal; in a log file, `log`'s lines only.
         verbose = 1 if sys.stdout.isatty() else 0
-    model.fit(
-        train_ds,
-        epochs=config.epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=held_out_ds.with_options(options),
-        shuffle=False,
-        verbose=verbose if is_chief else 0,
-        callbacks=[*callbacks, backup],
-    )
+    with warnings.catch_warnings():
+        # A streamed set's one pass has no length Keras knows: it learns it
+        # when the first epoch ends, and warns then that the data "ran out".
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        model.fit(
+            train_ds,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=held_out_ds.with_options(options),
+            shuffle=False,
+            verbose=verbose if is_chief else 0,
+            callbacks=[*callbacks, backup],
+        )
 
 
 def _check_streamed_steps(data, model, strategy) -> None:

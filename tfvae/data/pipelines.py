@@ -136,12 +136,15 @@ def _streamed_train(images, batch_size: int, binarize: str, seed: int, share: Sh
     records are read in shuffled file order through a shuffle buffer, each
     worker reading its own files.
 
-    Alone it is one pass of unknown length, so that `fit` makes one iterator
-    per epoch (for a set of known length Keras makes a spare one at each
-    epoch's end, which reshuffles: one process would train on passes 1, 3,
-    5...). With a `share` it is endless, for `fit` with `steps_per_epoch`:
-    Keras ran an extra, empty step per epoch on a worker's pipeline of
-    unknown length, which moved Adam's weights.
+    Alone it is one pass of unknown length: Keras then makes one iterator
+    for each of the first two epochs, so one process trains on the passes 1
+    and 2 a worker trains on (for a set of known length Keras makes a spare
+    iterator at each epoch's end, which reshuffles: passes 1, 3, 5...). From
+    the third epoch Keras knows the length and makes spares again: every
+    epoch is still one whole reshuffled pass, but one process's and the
+    workers' passes differ from then on. With a `share` it is endless, for
+    `fit` with `steps_per_epoch`: on a worker's pipeline of unknown length
+    Keras ran an extra, empty step per epoch, which moved Adam's weights.
     """
     import tensorflow as tf
 
