@@ -24,6 +24,8 @@ LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "logistic", "gaussian")
 # What the pipelines do to the pixels before the model sees them: a
 # binarization (`bernoulli`), or, for `gaussian`, uniform dequantization.
 PIXEL_TREATMENTS = (*BINARIZATIONS, "dequantize")
+# The grey levels of 8-bit pixels: dequantized images are (level + u) / LEVELS.
+LEVELS = 256
 STRATEGIES = ("auto", "default", "one-device", "mirrored", "multi-worker", "tpu")
 OBJECTIVES = ("elbo", "iwae")
 # The encoder's gradient of the IWAE bound: the bound's own (`standard`), or

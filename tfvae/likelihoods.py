@@ -26,8 +26,7 @@ import math
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.config import pixel_parameters
-from tfvae.data.dataset import LEVELS
+from tfvae.config import LEVELS, pixel_parameters
 
 tfd = tfp.distributions
 

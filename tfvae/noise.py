@@ -19,7 +19,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from tfvae.data.dataset import LEVELS
+from tfvae.config import LEVELS
 
 GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: spreads consecutive counters
 BINARIZE_STREAM = 0

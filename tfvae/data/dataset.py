@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tfvae.config import LEVELS
+
 if TYPE_CHECKING:
     from tfvae.data.streams import ScoredImages, StreamedImages
 
@@ -18,8 +20,6 @@ TEST_BINARIZATION_SEED = 0
 VALIDATION_BINARIZATION_SEED = 1
 # Sets with no test split give up the last tenth of `train`, always the same images.
 HELD_OUT_FRACTION = 0.1
-# The grey levels of 8-bit pixels: dequantized images are (level + u) / LEVELS.
-LEVELS = 256
 
 
 @dataclasses.dataclass(frozen=True)

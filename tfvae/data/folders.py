@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from tfvae import memory
 from tfvae.data.dataset import HELD_OUT_FRACTION, ImageDataset
-from tfvae.data.streams import ImageFiles, decode_image, stream_threshold
+from tfvae.data.images import decode_image
+from tfvae.data.streams import ImageFiles, stream_threshold
 from tfvae.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -128,15 +128,9 @@ def resize_images(images: np.ndarray, size: tuple[int, int], batch: int = 4096) 
     """uint8 `[n, h, w, c]` images to `[n, *size, c]` by area averaging, rounded
     (so 0/1 images stay 0/1)."""
 
+    from tfvae.data.images import area_resize
+
     if images.shape[1:3] == tuple(size):
         return images
     parts = [area_resize(images[i : i + batch], size).numpy() for i in range(0, len(images), batch)]
     return np.concatenate(parts) if parts else images
-
-
-def area_resize(images, size: tuple[int, int]):
-    """uint8 images `[..., h, w, c]` to `size` by area averaging, rounded back
-    to uint8 (so 0/1 images stay 0/1): the one resize of every loader."""
-    import tensorflow as tf
-
-    return tf.cast(tf.round(tf.image.resize(images, size, method="area")), tf.uint8)

@@ -19,15 +19,15 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfvae.data.dataset import LEVELS
-from tfvae.data.sources import area_resize
+from tfvae import noise
+from tfvae.data.images import decode_image
 
 # Above this many MiB of decoded uint8 pixels, image folders stream from
 # disk; below it they are decoded once into memory, which is faster.
 STREAM_ENV = "TFVAE_STREAM_ABOVE_MB"
 DEFAULT_STREAM_MB = 64
 # Images decoded at once when a slice is turned into an array.
-_ARRAY_BATCH = 256
+ARRAY_BATCH = 256
 
 
 def stream_threshold() -> int:
@@ -45,25 +45,11 @@ def stream_threshold() -> int:
     return int(megabytes * 2**20)
 
 
-def decode_image(contents, resize: tuple[int, int] | None, channels: int | None = None):
-    """One encoded image as uint8 `[h, w, c]` (a GIF's first frame), at `resize`
-    if given; `channels` 1 keeps the first channel, 3 gives RGB (a grey
-    channel repeated, alpha dropped), None keeps the file's own."""
-    image = tf.io.decode_image(contents, expand_animations=False)
-    if resize is not None:
-        image = area_resize(image, resize)
-    if channels == 1:
-        return image[..., :1]
-    if channels == 3:
-        grey = tf.shape(image)[-1] < 3
-        return tf.cond(grey, lambda: tf.tile(image[..., :1], [1, 1, 3]), lambda: image[..., :3])
-    return image
-
-
-def _position(index: slice, length: int) -> range:
+def in_order(index: slice, length: int) -> range:
+    """The positions a slice of a streamed split of `length` images takes."""
     positions = range(length)[index]
     if positions.step != 1:
-        raise TypeError("image files are sliced in order, without a step")
+        raise TypeError("streamed images are sliced in order, without a step")
     return positions
 
 
@@ -78,7 +64,7 @@ class StreamedImages:
     def shape(self) -> tuple[int, int, int, int]:
         return (len(self), *self.image_shape)
 
-    def batches(self, batch_size: int = _ARRAY_BATCH):
+    def batches(self, batch_size: int = ARRAY_BATCH):
         """The images in order, `(index, images)` per batch: int64 `[m]` (from
         0 in this split), uint8 `[m, h, w, c]`."""
         raise NotImplementedError
@@ -106,7 +92,7 @@ class ImageFiles(StreamedImages):
         return len(self.paths)
 
     def __getitem__(self, index: slice) -> ImageFiles:
-        positions = _position(index, len(self))
+        positions = in_order(index, len(self))
         return dataclasses.replace(self, paths=self.paths[positions.start : positions.stop])
 
     @functools.cached_property
@@ -132,7 +118,7 @@ class ImageFiles(StreamedImages):
             parallel_iterations=os.cpu_count() or 1,
         )
 
-    def batches(self, batch_size: int = _ARRAY_BATCH):
+    def batches(self, batch_size: int = ARRAY_BATCH):
         """`StreamedImages.batches`, several batches decoded in parallel."""
         index = tf.data.Dataset.range(len(self)).batch(batch_size)
         return index.map(
@@ -143,23 +129,19 @@ class ImageFiles(StreamedImages):
 def scored(images, index, treatment: str, seed: int, binary: bool = False):
     """uint8 `images` `[m, h, w, c]` at int64 `index` `[m]` as scored, float32:
     `none` the intensities, `dequantize` (level + u) / 256, otherwise one
-    binarization (u < intensity), with u drawn from each image's own key
-    (index, seed), the same whatever batch the image is in. `binary` images
-    (0/1 already) are used as they are."""
-    x = tf.cast(images, tf.float32)
+    binarization (u < intensity), drawn as the training step draws them
+    (`noise`) from each image's own key (index, seed): the same whatever
+    batch the image is in. `binary` images (0/1 already) are used as they are."""
     if binary:
-        return x
+        return tf.cast(images, tf.float32)
     if treatment == "none":
-        return x / 255.0
-    keys = tf.stack([index, tf.fill(tf.shape(index), tf.cast(seed, tf.int64))], axis=1)
-    u = tf.map_fn(
-        lambda key: tf.random.stateless_uniform(tf.shape(x)[1:], seed=key, alg="philox"),
-        keys,
-        fn_output_signature=tf.float32,
+        return tf.cast(images, tf.float32) / 255.0
+    keys = tf.cast(
+        tf.stack([index, tf.fill(tf.shape(index), tf.cast(seed, tf.int64))], 1), tf.uint32
     )
     if treatment == "dequantize":
-        return (x + u) / float(LEVELS)
-    return tf.cast(u < x / 255.0, tf.float32)
+        return noise.dequantize(images, keys)
+    return noise.binarize(images, keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,12 +164,12 @@ class ScoredImages:
         return self.files.shape
 
     def __getitem__(self, index: slice) -> ScoredImages:
-        positions = _position(index, len(self))
+        positions = in_order(index, len(self))
         return dataclasses.replace(
             self, files=self.files[index], offset=self.offset + positions.start
         )
 
-    def batches(self, batch_size: int = _ARRAY_BATCH):
+    def batches(self, batch_size: int = ARRAY_BATCH):
         """float32 batches `[m, h, w, c]` in order, decoded in parallel."""
         return self.files.batches(batch_size).map(
             lambda index, images: scored(

@@ -22,8 +22,8 @@ import tensorflow_datasets as tfds
 
 from tfvae import memory
 from tfvae.data.dataset import HELD_OUT_FRACTION, ImageDataset
-from tfvae.data.sources import area_resize
-from tfvae.data.streams import StreamedImages, stream_threshold
+from tfvae.data.images import area_resize
+from tfvae.data.streams import ARRAY_BATCH, StreamedImages, in_order, stream_threshold
 from tfvae.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -121,10 +121,14 @@ class TfdsImages(StreamedImages):
         return self.stop - self.start
 
     def __getitem__(self, index: slice) -> TfdsImages:
-        positions = range(self.start, self.stop)[index]
-        if positions.step != 1:
-            raise TypeError("TFDS examples are sliced in order, without a step")
-        return dataclasses.replace(self, start=positions.start, stop=positions.stop)
+        positions = in_order(index, len(self))
+        start = self.start + positions.start
+        return dataclasses.replace(self, start=start, stop=start + len(positions))
+
+    @property
+    def sliced(self) -> str:
+        """The TFDS split string of these examples."""
+        return f"{self.split}[{self.start}:{self.stop}]"
 
     def _read(self, seed: int | None = None, context=None):
         """`(index, image)`: the examples in order, or, with a `seed`, in
@@ -137,7 +141,7 @@ class TfdsImages(StreamedImages):
             add_tfds_id=seed is not None,
         )
         examples = self.builder.as_dataset(
-            split=f"{self.split}[{self.start}:{self.stop}]",
+            split=self.sliced,
             shuffle_files=seed is not None,
             read_config=config,
         )
@@ -151,7 +155,7 @@ class TfdsImages(StreamedImages):
 
         return examples.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
 
-    def batches(self, batch_size: int = 256):
+    def batches(self, batch_size: int = ARRAY_BATCH):
         images = self._read().batch(batch_size)
         index = tf.data.Dataset.range(len(self)).batch(batch_size)
         return tf.data.Dataset.zip(index, images).prefetch(tf.data.AUTOTUNE)
@@ -199,7 +203,7 @@ def _streamed(spec: str, builder, splits, keys, shape, resize) -> ImageDataset:
 def _labels(images: TfdsImages, label_key: str) -> np.ndarray:
     """The labels of `images`, read without decoding the images."""
     examples = images.builder.as_dataset(
-        split=f"{images.split}[{images.start}:{images.stop}]",
+        split=images.sliced,
         shuffle_files=False,
         read_config=tfds.ReadConfig(try_autocache=False),
         decoders={images.image_key: tfds.decode.SkipDecoding()},
