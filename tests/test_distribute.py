@@ -251,6 +251,137 @@ def test_two_workers_train_the_weights_of_one_process_and_only_the_chief_writes(
     assert sorted(p.name for p in run.parent.iterdir()) == ["run"]  # the worker cleaned up
 
 
+TFDS_WORKER_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    strategy, run_dir, out, tests, data_dir = sys.argv[1:6]
+    sys.path.insert(0, tests)
+    import numpy as np, tensorflow as tf
+    import tiny_tfds  # registers tiny_streamed
+    from tfvae.config import TrainConfig
+    from tfvae.data.tfds import TfdsImages
+    from tfvae.training import train
+
+    # Which training examples this process reads (pixel value = example
+    # number): the real reader, watched.
+    read, shuffled = [], TfdsImages.shuffled
+
+    def watched(self, seed, share=None):
+        def record(index, image):
+            seen = tf.numpy_function(
+                lambda v: (read.append(int(v)), v)[1], [image[0, 0, 0]], tf.uint8, stateful=True)
+            with tf.control_dependencies([seen]):
+                return index, tf.identity(image)
+        return shuffled(self, seed, share).map(record)
+
+    TfdsImages.shuffled = watched
+    config = TrainConfig(strategy=strategy, dataset="tfds:tiny_streamed/grey", data_dir=data_dir,
+                         epochs=2, batch_size=10, hidden_units=(16,), latent_dim=2,
+                         likelihood="logistic", jit_compile=False)
+    result = train(config, run_dir, verbose=0)
+    np.savez(out, *[w.numpy() for w in result.model.weights], read=np.array(read, np.int64),
+             iterations=int(result.model.optimizer.iterations.numpy()))
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_workers_stream_a_tfds_set_each_from_its_own_files(tmp_path):
+    """A streamed TFDS set (40 examples in 4 record files, the last 4 held
+    out) under two workers on localhost: each worker reads only its own
+    files (no example read by both, every training example by one, no test
+    example), the workers end bit-identical after 2 epochs of ceil(36 / 10)
+    = 4 steps, and the chief alone writes the finished run."""
+    from tiny_tfds import write_tiny_streamed
+
+    from tfvae.data import load_dataset
+
+    root = tmp_path / "tfds"
+    write_tiny_streamed(root, "grey")
+    train_levels = set(
+        load_dataset("tfds:tiny_streamed/grey", data_dir=str(root))
+        .train_images[:, 0, 0, 0]
+        .tolist()
+    )
+    script = tmp_path / "worker.py"
+    script.write_text(TFDS_WORKER_SCRIPT)
+    run, ports = tmp_path / "jobs" / "run", free_ports(2)
+    run.parent.mkdir()
+    tests = str(Path(__file__).parent)
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                "multi-worker",
+                str(run),
+                str(tmp_path / f"w{i}.npz"),
+                tests,
+                str(root),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(worker_env(i, ports), TFVAE_STREAM_ABOVE_MB="0"),
+        )
+        for i in range(2)
+    ]
+    for process in processes:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output[-3000:]
+    w0, w1 = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
+    weights = [key for key in w0.files if key not in ("read", "iterations")]
+    assert len(weights) == 8
+    for key in weights:
+        np.testing.assert_array_equal(w0[key], w1[key])
+    assert int(w0["iterations"]) == int(w1["iterations"]) == 8
+    own = [set(w0["read"].tolist()), set(w1["read"].tolist())]
+    assert own[0] and own[1] and not own[0] & own[1]
+    assert own[0] | own[1] == train_levels
+    state = json.loads((run / "config.json").read_text())
+    assert state["status"] == "finished" and state["replicas"] == 2
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3
+    assert sorted(p.name for p in run.parent.iterdir()) == ["run"]
+
+
+@pytest.mark.slow
+def test_a_tfds_set_in_fewer_record_files_than_workers_is_one_line(tmp_path):
+    """Two workers cannot each stream files of their own from one record
+    file: the CLI says so in one line, before either writes a run folder."""
+    from tiny_tfds import TinyStreamed
+
+    root = tmp_path / "tfds"
+    TinyStreamed(config="grey", data_dir=str(root)).download_and_prepare()  # one record file
+    run, ports = tmp_path / "jobs" / "run", free_ports(2)
+    run.parent.mkdir()
+    command = [sys.executable, "-m", "tfvae", "train", "--strategy", "multi-worker"]
+    command += ["--dataset", "tfds:tiny_streamed/grey", "--data-dir", str(root)]
+    command += ["--hidden", "16", "--run-dir", str(run)]
+    processes = [
+        subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(worker_env(i, ports), TFVAE_STREAM_ABOVE_MB="0"),
+        )
+        for i in range(2)
+    ]
+    for process in processes:
+        _, errors = process.communicate(timeout=180)
+        assert process.returncode == 1, errors[-3000:]
+        message = [line for line in errors.splitlines() if line.startswith("Error:")]
+        assert message == [
+            "Error: tfds:tiny_streamed/grey streams from 1 record file(s), fewer than the 2 "
+            "workers, and each worker reads files of its own: prepare it in at least 2 "
+            "(tfds.download.DownloadConfig(num_shards=2)), train on fewer workers, or keep "
+            "it in memory (raise TFVAE_STREAM_ABOVE_MB)"
+        ]
+        assert "Traceback" not in errors
+    assert list(run.parent.iterdir()) == []
+
+
 AGREE_SCRIPT = textwrap.dedent(
     """
     import json, os, sys

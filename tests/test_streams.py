@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from PIL import Image
+from tiny_tfds import write_tiny_streamed
 
 from tfvae.data import DataError, load_dataset, train_pipeline
 from tfvae.data.pipelines import Share
@@ -247,34 +247,11 @@ def test_a_streamed_run_scores_as_the_in_memory_run_and_resumes(tmp_path):
 # --- TFDS records ---------------------------------------------------------------
 
 
-class TinyStreamed(tfds.core.GeneratorBasedBuilder):
-    """A real prepared set in 3 record files: pixel value = example index,
-    label = index % 3; `binary` configs hold 0/1 pixels (index % 2)."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="grey"), tfds.core.BuilderConfig(name="binary")]
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        features = {
-            "image": tfds.features.Image(shape=(6, 5, 1)),
-            "label": tfds.features.ClassLabel(num_classes=3),
-        }
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
-
-    def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples(40)}
-
-    def _generate_examples(self, n: int):
-        for i in range(n):
-            level = i % 2 if self.builder_config.name == "binary" else i
-            yield i, {"image": np.full((6, 5, 1), level, np.uint8), "label": i % 3}
-
-
 @pytest.fixture(scope="module")
 def tfds_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("tfds")
     for config in ("grey", "binary"):
-        TinyStreamed(config=config, data_dir=str(root)).download_and_prepare()
+        write_tiny_streamed(root, config)
     return str(root)
 
 
@@ -355,3 +332,31 @@ def test_a_streamed_tfds_run_trains_its_epochs_and_scores(tfds_root, monkeypatch
     assert len((run / "metrics.csv").read_text().splitlines()) == 3
     scores = score_run(run, k=5)
     assert scores["n_images"] == 4 and scores["bits_per_dim"] > 0
+
+
+@pytest.mark.parametrize(("batch_size", "share_of"), [(9, (2, 1)), (10, (4, 2))])
+def test_tfds_worker_shares_read_their_own_files_in_full_batches(
+    tfds_root, monkeypatch, batch_size, share_of
+):
+    """Under multi-worker each pipeline reads its own record files (together
+    every training image, no two pipelines the same one), without end, in
+    batches of its replicas' rows of a global batch (9 over 2 replicas: 4
+    and 5, as `_replica_rows` splits), never cut short where a pass ends;
+    the pipelines' keys differ."""
+    total, local = share_of
+    in_memory, streamed = both_tfds(tfds_root, monkeypatch)
+    bounds = [j * batch_size // total for j in range(total + 1)]
+    read = []
+    for first in range(0, total, local):
+        batches = first_pass(
+            train_pipeline(streamed, batch_size, "dynamic", 3, Share(first, local, total)),
+            30 * local,
+        )
+        sizes = [bounds[j + 1] - bounds[j] for j in range(first, first + local)]
+        assert [len(batch["keys"]) for batch in batches] == sizes * 30
+        read.append(batches)
+    levels = [{int(v) for b in batches for v in b["intensities"][:, 0, 0, 0]} for batches in read]
+    assert all(levels) and sum(len(own) for own in levels) == 36
+    assert set().union(*levels) == set(in_memory.train_images[:, 0, 0, 0].tolist())
+    keys = [{tuple(k) for b in batches for k in b["keys"]} for batches in read]
+    assert not keys[0] & keys[1]

@@ -91,6 +91,15 @@ def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
+def input_pipelines(strategy: tf.distribute.Strategy) -> int:
+    """How many input pipelines `distribute_datasets_from_function` makes: one
+    per worker (the chief counts as one) under multi-worker, else one."""
+    if not is_multi_worker(strategy):
+        return 1
+    spec = strategy.cluster_resolver.cluster_spec()
+    return sum(spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs)
+
+
 def common_epoch(strategy: tf.distribute.Strategy, epochs: list[int], horizon: int) -> int:
     """The newest epoch (at most `horizon`) that every worker holds a
     checkpoint of; 0 if there is none.

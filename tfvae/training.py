@@ -321,7 +321,7 @@ def _train(config, run_dir, folder, is_chief, strategy, overwrite, extend, echo,
     # tf.data's op seeds derive from the global seed.
     keras.utils.set_random_seed(config.seed)
     model = _build_model(config, data.image_shape, strategy, _steps_per_epoch(config, data))
-    _check_streamed_steps(data, model, strategy)
+    _check_streamed_workers(data, model, strategy)
     backup = EpochBackup(folder / BACKUP_DIR)
     if extend and not replace_old and _is_finished(folder):
         _checkpoint_finished(folder, model, backup, strategy)
@@ -513,15 +513,28 @@ def _fit(
         )
 
 
-def _check_streamed_steps(data, model, strategy) -> None:
-    """Refuse several steps per call where each worker streams without end:
-    Keras would run whole calls past the end of an epoch."""
-    from tfvae.distribute import is_multi_worker
+def _check_streamed_workers(data, model, strategy) -> None:
+    """Refuse what a streamed set cannot do under multi-worker: several steps
+    per call (each worker streams without end, so Keras would run whole calls
+    past the end of an epoch), and fewer TFDS record files than workers (each
+    worker reads whole files of its own)."""
+    from tfvae.distribute import input_pipelines, is_multi_worker
 
-    if data.streamed and is_multi_worker(strategy) and model.steps_per_execution > 1:
+    if not (data.streamed and is_multi_worker(strategy)):
+        return
+    if model.steps_per_execution > 1:
         raise RunError(
             f"{data.name} streams from disk: under --strategy multi-worker it trains one "
             "step per call; leave --steps-per-execution at its default"
+        )
+    workers = input_pipelines(strategy)
+    files = getattr(data.train_images, "record_files", workers)  # image folders: any
+    if files < workers:
+        raise RunError(
+            f"{data.name} streams from {files} record file(s), fewer than the {workers} "
+            "workers, and each worker reads files of its own: prepare it in at least "
+            f"{workers} (tfds.download.DownloadConfig(num_shards={workers})), train on fewer "
+            "workers, or keep it in memory (raise TFVAE_STREAM_ABOVE_MB)"
         )
 
 

@@ -160,13 +160,19 @@ def _streamed_train(images, batch_size: int, binarize: str, seed: int, share: Sh
             deterministic=True,
         )
     else:
-        per_replica = batch_size if share is None else batch_size // share.total
-        read = images.shuffled(seed, share).batch(per_replica)
+        examples = images.shuffled(seed, share)
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        if share is None:
+            read = examples.batch(batch_size)
+        else:
+            read = _worker_batches(examples, batch_size, share)
+            # Workers read the same seed stream: fold in the share, or row j of
+            # every worker's batch would get the same noise.
+            fold_in = tf.random.experimental.stateless_fold_in
+            seeds = seeds.map(lambda pair: fold_in(pair, share.first))
         batches = tf.data.Dataset.zip(read, seeds).map(
             lambda batch, pair: (*batch, _keys(tf.size(batch[0]), pair))
         )
-        batches = batches if share is None else batches.repeat()
 
     def as_batch(idx, pixels, keys):
         if images.binary:
@@ -197,6 +203,31 @@ def _replica_rows(idx, keys, share: Share):
 
     replicas = tf.data.Dataset.range(share.first, share.first + share.replicas)
     return replicas.map(rows)
+
+
+def _worker_batches(examples, batch_size: int, share: Share):
+    """A worker's own `examples` (`(index, image)`), without end, as one batch
+    per replica of `share`, sized as `_replica_rows` splits a global batch.
+
+    The examples repeat before they are batched, so no batch is cut short
+    where the worker's pass ends: the workers' passes differ in length (each
+    reads its own files), and a short batch on one replica would weigh its
+    images above the rest of the global batch (each replica divides its loss
+    by the global batch size)."""
+    import tensorflow as tf
+
+    bounds = [j * batch_size // share.total for j in range(share.total + 1)]
+    offset = bounds[share.first]
+    rows = examples.repeat().batch(bounds[share.first + share.replicas] - offset)
+
+    def replicas(index, pixels):
+        def rows_of(j):
+            start, stop = tf.gather(bounds, j) - offset, tf.gather(bounds, j + 1) - offset
+            return index[start:stop], pixels[start:stop]
+
+        return tf.data.Dataset.range(share.first, share.first + share.replicas).map(rows_of)
+
+    return rows.flat_map(replicas)
 
 
 def fixed_keys(n: int, seed: int = 1):

@@ -130,6 +130,12 @@ class TfdsImages(StreamedImages):
         """The TFDS split string of these examples."""
         return f"{self.split}[{self.start}:{self.stop}]"
 
+    @property
+    def record_files(self) -> int:
+        """How many record files hold these examples: under multi-worker each
+        worker streams whole files of its own."""
+        return len(self.builder.info.splits[self.sliced].file_instructions)
+
     def _read(self, seed: int | None = None, context=None):
         """`(index, image)`: the examples in order, or, with a `seed`, in
         shuffled file order (the files of pipeline `context` only); `index` is
