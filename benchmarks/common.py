@@ -173,10 +173,11 @@ def tfvae(args: list[str]) -> str:
 
 
 def train_and_score(train: list[str], run_dir: Path, eval_k: int) -> dict[str, Any]:
-    """`tfvae train TRAIN --run-dir RUN_DIR`, then `tfvae evaluate --k EVAL_K`:
-    the commands, their wall-clock seconds, the final test scores and the
-    curve of test -ELBO after every epoch against cumulative training seconds
-    (from the run's metrics.csv, so a resumed run keeps its earlier epochs)."""
+    """`tfvae train TRAIN --run-dir RUN_DIR`, then (EVAL_K > 0) `tfvae evaluate
+    --k EVAL_K`: the commands, their wall-clock seconds, the final test scores
+    and the curve of held-out -ELBO after every epoch against cumulative
+    training seconds (from the run's metrics.csv, so a resumed run keeps its
+    earlier epochs)."""
     train = [*train, "--run-dir", str(run_dir)]
     start = time.perf_counter()
     tfvae(["train", *train])
@@ -197,20 +198,29 @@ def train_and_score(train: list[str], run_dir: Path, eval_k: int) -> dict[str, A
                 f"{held_out}_neg_elbo": -float(values[f"{held_out}_elbo"]),
             }
         )
-    start = time.perf_counter()
-    evaluate = ["evaluate", str(run_dir), "--k", str(eval_k), "--json"]
-    scores = json.loads(tfvae(evaluate).strip().splitlines()[-1])
     return {
         "command": " ".join(["tfvae", "train", *train]),
-        "eval_command": " ".join(["tfvae", *evaluate[:-1]]),
         "train_seconds": round(train_seconds, 1),
-        "eval_seconds": round(time.perf_counter() - start, 1),
-        "test_nll": scores["nll"],
-        "test_neg_elbo": -scores["elbo"],
-        "active_units": scores["active_units"],
+        # A candidate of `choose.py` (eval_k 0) is not scored on the test set:
+        # only the run chosen on validation is, once.
+        **(score_test(run_dir, eval_k) if eval_k else {}),
         "curve": curve,
         # The code that trained the run (each start and resume), from the run
         # itself: the checkout may have moved on since.
         "trained_by": json.loads((run_dir / "config.json").read_text()).get("provenance"),
         "machine": machine(with_gpus=False),
+    }
+
+
+def score_test(run_dir: Path, eval_k: int) -> dict[str, Any]:
+    """`tfvae evaluate RUN_DIR --k EVAL_K` on the test set: its figures and seconds."""
+    start = time.perf_counter()
+    evaluate = ["evaluate", str(run_dir), "--k", str(eval_k), "--json"]
+    scores = json.loads(tfvae(evaluate).strip().splitlines()[-1])
+    return {
+        "eval_command": " ".join(["tfvae", *evaluate[:-1]]),
+        "eval_seconds": round(time.perf_counter() - start, 1),
+        "test_nll": scores["nll"],
+        "test_neg_elbo": -scores["elbo"],
+        "active_units": scores["active_units"],
     }

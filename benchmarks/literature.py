@@ -61,7 +61,9 @@ def main() -> None:
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="burda")
     parser.add_argument("--learning-rate", default="1e-3")
     parser.add_argument("--init-from", type=Path, default=None, help="a finished run to continue")
-    parser.add_argument("--eval-k", type=int, default=5000)
+    parser.add_argument(
+        "--eval-k", type=int, default=5000, help="0: no test score (a candidate for choose.py)"
+    )
     parser.add_argument("--run-dir", type=Path, default=None)
     parser.add_argument("--tag", default=None, help="names a run with the extra options")
     parser.add_argument(
