@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, score_test, write_results  # noqa: E402
+from common import held_out_curve, machine, score_test, write_results  # noqa: E402
 
 # What decides which images are held out: candidates must agree on these.
 SPLIT = ("dataset", "data_dir", "resize", "limit", "validation")
@@ -42,21 +42,18 @@ def _candidate(run: Path) -> dict[str, Any]:
     """A run's settings, final validation ELBO and best epoch on its curve."""
     try:
         saved = json.loads((run / "config.json").read_text())
-        rows = (run / "metrics.csv").read_text().splitlines()
+        curve = held_out_curve(run)
     except (OSError, ValueError) as error:
         raise ChoiceError(f"{run}: not a readable run folder ({error})") from None
     if saved.get("status") != "finished" or "validation" not in saved:
         raise ChoiceError(f"{run}: not a finished run trained with --validation N")
-    header = rows[0].split(",")
-    column = header.index("validation_elbo")
-    curve = [float(row.split(",")[column]) for row in rows[1:]]
-    best = max(range(len(curve)), key=curve.__getitem__)
+    best = min(curve, key=lambda point: point["validation_neg_elbo"])
     return {
         "run": str(run),
         "config": saved["config"],
         "validation_neg_elbo": -saved["validation"]["elbo"],
-        "best_epoch": best + 1,
-        "best_validation_neg_elbo": -curve[best],
+        "best_epoch": best["epoch"],
+        "best_validation_neg_elbo": best["validation_neg_elbo"],
         "epochs": len(curve),
     }
 

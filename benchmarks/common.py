@@ -182,22 +182,7 @@ def train_and_score(train: list[str], run_dir: Path, eval_k: int) -> dict[str, A
     start = time.perf_counter()
     tfvae(["train", *train])
     train_seconds = time.perf_counter() - start
-    rows = (run_dir / "metrics.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    # Runs with --validation score the held-out training images every epoch
-    # and the test set once; the others score the test set every epoch.
-    held_out = "validation" if "validation_elbo" in header else "test"
-    curve, clock = [], 0.0
-    for row in rows[1:]:
-        values = dict(zip(header, row.split(","), strict=True))
-        clock += float(values["seconds"])
-        curve.append(
-            {
-                "epoch": int(values["epoch"]),
-                "seconds": round(clock, 1),
-                f"{held_out}_neg_elbo": -float(values[f"{held_out}_elbo"]),
-            }
-        )
+    curve = held_out_curve(run_dir)
     return {
         "command": " ".join(["tfvae", "train", *train]),
         "train_seconds": round(train_seconds, 1),
@@ -210,6 +195,28 @@ def train_and_score(train: list[str], run_dir: Path, eval_k: int) -> dict[str, A
         "trained_by": json.loads((run_dir / "config.json").read_text()).get("provenance"),
         "machine": machine(with_gpus=False),
     }
+
+
+def held_out_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's held-out -ELBO after every epoch against cumulative training
+    seconds, from its metrics.csv: `validation_neg_elbo` for a run trained
+    with --validation (the test set is scored once, at the end), otherwise
+    `test_neg_elbo`."""
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    held_out = "validation" if "validation_elbo" in header else "test"
+    curve, clock = [], 0.0
+    for row in rows[1:]:
+        values = dict(zip(header, row.split(","), strict=True))
+        clock += float(values["seconds"])
+        curve.append(
+            {
+                "epoch": int(values["epoch"]),
+                "seconds": round(clock, 1),
+                f"{held_out}_neg_elbo": -float(values[f"{held_out}_elbo"]),
+            }
+        )
+    return curve
 
 
 def score_test(run_dir: Path, eval_k: int) -> dict[str, Any]:
