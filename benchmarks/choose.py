@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import held_out_curve, machine, score_test, write_results  # noqa: E402
+from common import held_out_curve, machine, score_test, trained_by, write_results  # noqa: E402
 
 # What decides which images are held out: candidates must agree on these.
 SPLIT = ("dataset", "data_dir", "resize", "limit", "validation")
@@ -100,7 +100,7 @@ def main() -> None:
         "candidates": candidates,
         "chosen": str(run),
         **score_test(run, args.eval_k),
-        "trained_by": json.loads((run / "config.json").read_text()).get("provenance"),
+        "trained_by": trained_by(run),
         "machine": machine(with_gpus=False),
     }
     print(json.dumps({k: v for k, v in result.items() if k != "candidates"}, indent=1))

@@ -182,19 +182,22 @@ def train_and_score(train: list[str], run_dir: Path, eval_k: int) -> dict[str, A
     start = time.perf_counter()
     tfvae(["train", *train])
     train_seconds = time.perf_counter() - start
-    curve = held_out_curve(run_dir)
     return {
         "command": " ".join(["tfvae", "train", *train]),
         "train_seconds": round(train_seconds, 1),
         # A candidate of `choose.py` (eval_k 0) is not scored on the test set:
         # only the run chosen on validation is, once.
         **(score_test(run_dir, eval_k) if eval_k else {}),
-        "curve": curve,
-        # The code that trained the run (each start and resume), from the run
-        # itself: the checkout may have moved on since.
-        "trained_by": json.loads((run_dir / "config.json").read_text()).get("provenance"),
+        "curve": held_out_curve(run_dir),
+        "trained_by": trained_by(run_dir),
         "machine": machine(with_gpus=False),
     }
+
+
+def trained_by(run_dir: Path) -> list[dict[str, Any]] | None:
+    """The code that trained the run (each start and resume), from the run
+    itself: the checkout may have moved on since."""
+    return json.loads((run_dir / "config.json").read_text()).get("provenance")
 
 
 def held_out_curve(run_dir: Path) -> list[dict[str, Any]]:
