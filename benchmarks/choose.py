@@ -58,9 +58,9 @@ def _candidate(run: Path) -> dict[str, Any]:
     }
 
 
-def choose(runs: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The candidate with the lowest final validation -ELBO, and all of them
-    (their `config` reduced to the settings in which they differ)."""
+def comparable(runs: list[Path]) -> list[dict[str, Any]]:
+    """Each run as a candidate, after checking that all hold out the same
+    images; their `config` is reduced to the settings in which they differ."""
     candidates = [_candidate(run) for run in runs]
     split = {key: candidates[0]["config"].get(key) for key in SPLIT}
     for candidate in candidates[1:]:
@@ -75,6 +75,12 @@ def choose(runs: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     for candidate in candidates:
         config = candidate.pop("config")
         candidate["setting"] = {key: config.get(key) for key in varying}
+    return candidates
+
+
+def choose(runs: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The candidate with the lowest final validation -ELBO, and all of them."""
+    candidates = comparable(runs)
     return min(candidates, key=lambda c: c["validation_neg_elbo"]), candidates
 
 

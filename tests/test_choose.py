@@ -1,4 +1,5 @@
-"""`benchmarks/choose.py`: settings are chosen on validation images only."""
+"""`benchmarks/choose.py`: settings are chosen on validation images only;
+`benchmarks/seeds.py`: the spread over seeds of one setting."""
 
 import json
 import shutil
@@ -10,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
 from choose import ChoiceError, choose  # noqa: E402
+from seeds import seeded, spread  # noqa: E402
 
 PUBLISHED = (
     Path(__file__).parents[1] / "benchmarks/runs/burda-elbo-k1-cosine660-eps1e-4-warmup67-val10k"
@@ -82,3 +84,25 @@ def test_a_published_run_reads_as_its_recorded_validation(tmp_path):
     assert published["best_epoch"] >= 600
     assert published["setting"] == {}
     assert chosen["run"] == str(PUBLISHED)
+
+
+def test_seeds_of_one_setting_are_accepted_and_other_settings_refused(tmp_path):
+    runs = [_run(tmp_path / f"seed{s}", [-95.0 + s], test=-90.0, seed=s) for s in range(3)]
+    assert [c["setting"] for c in seeded(runs)] == [{"seed": 0}, {"seed": 1}, {"seed": 2}]
+    other = _run(tmp_path / "other", [-94.0], test=-90.0, seed=3, learning_rate=1e-4)
+    with pytest.raises(ChoiceError, match=r"other: differs from .*seed0 in \['learning_rate'\]"):
+        seeded([*runs, other])
+    with pytest.raises(ChoiceError, match="at least two runs"):
+        seeded(runs[:1])
+    twin = _run(tmp_path / "twin", [-93.0], test=-90.0, seed=2)
+    with pytest.raises(ChoiceError, match=r"repeat a seed \(\[0, 1, 2, 2\]\)"):
+        seeded([*runs, twin])
+
+
+def test_the_spread_is_the_sample_deviation_and_the_range():
+    """87.49, 87.26, 87.65: mean 87.4667, sample variance
+    (0.0233^2 + 0.2067^2 + 0.1833^2) / 2 = 0.038433, range 0.39."""
+    figures = spread([87.49, 87.26, 87.65])
+    assert figures["mean"] == pytest.approx(87.466667, abs=1e-6)
+    assert figures["std"] == pytest.approx(0.038433**0.5, abs=1e-5)
+    assert figures["range"] == pytest.approx(0.39, abs=1e-9)
