@@ -246,6 +246,7 @@ def test_sigkilled_training_resumes_to_the_requested_epochs(tmp_path):
         "32",
         "--epochs",
         "15",
+        "--no-jit-compile",  # resuming is tested, not XLA, whose compile adds seconds
         "--run-dir",
         str(run),
     ]

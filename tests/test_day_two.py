@@ -23,7 +23,8 @@ from tfvae.errors import RunError
 from tfvae.runs import lock_folder
 
 TFVAE = [sys.executable, "-m", "tfvae"]
-TINY = ["--limit", "1000", "--hidden", "32", "--batch-size", "100"]
+# No XLA: its compile adds seconds to every process and is not what these tests check.
+TINY = ["--limit", "1000", "--hidden", "32", "--batch-size", "100", "--no-jit-compile"]
 # As users run it: the command line then silences TensorFlow's start-up lines.
 ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
 

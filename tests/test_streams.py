@@ -222,7 +222,10 @@ def test_a_streamed_run_scores_as_the_in_memory_run_and_resumes(tmp_path):
     scores and bits/dim (measured equal to 1e-6); `resume --epochs 2` continues
     the streamed run for a second epoch."""
     folder = write_folder(tmp_path / "images", 240)
-    options = ["--epochs", "1", "--hidden", "32", "--latent-dim", "2", "--batch-size", "50"]
+    options = [
+        *["--epochs", "1", "--hidden", "32", "--latent-dim", "2", "--batch-size", "50"],
+        "--no-jit-compile",  # XLA adds ~5 s per process and is not what is compared
+    ]
     scores = {}
     for stream in (False, True):
         run = tmp_path / f"run-{stream}"

@@ -228,7 +228,8 @@ def test_restore_loads_exactly_the_epoch_the_workers_agreed_on(tmp_path):
         backup.restore(fresh, epoch=5)
 
 
-TINY = dict(limit=256, hidden_units=(16,), latent_dim=2, batch_size=64, epochs=1)
+# No XLA: its compile adds seconds to every training and is not what these tests check.
+TINY = dict(limit=256, hidden_units=(16,), latent_dim=2, batch_size=64, epochs=1, jit_compile=False)
 
 
 def quiet_train(config, run_dir):
@@ -312,7 +313,7 @@ def test_validation_holds_out_the_last_training_images_and_scores_them_every_epo
     epoch), metrics.csv scores the held-out 64 every epoch, and the test set
     is scored once, at the end; the last epoch's validation figures are the
     validation scores config.json records (the same fixed keys)."""
-    config = TrainConfig(**{**TINY, "epochs": 2}, validation=64, jit_compile=False)
+    config = TrainConfig(**{**TINY, "epochs": 2}, validation=64)
     run_dir = tmp_path / "run"
     result = quiet_train(config, run_dir)
     state = json.loads((run_dir / "config.json").read_text())
