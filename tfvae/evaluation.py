@@ -40,7 +40,7 @@ def evaluate_elbo(
     drawn as the validation step draws it (from the image's fixed key), so a
     run's final test scores are its last epoch's validation figures."""
 
-    @tf.function
+    @tf.function(autograph=False)  # no tensor-dependent Python control flow to convert
     def terms(batch):
         x, noise = training_batch(batch, [1, model.latent_dim])
         return model.elbo_terms(x, noise)
@@ -76,7 +76,7 @@ def iw_log_likelihood(
     rows = IW_NUMBERS // math.prod(images.shape[1:])
     chunk = max(1, min(k, rows // batch_size))
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def log_sum_weights(x, n_samples, chunk_seed):
         q_z = model.encode(x)
         z_mean = q_z.mean()

@@ -258,6 +258,9 @@ class VAE(keras.Model):
             )
         return training_batch(batch, [self.k, self.latent_dim])
 
+    # tfvae's steps branch on Python values only, so AutoGraph has nothing to
+    # convert: skipping it saves about 3 s of source rewriting per process.
+    @tf.autograph.experimental.do_not_convert
     def train_step(self, data):
         images, noise = self._unpack(data)
         dreg = self.gradient_estimator == "dreg"
@@ -285,6 +288,7 @@ class VAE(keras.Model):
         self.optimizer.apply(gradients, variables)
         return self._record(terms, per_example)
 
+    @tf.autograph.experimental.do_not_convert
     def test_step(self, data):
         images, noise = self._unpack(data)
         terms = self.elbo_terms(images, noise)
