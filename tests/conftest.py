@@ -1,8 +1,13 @@
-"""Shared fixtures; silences TensorFlow's C++ logging before anything imports it."""
+"""Shared fixtures; sets TensorFlow's environment before anything imports it."""
 
 import os
 
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+# The suite keeps both cores busy (two xdist workers, the processes they
+# start): one intra-op thread per process stops TensorFlow's pools from
+# spinning against each other. Inherited by every subprocess; inter-op
+# threads stay as they are, since collective ops block on them.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 import gzip  # noqa: E402
 import struct  # noqa: E402

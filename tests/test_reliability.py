@@ -50,7 +50,8 @@ QUIET_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": 
 
 # The run the kill tests interrupt: 8 steps per epoch, 2 calls into TF per
 # epoch (so a kill "during an epoch" really has steps left), no XLA (the
-# compile adds ~5 s per process here and is irrelevant to resuming).
+# compile adds ~5 s per process here and is irrelevant to resuming), no
+# per-epoch TensorBoard pictures (the finished run still draws its PNGs).
 KILL_EPOCHS = 6
 KILL_ARGS = [
     "train",
@@ -63,6 +64,8 @@ KILL_ARGS = [
     "--steps-per-execution",
     "4",
     "--no-jit-compile",
+    "--pictures-every",
+    "0",
 ]
 
 # The small finished run shared by the in-process tests, and its CLI form.
