@@ -154,7 +154,12 @@ def _limited(command: list[str], cwd: Path, limit: int = ADDRESS_SPACE, script=N
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     argv = [sys.executable, "-c", script, *command] if script else [sys.executable, "-m", "tfvae"]
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    # TensorFlow's own thread count, not the suite's one: with one intra-op
+    # thread, an IWAE step that slips past the estimate made TensorFlow abort
+    # (std::bad_alloc, or a thread it could not start) before its
+    # ResourceExhaustedError reached tfvae (README, "Known limits").
+    unset = {"TF_CPP_MIN_LOG_LEVEL", "TF_NUM_INTRAOP_THREADS"}
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     return subprocess.run(
         argv + ([] if script else command),
         capture_output=True,
