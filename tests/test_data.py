@@ -1,4 +1,5 @@
-"""Data sets and pipelines: bundled MNIST, IDX folders, and binarization statistics."""
+"""Data sets and pipelines: bundled MNIST, IDX folders, binarization statistics, and the
+validation images held out of training."""
 
 import importlib.util
 import shutil
@@ -6,11 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_streams import write_folder
 
 from tfvae import data
-from tfvae.config import BINARIZATIONS
+from tfvae.config import BINARIZATIONS, TrainConfig
 from tfvae.data import DataError, ImageDataset, sources
+from tfvae.data.streams import STREAM_ENV
 from tfvae.noise import training_batch
+from tfvae.training import _load_data
 
 # The shared folder lies beside the checkout (`../shared`), wherever it is.
 PEER = Path(__file__).resolve().parents[2] / "shared" / "peers" / "mnist_data.py"
@@ -333,3 +337,38 @@ def test_resize_averages_areas(mnist):
     assert small.image_shape == (14, 14, 1) and len(small.train_images) == 60000
     block = mnist.test_images[0, :, :, 0].astype(np.float64).reshape(14, 2, 14, 2).mean((1, 3))
     np.testing.assert_allclose(small.test_images[0, :, :, 0], np.round(block), atol=1)
+
+
+# --- validation images held out of training ----------------------------------
+
+
+@pytest.mark.parametrize("source", ["mnist", "images", "images streamed"])
+def test_validation_is_the_last_training_images_and_never_trained_on(
+    source, mnist, tmp_path, monkeypatch
+):
+    """--validation N as a run loads it (`training._load_data`): the held-out
+    images are the last N of the set's training images, in order, and one pass
+    of the run's training pipeline feeds the step exactly the others, each
+    once, so no validation image is trained on. Pixels are kept as intensities
+    (`binarize="none"`), so every image compares exactly with its uint8 levels;
+    the bundled MNIST (always in memory) against its raw arrays."""
+    if source == "mnist":
+        spec, original, n = "mnist", mnist.train_images, 10_000
+    else:
+        spec = f"images:{write_folder(tmp_path / 'images', 60)}"
+        original, n = data.load_dataset(spec).train_images, 20  # 54 training images
+        if source == "images streamed":
+            monkeypatch.setenv(STREAM_ENV, "0")
+    config = TrainConfig(dataset=spec, binarize="none", validation=n, batch_size=500)
+    rest, validation = _load_data(config)
+    assert rest.streamed == (source == "images streamed")
+    trained = _epoch(data.train_pipeline(rest, config.batch_size, config.pixels, config.seed))
+    trained = _sorted_rows(np.round(trained * 255))
+    levels = np.round(np.asarray(validation) * 255)
+    held = _sorted_rows(levels)
+    assert len(trained) == len(original) - n and len(held) == n
+    seen = {row.tobytes() for row in trained}
+    overlap = sum(row.tobytes() in seen for row in held)
+    assert overlap == 0, f"{overlap} of the {n} validation images are trained on"
+    np.testing.assert_array_equal(trained, _sorted_rows(original[:-n]))
+    np.testing.assert_array_equal(levels, original[-n:])
