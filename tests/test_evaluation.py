@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfvae.evaluation import active_units, evaluate_elbo, iw_log_likelihood
+from tfvae.evaluation import active_units, evaluate_elbo, iw_log_likelihood, posterior_means
 from tfvae.model import VAE
 
 
@@ -89,6 +89,29 @@ def test_active_units_counts_units_whose_mean_varies():
     bias.assign(np.zeros(bias.shape, np.float32))
     images = (np.random.default_rng(1).random((200, 4, 4, 1)) < 0.5).astype(np.float32)
     assert active_units(model, images) == 1
+
+
+def test_active_units_compare_the_variance_of_the_mean_with_the_threshold():
+    """Units whose posterior mean has variance 0.05, 0.011, 0.009, 0.001 and 0
+    across the data: two are active (Cov_x > 0.01). Their standard deviations
+    all exceed 0.01 but the last one's, so a count by standard deviation gives 4.
+    The one hidden unit reads pixel 0 (relu(x_0) = x_0, 0 or 1, in exactly half
+    the images) and unit u's mean is a_u (2 x_0 - 1) = +-a_u: variance a_u^2."""
+    variances = np.array([0.05, 0.011, 0.009, 0.001, 0.0])
+    a = np.sqrt(variances).astype(np.float32)
+    model = VAE(image_shape=(2, 2, 1), latent_dim=len(a), hidden_units=(1,))
+    hidden_kernel, hidden_bias = model.encoder.body.layers[-2].weights
+    hidden_kernel.assign(np.array([[1.0], [0.0], [0.0], [0.0]], np.float32))
+    hidden_bias.assign(np.zeros(1, np.float32))
+    kernel, bias = model.encoder.body.layers[-1].weights
+    kernel.assign(np.concatenate([2 * a, np.zeros_like(a)])[None, :])
+    bias.assign(np.concatenate([-a, np.zeros_like(a)]))
+    images = (np.random.default_rng(2).random((200, 2, 2, 1)) < 0.5).astype(np.float32)
+    images[:, 0, 0, 0] = np.arange(200) % 2
+    means = posterior_means(model, images).astype(np.float64)
+    np.testing.assert_allclose(np.var(means, axis=0), variances, rtol=1e-6, atol=1e-12)
+    counts = [active_units(model, images), active_units(model, images, threshold=0.005)]
+    assert counts == [2, 3]
 
 
 def test_repeated_estimates_do_not_keep_their_graphs_alive():
