@@ -1,14 +1,25 @@
 """Scores of a trained model: the importance-weighted estimate of log p(x)
-against exact numerical integration, and the active-unit count."""
+against exact numerical integration, the active-unit count, and a run
+scored on the split asked for."""
 
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_data import _make_folder
 
-from tfvae.evaluation import active_units, evaluate_elbo, iw_log_likelihood, posterior_means
+from tfvae.config import TrainConfig
+from tfvae.data import ImageDataset
+from tfvae.evaluation import (
+    active_units,
+    evaluate_elbo,
+    iw_log_likelihood,
+    posterior_means,
+    score_run,
+)
 from tfvae.model import VAE
+from tfvae.training import train
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +174,31 @@ def test_iw_estimate_matches_a_float64_numpy_estimate_at_latent_3():
     log_w = log_px_z + log_pz - log_qz
     want = np.logaddexp.reduce(log_w, axis=0) - np.log(k)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
+
+
+def test_a_run_is_scored_on_the_split_asked_for(tmp_path, write_idx):
+    """`score_run(run, split)`, what `tfvae evaluate --split` prints: on an
+    `idx:` set of 300 training and 100 test images, each split's figures are
+    the ELBO of that split's images under the fixed binarization, computed
+    here from the arrays written, and the two splits' figures differ."""
+    arrays = _make_folder(tmp_path / "set", write_idx, n_train=300, n_test=100, shape=(8, 8))
+    config = TrainConfig(
+        dataset=f"idx:{tmp_path / 'set'}",
+        hidden_units=(16,),
+        latent_dim=2,
+        batch_size=100,
+        epochs=1,
+        jit_compile=False,  # XLA's compile would take longer than the run
+        pictures_every=0,
+    )
+    model = train(config, tmp_path / "run", echo=lambda _: None, verbose=0).model
+    written = ImageDataset(
+        "written", arrays["train_images"][..., None], arrays["test_images"][..., None]
+    )
+    got = {split: score_run(tmp_path / "run", split) for split in ("train", "test")}
+    for split, n_images in (("train", 300), ("test", 100)):
+        assert (got[split]["split"], got[split]["n_images"]) == (split, n_images)
+        want = evaluate_elbo(model, written.fixed_binarized(split))
+        for term in ("elbo", "kl", "log_likelihood"):
+            assert got[split][term] == pytest.approx(want[term], abs=1e-5), (split, term)
+    assert abs(got["train"]["elbo"] - got["test"]["elbo"]) > 0.01
