@@ -29,6 +29,7 @@ from tfvae.config import (
     OBJECTIVES,
     STRATEGIES,
     TrainConfig,
+    dataset_problem,
 )
 from tfvae.errors import OutOfMemoryError, TfvaeError
 
@@ -105,22 +106,9 @@ class DatasetSpec(click.ParamType):
     name = "mnist|idx:DIR|images:DIR|tfds:NAME[/CONFIG]"
 
     def convert(self, value, param, ctx):
-        if value == "mnist":
-            return value
-        for scheme, what in (
-            ("idx:", "a folder"),
-            ("images:", "a folder"),
-            ("tfds:", "a TFDS name"),
-        ):
-            if value.startswith(scheme):
-                if not value[len(scheme) :]:
-                    self.fail(f"{value!r}: give {what} after '{scheme}'", param, ctx)
-                return value
-        self.fail(
-            f"unknown dataset {value!r}; use mnist, idx:DIR, images:DIR or tfds:NAME[/CONFIG]",
-            param,
-            ctx,
-        )
+        if problem := dataset_problem(value):
+            self.fail(problem, param, ctx)
+        return value
 
 
 def _model_name(ctx, param, value):
@@ -328,6 +316,7 @@ def main():
     "(Tucker et al.'s doubly reparameterized estimator, less noisy as --k grows).",
 )
 @click.option(
+    "-k",
     "--k",
     type=POSITIVE,
     default=DEFAULTS.k,
@@ -428,10 +417,15 @@ def train(run_dir, overwrite, hidden, as_json, **settings):
       tfvae train
       tfvae train --arch conv --latent-dim 2 --epochs 20 --run-dir runs/conv2d
     """
+    from tfvae.runs import default_run_dir
     from tfvae.training import train as train_run
 
     config = TrainConfig(hidden_units=hidden, **settings)
-    _training(lambda: train_run(config, run_dir, overwrite=overwrite, echo=click.echo), as_json)
+    run_dir = run_dir or default_run_dir()
+    progress = _progress(as_json)
+    _training(
+        lambda: train_run(config, run_dir, overwrite=overwrite, echo=progress), run_dir, as_json
+    )
 
 
 @main.command()
@@ -444,6 +438,12 @@ def train(run_dir, overwrite, hidden, as_json, **settings):
     "learning-rate schedule stretched to the new total [default: the run's].",
 )
 @click.option(
+    "--restart",
+    is_flag=True,
+    help="Train the run again from scratch with its settings, replacing its files (what "
+    "repairs a finished run whose model.keras was lost and no checkpoint is kept).",
+)
+@click.option(
     "--strategy", type=click.Choice(STRATEGIES), default=None, help="[default: the run's]"
 )
 @click.option("--jit-compile/--no-jit-compile", default=None, help="[default: the run's]")
@@ -453,7 +453,7 @@ def train(run_dir, overwrite, hidden, as_json, **settings):
 )
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @user_errors
-def resume(run_dir, epochs, as_json, **placement):
+def resume(run_dir, epochs, restart, as_json, **placement):
     """Continue a run with the settings in its config.json.
 
     An unfinished run resumes after its last checkpoint. A finished run is
@@ -469,10 +469,30 @@ def resume(run_dir, epochs, as_json, **placement):
     """
     from tfvae.training import resume as resume_run
 
-    _training(lambda: resume_run(run_dir, epochs, echo=click.echo, **placement), as_json)
+    progress = _progress(as_json)
+    _training(
+        lambda: resume_run(run_dir, epochs, echo=progress, restart=restart, **placement),
+        run_dir,
+        as_json,
+    )
 
 
-def _training(run, as_json: bool) -> None:
+def _progress(as_json: bool):
+    """Where a command's lines for people go: stdout, or stderr when stdout
+    holds the JSON document (`--json`). stderr is written through a copy of
+    its descriptor, which `_native_output_quiet` leaves open."""
+    from tfvae.progress import Progress
+
+    if not as_json:
+        return Progress()
+    try:
+        fd = os.dup(sys.stderr.fileno())
+    except (AttributeError, ValueError, OSError):  # a captured stream (click's test runner)
+        return Progress(stream=sys.stderr)
+    return Progress(stream=os.fdopen(fd, "w", buffering=1, errors="replace"))
+
+
+def _training(run, run_dir: Path, as_json: bool) -> None:
     """Run a training call as the commands do: rejoin a lost multi-worker
     job, exit 130 on Ctrl-C with how to resume, print JSON when asked."""
     from tfvae.distribute import PeerLostError
@@ -482,9 +502,13 @@ def _training(run, as_json: bool) -> None:
     except PeerLostError as err:
         _rejoin(err)
     except KeyboardInterrupt:
-        click.echo("\nInterrupted. 'tfvae resume RUN_DIR' continues the run.", err=True)
+        if (Path(run_dir) / "config.json").is_file():
+            hint = f"'tfvae resume {run_dir}' continues the run."
+        else:
+            hint = "Nothing was written; the same command starts the run."
+        click.echo(f"\nInterrupted. {hint}", err=True)
         sys.exit(130)
-    if as_json and result.test:
+    if as_json:
         click.echo(json.dumps(result.to_json()))
 
 
@@ -509,17 +533,23 @@ def _rejoin(err: Exception) -> None:
     os.execv(sys.executable, sys.orig_argv)
 
 
+SPLIT = click.option(
+    "--split", type=click.Choice(["test", "train"]), default="test", show_default=True
+)
+
+
 @main.command()
 @click.argument("run_dir", type=EXISTING_RUN)
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@SPLIT
 @click.option(
+    "-k",
     "--k",
     type=POSITIVE,
     default=1,
     show_default=True,
     help="Importance samples per image for the NLL estimate (literature: 5000).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on the last line.")
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as one JSON object.")
 @user_errors
 def evaluate(run_dir, split, k, as_json):
     """Score a trained run: ELBO, KL, log-likelihood and importance-weighted NLL.
@@ -531,47 +561,77 @@ def evaluate(run_dir, split, k, as_json):
     \b
     Examples:
       tfvae evaluate runs/mnist
-      tfvae evaluate runs/mnist --k 5000 --json
+      tfvae evaluate runs/mnist -k 5000 --json
     """
     from tfvae.evaluation import score_run
 
-    if k == 1:
-        scores = score_run(run_dir, split=split, k=k)
-    else:
-        with click.progressbar(length=1, label=f"IW estimate, K={k}", file=sys.stderr) as bar:
-
-            def progress(done: int, total: int):
-                bar.length = total
-                bar.update(done)
-
-            scores = score_run(run_dir, split=split, k=k, progress=progress)
+    progress = _progress(as_json)
+    scores = score_run(run_dir, split=split, k=k, progress=progress)
     if as_json:
         click.echo(json.dumps(scores))
         return
-    click.echo(f"{split} split, {scores['n_images']} images, nats per image:")
-    click.echo(f"  ELBO            {scores['elbo']:10.3f}")
-    click.echo(f"  KL              {scores['kl']:10.3f}")
-    click.echo(f"  log-likelihood  {scores['log_likelihood']:10.3f}   (E_q ln p(x|z))")
-    click.echo(f"  NLL (IW, K={k:<4}) {scores['nll']:9.3f}   (-ln p(x), upper bound)")
+    rows = [
+        ("ELBO", f"{scores['elbo']:10.3f}", ""),
+        ("KL", f"{scores['kl']:10.3f}", ""),
+        ("log-likelihood", f"{scores['log_likelihood']:10.3f}", "(E_q ln p(x|z))"),
+        (f"NLL (IW, K={k})", f"{scores['nll']:10.3f}", "(-ln p(x), upper bound)"),
+    ]
     if scores["bits_per_dim"] is not None:
-        click.echo(f"  bits/dim        {scores['bits_per_dim']:10.4f}   (NLL / (D ln 2))")
-    click.echo(f"  active units    {scores['active_units']:6d} of {scores['latent_dim']}")
+        rows.append(("bits/dim", f"{scores['bits_per_dim']:10.4f}", "(NLL / (D ln 2))"))
+    rows.append(("active units", f"{scores['active_units']:10d}", f"of {scores['latent_dim']}"))
+    width = max(len(label) for label, _, _ in rows)
+    progress.say(f"{split} split, {scores['n_images']} images, nats per image:")
+    for label, value, note in rows:
+        progress.say(f"  {label:<{width}} {value}   {note}".rstrip())
 
 
-def _output(run_dir: Path, output: Path | None, default: str) -> Path:
-    return output if output is not None else run_dir / default
+def _output(run_dir: Path, output: Path | None, default: str) -> tuple[Path, bool]:
+    """The picture's path, and whether it was chosen for the user (in the run folder)."""
+    from tfvae import plots
+
+    path = output if output is not None else run_dir / default
+    plots.picture_format(path)  # refused before anything is computed
+    return path, output is None
+
+
+def _write_picture(picture, path: Path, chosen: bool, as_json: bool, **facts) -> None:
+    """Write `picture` at `path`; under `--json` print what was written.
+
+    A run folder that cannot be written is named with what to do (`-o`)."""
+    from tfvae import plots
+
+    try:
+        plots.save_picture(picture, path)
+    except OSError as err:
+        if not chosen:
+            raise
+        raise click.ClickException(
+            f"{path}: {err.strerror}; pass -o FILE to write the picture elsewhere"
+        ) from None
+    if as_json:
+        size = {"width": picture.width, "height": picture.height}
+        click.echo(json.dumps({"files": [{"path": str(path), **size}], **facts}))
+
+
+def _count_option(default: int, help: str, minimum: int = 1):
+    return click.option(
+        "-n",
+        "--num",
+        "count",
+        type=click.IntRange(min=minimum),
+        default=default,
+        show_default=True,
+        help=help,
+    )
+
+
+OUTPUT_HELP = "Picture file: .png, .jpg or .webp [default: RUN_DIR/{}]."
+PICTURE_JSON = "Print what was written as one JSON object (files, sizes, images)."
 
 
 @main.command()
 @click.argument("run_dir", type=EXISTING_RUN)
-@click.option(
-    "-n",
-    "count",
-    type=POSITIVE,
-    default=64,
-    show_default=True,
-    help="Images in the grid: at most 10000 (fewer for images larger than 49x49).",
-)
+@_count_option(64, "Images in the grid: at most 10000 (fewer for images larger than 49x49).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--binary",
@@ -583,11 +643,12 @@ def _output(run_dir: Path, output: Path | None, default: str) -> Path:
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="PNG file [default: RUN_DIR/samples-seed<S>.png].",
+    help=OUTPUT_HELP.format("samples-seed<S>.png"),
 )
+@click.option("--json", "as_json", is_flag=True, help=PICTURE_JSON)
 @user_errors
-def sample(run_dir, count, seed, binary, output):
-    """Decode images from the prior z ~ N(0, I) into a PNG grid.
+def sample(run_dir, count, seed, binary, output, as_json):
+    """Decode images from the prior z ~ N(0, I) into a grid picture.
 
     \b
     Example:
@@ -596,33 +657,31 @@ def sample(run_dir, count, seed, binary, output):
     from tfvae import plots
     from tfvae.runs import load_run
 
+    path, chosen = _output(run_dir, output, f"samples-seed{seed}.png")
     model = load_run(run_dir).model
-    path = _output(run_dir, output, f"samples-seed{seed}.png")
-    plots.save_png(plots.samples(model, count, seed=seed, binary=binary), path)
-    click.echo(f"Wrote {count} samples to {path}")
+    picture = plots.samples(model, count, seed=seed, binary=binary)
+    facts = {"images": count, "image_shape": list(model.image_shape), "seed": seed}
+    _write_picture(picture, path, chosen, as_json, **facts, binary=binary)
+    _progress(as_json).say(f"Wrote {count} samples to {path}")
 
 
 @main.command()
 @click.argument("run_dir", type=EXISTING_RUN)
-@click.option(
-    "-n",
-    "count",
-    type=POSITIVE,
-    default=16,
-    show_default=True,
-    help="Images shown with their reconstructions: at most 5000 (fewer for large images).",
+@_count_option(
+    16, "Images shown with their reconstructions: at most 5000 (fewer for large images)."
 )
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@SPLIT
 @click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="PNG file [default: RUN_DIR/reconstruct-<split>.png].",
+    help=OUTPUT_HELP.format("reconstruct-<split>.png"),
 )
+@click.option("--json", "as_json", is_flag=True, help=PICTURE_JSON)
 @user_errors
-def reconstruct(run_dir, count, split, output):
-    """Show the first N images of a split above their reconstructions.
+def reconstruct(run_dir, count, split, output, as_json):
+    """Show the first N images of a split, each above its reconstruction.
 
     \b
     Example:
@@ -631,10 +690,12 @@ def reconstruct(run_dir, count, split, output):
     from tfvae import plots
     from tfvae.evaluation import run_images
 
+    path, chosen = _output(run_dir, output, f"reconstruct-{split}.png")
     run, images = run_images(run_dir, split, limit=count)
-    path = _output(run_dir, output, f"reconstruct-{split}.png")
-    plots.save_png(plots.reconstructions(run.model, images), path)
-    click.echo(f"Wrote {len(images)} originals and reconstructions to {path}")
+    picture = plots.reconstructions(run.model, images)
+    facts = {"images": len(images), "image_shape": list(images.shape[1:]), "split": split}
+    _write_picture(picture, path, chosen, as_json, **facts)
+    _progress(as_json).say(f"Wrote {len(images)} originals and reconstructions to {path}")
 
 
 @main.command()
@@ -655,15 +716,8 @@ def reconstruct(run_dir, count, split, output):
     show_default=True,
     help="Index of the image it ends at.",
 )
-@click.option(
-    "-n",
-    "count",
-    type=click.IntRange(min=2),
-    default=10,
-    show_default=True,
-    help="Decoded steps, both ends included.",
-)
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@_count_option(10, "Decoded steps, both ends included.", minimum=2)
+@SPLIT
 @click.option(
     "--spherical",
     is_flag=True,
@@ -674,10 +728,11 @@ def reconstruct(run_dir, count, split, output):
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="PNG file [default: RUN_DIR/interpolate-<split>-<I>-<J>.png].",
+    help=OUTPUT_HELP.format("interpolate-<split>-<I>-<J>.png"),
 )
+@click.option("--json", "as_json", is_flag=True, help=PICTURE_JSON)
 @user_errors
-def interpolate(run_dir, first, last, count, split, spherical, output):
+def interpolate(run_dir, first, last, count, split, spherical, output, as_json):
     """Decode the path between two images' posterior means into one row.
 
     The row shows image I, the N decoded steps from its code to image J's,
@@ -691,15 +746,18 @@ def interpolate(run_dir, first, last, count, split, spherical, output):
     from tfvae import plots
     from tfvae.evaluation import run_images
 
+    path, chosen = _output(run_dir, output, f"interpolate-{split}-{first}-{last}.png")
     run, images = run_images(run_dir, split, limit=max(first, last) + 1)
     if max(first, last) >= len(images):
         raise click.ClickException(
             f"--from/--to {max(first, last)}: the {split} split has {len(images)} images"
         )
-    path = _output(run_dir, output, f"interpolate-{split}-{first}-{last}.png")
     row = plots.interpolation(run.model, images[first], images[last], count, spherical)
-    plots.save_png(row, path)
-    click.echo(f"Wrote the {count}-step path from {split} image {first} to {last} to {path}")
+    facts = {"steps": count, "image_shape": list(images.shape[1:]), "split": split}
+    _write_picture(row, path, chosen, as_json, **facts, indices=[first, last])
+    _progress(as_json).say(
+        f"Wrote the {count}-step path from {split} image {first} to {last} to {path}"
+    )
 
 
 @main.command()
@@ -714,11 +772,14 @@ def interpolate(run_dir, first, last, count, split, spherical, output):
     "that runs the model in the browser (LiteRT.js).",
 )
 @click.option(
+    "-o",
+    "--output",
     "--out",
+    "out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("exports"),
     show_default=True,
-    help="Export folder; models go to OUT/NAME/.",
+    help="Export folder; models go to OUTPUT/NAME/.",
 )
 @click.option(
     "--name",
@@ -727,6 +788,7 @@ def interpolate(run_dir, first, last, count, split, spherical, output):
     help="Model name [default: the run folder's name].",
 )
 @click.option(
+    "--model-version",
     "--version",
     "version",
     type=POSITIVE,
@@ -743,7 +805,9 @@ def interpolate(run_dir, first, last, count, split, spherical, output):
     "reports the error.",
 )
 @click.option(
+    "--batch-size",
     "--batch",
+    "batch",
     type=POSITIVE,
     default=None,
     help="Fix the TFLite files' batch dimension to N (static shapes, for LiteRT.js, "
@@ -758,7 +822,7 @@ def interpolate(run_dir, first, last, count, split, spherical, output):
     "[default: the jsDelivr CDN, the tested version].",
 )
 @click.option(
-    "--json", "as_json", is_flag=True, help="End stdout with one JSON object: every path written."
+    "--json", "as_json", is_flag=True, help="Print every path written as one JSON object."
 )
 @user_errors
 def export(run_dir, formats, out, name, version, quantize, batch, litert_js, as_json):
@@ -773,9 +837,12 @@ def export(run_dir, formats, out, name, version, quantize, batch, litert_js, as_
     """
     from tfvae.export import describe_artifact, export_run
 
+    progress = _progress(as_json)
     with _native_output_quiet():
-        written = export_run(run_dir, formats, out, name, version, quantize, batch, litert_js)
+        written = export_run(
+            run_dir, formats, out, name, version, quantize, batch, litert_js, progress
+        )
     for record in written:
-        click.echo(describe_artifact(record))
+        progress.say(describe_artifact(record))
     if as_json:
         click.echo(json.dumps({"exports": written}))

@@ -62,16 +62,21 @@ def test_train_writes_a_complete_run_folder(trained):
     assert 0 < float(last["seconds"]) < 120
 
 
-def test_the_first_log_line_names_the_strategy_and_its_replicas(trained):
-    """The line `tfvae train` starts with says what config.json records: the
-    strategy class and its replica count (which `--strategy auto` gives on
-    this machine: tests/test_distribute.py)."""
-    first = (trained.parent / "small.log").read_text().splitlines()[0]
+def test_the_log_first_says_what_it_found(trained):
+    """Before training, `tfvae train` says what it found, as Keras' "Found N
+    files belonging to C classes" does: the data set with its image count
+    per split, shape and classes, the likelihood (chosen for the user here),
+    and where it trains in the words config.json records (`placement`:
+    one CPU is what `--strategy auto` gives on this machine)."""
+    lines = (trained.parent / "small.log").read_text().splitlines()
     state = json.loads((trained / "config.json").read_text())
-    assert state["strategy_class"] and state["replicas"] >= 1
-    assert first == (
-        f"Training in {trained} under {state['strategy_class']} ({state['replicas']} replica(s))"
-    )
+    assert state["placement"] == "one CPU" and state["replicas"] == 1
+    assert lines[:3] == [
+        "Data: mnist: 1,000 training and 1,000 test images, 28x28 grey, 10 classes",
+        "Likelihood: Bernoulli pixels, binarized afresh every pass (the default here; "
+        "--likelihood changes it)",
+        f"Training on one CPU, in {trained}",
+    ]
 
 
 def test_evaluate_json_matches_training_and_bounds(trained):
@@ -100,15 +105,74 @@ def test_sample_png_is_a_seeded_grid(trained, tmp_path):
     assert np.abs(pictures[0].astype(int) - pictures[2]).max() > 0
 
 
-def test_reconstruct_puts_originals_above_reconstructions(trained, tmp_path, mnist):
-    """The top row holds the first test images (fixed binarization, inverted)."""
+def grid_cells(picture: np.ndarray, size: tuple[int, int], scale: int = 2, gap: int = 2):
+    """`cell(row, column)`: the pixels of one cell of a picture grid."""
+    height, width = size[0] * scale, size[1] * scale
+
+    def cell(row: int, column: int) -> np.ndarray:
+        top, left = gap + row * (height + gap), gap + column * (width + gap)
+        return picture[top : top + height, left : left + width]
+
+    return cell
+
+
+def as_drawn(image: np.ndarray, scale: int = 2) -> np.ndarray:
+    """A grey image in [0, 1] as a grid draws it: dark on white, scaled."""
+    pixels = np.clip(image[..., 0] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return (255 - pixels).repeat(scale, 0).repeat(scale, 1)
+
+
+def assert_pairs_stacked(picture: np.ndarray, originals, reconstructions, columns=16):
+    """Each original directly above its reconstruction, `columns` pairs to a
+    row of the grid; every other cell blank."""
+    n, size = len(originals), originals.shape[1:3]
+    cell = grid_cells(picture, size)
+    rows = 2 * -(-n // columns)
+    assert picture.shape == (rows * (2 * size[0] + 2) + 2, min(n, columns) * (2 * size[1] + 2) + 2)
+    for i in range(n):
+        row, column = divmod(i, columns)
+        np.testing.assert_array_equal(cell(2 * row, column), as_drawn(originals[i]))
+        np.testing.assert_array_equal(cell(2 * row + 1, column), as_drawn(reconstructions[i]))
+    for i in range(n, rows // 2 * columns):
+        row, column = divmod(i, columns)
+        assert (cell(2 * row, column) == 255).all() and (cell(2 * row + 1, column) == 255).all()
+
+
+TRAINED_0_1_0 = Path(__file__).parent / "fixtures" / "runs" / "mnist-default-0.1.0"
+
+
+@pytest.mark.parametrize("n", [5, 20])
+def test_reconstruct_keeps_each_original_above_its_reconstruction(n, tmp_path):
+    """The fully trained run: 5 images in one pair of rows; 20 in two pairs,
+    the last holding 4 originals above their 4 reconstructions."""
+    from tfvae.evaluation import run_images
+
     path = tmp_path / "r.png"
-    tfvae("reconstruct", trained, "-n", "5", "-o", path)
-    picture = np.asarray(Image.open(path))
-    assert picture.shape == (2 * 58 + 2, 5 * 58 + 2)
-    first = mnist.fixed_binarized_test()[0, :, :, 0]
-    expected = (255 - first * 255).astype(np.uint8).repeat(2, 0).repeat(2, 1)
-    np.testing.assert_array_equal(picture[2:58, 2:58], expected)
+    tfvae("reconstruct", TRAINED_0_1_0, "-n", n, "-o", path)
+    run, images = run_images(TRAINED_0_1_0, "test", limit=n)
+    reconstructions = np.asarray(run.model.reconstruct(images))
+    assert_pairs_stacked(np.asarray(Image.open(path)), images, reconstructions)
+
+
+def test_a_runs_reconstructions_of_a_small_test_split_stay_paired(tmp_path, write_idx):
+    """Training draws 32 test images, or all of a 30-image split: 16 pairs,
+    then 14 in the second pair of rows."""
+    from tfvae.data import load_dataset
+    from tfvae.runs import load_run
+
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for stem, n in (("train", 200), ("t10k", 30)):
+        write_idx(folder / f"{stem}-images-idx3-ubyte", rng.integers(0, 256, (n, 8, 8), np.uint8))
+        write_idx(folder / f"{stem}-labels-idx1-ubyte", rng.integers(0, 10, n, np.uint8))
+    run = tmp_path / "run"
+    tfvae("train", "--dataset", f"idx:{folder}", "--hidden", "8", "--epochs", "1",
+          "--no-jit-compile", "--pictures-every", "0", "--run-dir", run)  # fmt: skip
+    images = load_dataset(f"idx:{folder}").fixed_binarized("test")
+    reconstructions = np.asarray(load_run(run).model.reconstruct(images))
+    picture = np.asarray(Image.open(run / "reconstructions.png"))
+    assert_pairs_stacked(picture, images, reconstructions)
 
 
 def test_finished_run_is_not_overwritten_without_flag(trained):
@@ -183,11 +247,14 @@ def test_foreign_folder_is_never_used_as_run_dir(tmp_path):
 
 
 def test_help_has_examples_and_does_not_import_tensorflow():
-    """--help answers at once because it never imports TensorFlow (the start-up
+    """--help answers at once because it never imports TensorFlow or Keras
+    (the registration of tfvae's Keras classes waits for Keras; the start-up
     time itself is measured in benchmarks/, not here)."""
     result = subprocess.run([*TFVAE, "train", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "Examples:" in result.stdout
-    probe = "import sys, tfvae.cli.main; print('tensorflow' in sys.modules)"
+    probe = (
+        "import sys, tfvae.cli.main; print('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    )
     assert (
         subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
         == "False"
@@ -221,12 +288,12 @@ def test_a_lost_peer_restarts_the_command_at_most_ten_times(monkeypatch, capsys)
         raise PeerLostError("another worker stopped")
 
     monkeypatch.setenv("TFVAE_REJOINS", "9")
-    _training(lost_peer, as_json=False)
+    _training(lost_peer, "runs/x", as_json=False)
     assert execs == [(sys.executable, sys.orig_argv)]
     assert os.environ["TFVAE_REJOINS"] == "10"
     assert "Restarting to rejoin the job (10/10)" in capsys.readouterr().err
     with pytest.raises(click.ClickException) as refused:
-        _training(lost_peer, as_json=False)
+        _training(lost_peer, "runs/x", as_json=False)
     assert refused.value.exit_code == 1
     assert refused.value.message == "another worker stopped (gave up after 10 restarts)"
     assert len(execs) == 1
@@ -302,6 +369,82 @@ def test_export_versions_and_formats(trained, tmp_path):
     again = tfvae("export", trained, "--out", out, "--name", "vae", "--version", "1", check=False)
     assert again.returncode == 1 and "already exists" in again.stderr
     assert "Traceback" not in again.stderr
+    replaced = tfvae("export", trained, "-o", out, "--name", "vae", "--format", "tflite")
+    assert (
+        f"Replacing {out}/vae/tflite (quantization dynamic, batch dynamic) with "
+        "quantization none, batch dynamic"
+    ) in replaced.stdout
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["--quantize", "int8"], "--quantize shapes TFLite files and --format savedmodel writes"),
+        (["--batch-size", "4"], "--batch-size shapes TFLite files and --format savedmodel"),
+        (["--format", "tflite", "--model-version", "3"], "--model-version numbers SavedModels"),
+        (["--litert-js", "vendor"], "--litert-js is for --format web"),
+    ],
+)
+def test_export_refuses_options_that_shape_nothing_it_writes(options, said, tmp_path):
+    """Before anything is loaded or written: one line, exit 1."""
+    out = tmp_path / "exports"
+    result = CliRunner().invoke(main, ["export", str(TRAINED_0_1_0), "-o", str(out), *options])
+    assert result.exit_code == 1 and said in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("suffix", "kind"), [(".png", "PNG"), (".jpg", "JPEG"), (".JPEG", "JPEG"), (".webp", "WEBP")]
+)
+def test_pictures_are_written_as_their_suffix_says_and_json_lists_them(
+    trained, tmp_path, suffix, kind
+):
+    """`-o` picks the format; --json prints one object naming the file, its
+    size and what it shows, and the line for people goes to stderr."""
+    out = tmp_path / f"samples{suffix}"
+    result = CliRunner().invoke(
+        main, ["sample", str(trained), "-n", "4", "--seed", "2", "-o", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    picture = Image.open(out)
+    assert picture.format == kind
+    assert json.loads(result.stdout) == {
+        "files": [{"path": str(out), "width": picture.width, "height": picture.height}],
+        "images": 4,
+        "image_shape": [28, 28, 1],
+        "seed": 2,
+        "binary": False,
+    }
+    assert result.stderr == f"Wrote 4 samples to {out}\n"
+
+
+@pytest.mark.parametrize("command", ["sample", "reconstruct", "interpolate"])
+def test_a_picture_suffix_nothing_writes_is_refused_first(trained, tmp_path, command):
+    out = tmp_path / "p.gif"
+    result = CliRunner().invoke(main, [command, str(trained), "-o", str(out)])
+    assert result.exit_code == 1 and not out.exists()
+    assert result.output == (
+        f"Error: {out}: tfvae writes pictures as .png, .jpg (.jpeg) or .webp files; "
+        "give one of those suffixes\n"
+    )
+
+
+def test_reconstruct_and_interpolate_json_say_what_they_drew(trained, tmp_path):
+    out = tmp_path / "r.png"
+    shown = CliRunner().invoke(
+        main, ["reconstruct", str(trained), "-n", "3", "-o", str(out), "--json"]
+    )
+    assert json.loads(shown.stdout)["images"] == 3 and Image.open(out).size == (
+        3 * 58 + 2,
+        2 * 58 + 2,
+    )
+    out = tmp_path / "i.png"
+    path = CliRunner().invoke(
+        main, ["interpolate", str(trained), "--to", "5", "-n", "4", "-o", str(out), "--json"]
+    )
+    drawn = json.loads(path.stdout)
+    assert (drawn["steps"], drawn["indices"], drawn["split"]) == (4, [0, 5], "test")
+    assert drawn["files"] == [{"path": str(out), "width": 6 * 58 + 2, "height": 60}]
 
 
 def test_export_into_a_file_is_refused(trained, tmp_path):

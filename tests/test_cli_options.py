@@ -97,6 +97,10 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
             Bad(("--dataset", ""), r"mnist.*idx:.*tfds:"),
             Bad(("--dataset", "idx:"), r"folder"),
             Bad(("--dataset", "images:"), r"folder"),
+            Bad(("--dataset", A_FOLDER), r"is a folder: give it as images:/"),
+            Bad(("--dataset", "images:gs://bucket/faces"), r"remote paths are not read"),
+            Bad(("--dataset", "gs://bucket/faces"), r"remote paths are not read"),
+            Bad(("--dataset", "fashion_mnist"), r"for example tfds:fashion_mnist"),
         ],
         "data_dir": [
             Bad(("--data-dir", A_FILE), "is a file"),
@@ -139,7 +143,7 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
         "likelihood": choice("--likelihood", LIKELIHOODS, bad=("normal", "Logistic", "")),
         "objective": choice("--objective", OBJECTIVES, bad=("vlb", "")),
         "gradient_estimator": choice("--gradient-estimator", GRADIENT_ESTIMATORS, bad=("rws", "")),
-        "k": positive_int("--k"),
+        "k": [*positive_int("--k"), *positive_int("-k")],
         "beta": [
             Bad(("--beta", "-0.5"), r"0<=x<=1000"),
             Bad(("--beta", "1001"), r"0<=x<=1000"),
@@ -166,6 +170,7 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
     "resume": {
         "run_dir": RUN_DIR_ARG,
         "epochs": positive_int("--epochs"),
+        "restart": flag("--restart"),
         "strategy": choice("--strategy", STRATEGIES, bad=("gpu", "")),
         "jit_compile": [*flag("--jit-compile"), *flag("--no-jit-compile")],
         "steps_per_execution": positive_int("--steps-per-execution"),
@@ -179,49 +184,56 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
         "count": [
             Bad(("-n", "1"), r"range x>=2"),
             Bad(("-n", "0"), r"range x>=2"),
-            Bad(("-n", "ten"), NOT_INT),
+            Bad(("--num", "ten"), NOT_INT),
         ],
         "split": choice("--split", ("test", "train"), bad=("val", "")),
         "spherical": flag("--spherical"),
         "output": [Bad(("-o", A_FOLDER), "is a directory"), Bad(("--output", A_FOLDER), "")],
+        "as_json": flag("--json"),
     },
     "evaluate": {
         "run_dir": RUN_DIR_ARG,
         "split": choice("--split", ("test", "train"), bad=("val", "")),
-        "k": positive_int("--k"),
+        "k": [*positive_int("--k"), *positive_int("-k")],
         "as_json": flag("--json"),
     },
     "sample": {
         "run_dir": RUN_DIR_ARG,
-        "count": positive_int("-n"),
+        "count": [*positive_int("-n"), *positive_int("--num")],
         "seed": [
             *non_negative_int("--seed"),
             Bad(("--seed", str(2**32)), r"x<="),
         ],
         "binary": flag("--binary"),
         "output": [Bad(("-o", A_FOLDER), "is a directory"), Bad(("--output", A_FOLDER), "")],
+        "as_json": flag("--json"),
     },
     "reconstruct": {
         "run_dir": RUN_DIR_ARG,
-        "count": positive_int("-n"),
+        "count": [*positive_int("-n"), *positive_int("--num")],
         "split": choice("--split", ("test", "train"), bad=("val", "")),
         "output": [Bad(("-o", A_FOLDER), "is a directory"), Bad(("--output", A_FOLDER), "")],
+        "as_json": flag("--json"),
     },
     "export": {
         "run_dir": RUN_DIR_ARG,
         "formats": choice(
             "--format", ("savedmodel", "tflite", "onnx", "all", "web"), bad=("pb", "")
         ),
-        "out": [Bad(("--out", A_FILE), "is a file")],
+        "out": [
+            Bad(("--out", A_FILE), "is a file"),
+            Bad(("-o", A_FILE), "is a file"),
+            Bad(("--output", A_FILE), "is a file"),
+        ],
         "name": [
             Bad(("--name", "../up"), "letters, digits"),
             Bad(("--name", ""), "letters, digits"),
             Bad(("--name", "a/b"), "letters, digits"),
         ],
-        "version": positive_int("--version"),
+        "version": [*positive_int("--version"), *positive_int("--model-version")],
         "as_json": flag("--json"),
         "quantize": choice("--quantize", ("none", "float16", "dynamic", "int8"), bad=("int4", "")),
-        "batch": positive_int("--batch"),
+        "batch": [*positive_int("--batch"), *positive_int("--batch-size")],
         "litert_js": [Bad(("--litert-js",), "requires an argument")],
     },
 }

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfvae.callbacks import EpochLog, duration
+from tfvae.callbacks import EpochLog
 from tfvae.config import TrainConfig
 from tfvae.errors import RunError
+from tfvae.progress import Progress, duration
 from tfvae.runs import lock_folder
 
 TFVAE = [sys.executable, "-m", "tfvae"]
@@ -102,13 +103,36 @@ def test_a_lock_left_by_a_killed_process_never_blocks_and_resume_needs_no_option
     killed.wait()
     assert (tmp_path / ".run.lock").exists()
     resumed = tfvae("resume", run, "--json")
-    assert "Resuming after epoch" in resumed.stdout
-    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert "Resuming after epoch" in resumed.stderr
+    summary = json.loads(resumed.stdout)
     assert summary["epochs"] == 6 and summary["initial_epoch"] >= 1
     assert summary["run_dir"] == str(run) and summary["test"]["elbo"] < 0
     state = json.loads((run / "config.json").read_text())
     assert state["config"]["hidden_units"] == [32] and state["status"] == "finished"
     assert not (tmp_path / ".run.lock").exists()
+
+
+def test_ctrl_c_names_the_run_folder_to_resume(tmp_path):
+    """SIGINT after the first checkpoint: exit 130 and the resume command of
+    this very folder (the default one here, made up of the date and time)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    args = [*TFVAE, "train", *TINY, "--epochs", "200", "--pictures-every", "0"]
+    process = subprocess.Popen(
+        args, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    deadline = time.time() + 120
+    while not list(work.glob("runs/*/backup/epoch-00001")):
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    (run,) = (path for path in (work / "runs").iterdir() if not path.name.startswith("."))
+    os.kill(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == (
+        f"Interrupted. 'tfvae resume {run.relative_to(work)}' continues the run."
+    )
 
 
 def test_the_lock_is_per_open_file_and_names_its_holder(tmp_path):
@@ -168,24 +192,88 @@ def test_resume_refuses_what_it_cannot_do(tmp_path):
         resume(tmp_path / "missing")
 
 
+def _in_process(*args):
+    """`tfvae *args` in this process (TensorFlow is loaded already)."""
+    from click.testing import CliRunner
+
+    from tfvae.cli.main import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_a_finished_run_without_its_model_file_says_what_repairs_it(tmp_path):
+    """model.keras deleted from a finished run: evaluate, resume and resume
+    --epochs N all say so and name the one command that repairs it (no
+    checkpoint is kept once a run finishes); that command trains the run
+    again, after which it evaluates."""
+    from tfvae.evaluation import score_run
+    from tfvae.training import train
+
+    run = tmp_path / "run"
+    config = TrainConfig(hidden_units=(8,), limit=200, epochs=1, jit_compile=False)
+    train(config, run, echo=lambda _: None, verbose=0)
+    (run / "model.keras").unlink()
+    said = (
+        f"Error: {run}/model.keras: missing, though the run finished; no checkpoint is "
+        f"kept: 'tfvae resume {run} --restart' trains it again"
+    )
+    for args in (["evaluate", run], ["resume", run], ["resume", run, "--epochs", "6"]):
+        result = _in_process(*args)
+        assert result.exit_code == 1 and result.output.strip() == said, result.output
+    assert _in_process("resume", run, "--restart").exit_code == 0
+    assert score_run(run)["n_images"] == 200
+
+
+def test_a_finished_run_without_its_model_file_is_rebuilt_from_a_kept_checkpoint(tmp_path):
+    """The 0.1.0 run killed after epoch 2 of 40, marked finished with no
+    model file: its checkpoint is what repairs it, and `tfvae resume`
+    trains from it to the run's 40 epochs."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "runs" / "unfinished-0.1.0", run)
+    state = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**state, "status": "finished"}))
+    said = f"'tfvae resume {run}' rebuilds it from the last checkpoint"
+    assert said in _in_process("evaluate", run).output
+    resumed = _in_process("resume", run, "--no-jit-compile", "--pictures-every", "0", "--json")
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads(resumed.stdout)
+    assert (summary["initial_epoch"], summary["epochs"]) == (2, 40)
+    assert json.loads((run / "config.json").read_text())["status"] == "finished"
+
+
 def test_train_and_export_json_and_a_log_a_person_reads(tmp_path):
-    """On a pipe: one line per epoch with nats to two decimals, seconds and
-    the time left, no progress bar; --json ends stdout with one object whose
-    paths exist."""
+    """In a pipe: one line per epoch with nats to two decimals, seconds and,
+    once an epoch has run without compiling, the time left; no progress bar.
+    With --json, stdout is one JSON document (its paths exist) and every
+    line for people goes to stderr: `python -m json.tool` reads stdout."""
     run = tmp_path / "run"
     result = tfvae("train", *TINY, "--epochs", "3", "--run-dir", run, "--json")
-    lines = result.stdout.strip().splitlines()
+    lines = result.stderr.strip().splitlines()
     epoch = r"Epoch {}/3: loss \d+\.\d\d, test -ELBO \d+\.\d\d \(KL \d+\.\d\d\), \d+\.\d s"
-    assert re.fullmatch(epoch.format(1) + r", about \d+ s left", lines[1]), lines[1]
-    assert re.fullmatch(epoch.format(3), lines[3]), lines[3]
-    assert "e+0" not in result.stdout and "━" not in result.stdout
-    summary = json.loads(lines[-1])
+    assert re.fullmatch(epoch.format(1), lines[3]), lines[3]
+    assert re.fullmatch(epoch.format(2) + r"(, about \d+ s left)?", lines[4]), lines[4]
+    assert re.fullmatch(epoch.format(3), lines[5]), lines[5]
+    assert "e+0" not in result.stderr and "━" not in result.stderr and "\r" not in result.stderr
+    summary = json.loads(result.stdout)
     state = json.loads((run / "config.json").read_text())
     assert summary["test"] == state["test"] and summary["epochs"] == 3 and summary["seconds"] > 0
+    tool = subprocess.run([sys.executable, "-m", "json.tool"], input=result.stdout, text=True)
+    assert tool.returncode == 0
 
-    exported = tfvae("export", run, "--format", "all", "--out", tmp_path / "exports", "--json")
-    assert exported.stderr == ""  # no native chatter (LiteRT's XNNPACK line) either
-    records = json.loads(exported.stdout.strip().splitlines()[-1])["exports"]
+    exported = tfvae("export", run, "--format", "all", "-o", tmp_path / "exports", "--json")
+    # One line per stage and per artifact, and no native chatter (LiteRT's XNNPACK line).
+    said = exported.stderr.strip().splitlines()
+    assert [line[:6] for line in said] == [
+        "[1/3] ",
+        "[2/3] ",
+        "[3/3] ",
+        "SavedM",
+        "TFLite",
+        "ONNX: ",
+    ]
+    records = json.loads(exported.stdout)["exports"]
     assert [r["format"] for r in records][:2] == ["savedmodel", "tflite"]
     assert records[0]["version"] == 1 and records[0]["path"].endswith("/1")
     for record in records:
@@ -196,26 +284,26 @@ def test_train_and_export_json_and_a_log_a_person_reads(tmp_path):
 
 
 def test_the_time_left_comes_from_recent_epochs_not_the_compiling_one():
-    """Epoch 1 (10 s) compiles; epochs 2-3 take 2 s: 7 epochs left, 14 s."""
+    """Epoch 1 (10 s) compiles: its line says no time left; epochs 2-3 take
+    2 s: after epoch 3, 7 epochs left, 14 s."""
     said: list[str] = []
-    log = EpochLog(said.append, epochs=10)
+    log = EpochLog(Progress(said.append, live=False), epochs=10)
     for epoch, seconds in enumerate([10.0, 2.0, 2.0]):
         log.on_epoch_end(epoch, {"loss": 101.234, "seconds": seconds})
+    assert said[0] == "Epoch 1/10: loss 101.23, 10.0 s"
     assert said[-1] == "Epoch 3/10: loss 101.23, 2.0 s, about 14 s left"
 
 
-def test_a_long_epoch_says_how_far_it_is(monkeypatch):
-    """Past PROGRESS_SECONDS into an epoch of 100 steps, after step 25 of it:
-    75 steps left at the pace so far (80 s for 25 steps) is 240 s."""
-    import tfvae.callbacks as callbacks
-
+def test_a_long_epoch_says_how_far_it_is():
+    """Off a terminal, past PROGRESS_SECONDS into an epoch of 100 steps run
+    10 to a call: the first call (which compiles) is left out of the pace,
+    so after step 25, 15 steps took 50 s and the 75 left take 250 s."""
     clock = iter([1000.0, 1030.0, 1080.0])
-    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
     said: list[str] = []
-    log = EpochLog(said.append, epochs=2)
+    log = EpochLog(Progress(said.append, live=False, clock=lambda: next(clock)), epochs=2)
     log.set_params({"steps": 100})
     log.on_epoch_begin(0)
-    log.on_train_batch_end(9)  # 30 s in: too soon to say anything
+    log.on_train_batch_end(9)  # 30 s in: the first call, too soon to say anything
     log.on_train_batch_end(24)
     assert said == ["  epoch 1: step 25/100, about 4 min left in this epoch"]
     assert [duration(s) for s in (42, 600, 11_520)] == ["42 s", "10 min", "3.2 h"]
@@ -311,3 +399,50 @@ def test_tensorboard_shows_the_runs_pictures_without_changing_its_training(tmp_p
         for run in ("shown", "plain")
     ]
     assert rows[0] == rows[1]
+
+
+def _scalars(log_dir: Path) -> dict[str, dict[int, float]]:
+    """Every scalar summary under `log_dir`: tag -> step -> value."""
+    import tensorflow as tf
+
+    found: dict[str, dict[int, float]] = {}
+    for events in log_dir.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                found.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    return found
+
+
+@pytest.mark.parametrize("validation", [0, 100])
+def test_tensorboard_logs_each_epoch_at_its_number_under_its_splits_name(tmp_path, validation):
+    """Epochs 1 and 2 are steps 1 and 2 for the scalars as for the pictures;
+    the held-out scores sit under the split they score (test/ without a
+    validation split, validation/ with one) and equal metrics.csv's."""
+    from tfvae.training import train
+
+    config = TrainConfig(
+        hidden_units=(16,), limit=500, batch_size=100, epochs=2, validation=validation
+    )
+    run = tmp_path / "run"
+    train(config, run, echo=lambda _: None, verbose=0)
+    held_out = "validation" if validation else "test"
+    logs = run / "logs"
+    assert sorted(p.name for p in logs.iterdir()) == sorted(["train", held_out, "pictures"])
+    train_scalars, held_scalars = _scalars(logs / "train"), _scalars(logs / held_out)
+    assert set(train_scalars) == {"loss", "elbo", "kl", "log_likelihood", "learning_rate"}
+    assert set(held_scalars) == {"loss", "elbo", "kl", "log_likelihood"}
+    for steps in [*train_scalars.values(), *held_scalars.values()]:
+        assert set(steps) == {1, 2}
+    assert {step for _, step in _summary_images(logs / "pictures")} == {1, 2}
+    rows = (run / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    for row in rows[1:]:
+        values = dict(zip(header, row.split(","), strict=True))
+        epoch = int(values["epoch"])
+        for term in ("elbo", "kl"):
+            assert held_scalars[term][epoch] == pytest.approx(
+                float(values[f"{held_out}_{term}"]), abs=1e-3
+            )
+            assert train_scalars[term][epoch] == pytest.approx(
+                float(values[f"train_{term}"]), abs=1e-3
+            )

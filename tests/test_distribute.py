@@ -538,7 +538,11 @@ def test_auto_on_a_machine_without_gpus_is_the_default_strategy():
         pytest.skip("auto mirrors or places on the GPUs here")
     strategy = make_strategy("auto")
     assert strategy is tf.distribute.get_strategy()
-    assert describe(strategy) == {"strategy_class": "_DefaultDistributionStrategy", "replicas": 1}
+    assert describe(strategy) == {
+        "strategy_class": "_DefaultDistributionStrategy",
+        "placement": "one CPU",
+        "replicas": 1,
+    }
 
 
 def test_tpu_without_a_tpu_is_one_line_and_writes_nothing(tmp_path):

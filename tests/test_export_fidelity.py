@@ -251,7 +251,7 @@ def test_cli_export_of_a_refused_conversion_is_one_line_and_writes_nothing(
     out = tmp_path / "exports"
     result = CliRunner().invoke(main, ["export", str(run), "--format", "tflite", "--out", str(out)])
     assert result.exit_code == 1, result.output
-    (line,) = result.output.strip().splitlines()
+    (line,) = result.stderr.strip().splitlines()
     assert re.fullmatch(
         r"Error: (encoder|decoder)\.tflite differs from the Keras model \(\w+: (mean|p99) "
         r"scaled error .* > .*\); the conversion is broken, not exported",

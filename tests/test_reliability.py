@@ -647,11 +647,14 @@ def test_model_config_naming_a_foreign_function_is_refused(run_copy):
     ],
 )
 def test_damaged_model_file_is_one_clear_line(run_copy, damage):
+    """Named, with the one command that repairs it (no checkpoint is kept
+    once a run finishes)."""
     path = run_copy / "model.keras"
     path.write_bytes(damage(path.read_bytes()))
-    with pytest.raises(RunError, match="cannot be loaded safely"):
+    with pytest.raises(RunError, match="damaged"):
         load_run(run_copy)
-    assert_clean_failure(CliRunner().invoke(main, ["evaluate", str(run_copy)]), str(path))
+    result = CliRunner().invoke(main, ["evaluate", str(run_copy)])
+    assert_clean_failure(result, str(path), f"'tfvae resume {run_copy} --restart'")
 
 
 def test_model_file_with_another_model_is_refused(run_copy):
@@ -767,7 +770,7 @@ def test_no_pickle_or_unsafe_loading_in_the_sources():
 
 RUN_FILES = re.compile(
     r"^(config\.json|metrics\.csv|model\.keras|[\w-]+\.png"
-    r"|logs/(train|validation|pictures)/events\.out\.tfevents\.[\w.-]+)$"
+    r"|logs/(train|test|validation|pictures)/events\.out\.tfevents\.[\w.-]+)$"
 )
 EXPORT_FILES = re.compile(
     r"^(\d+/(saved_model\.pb|fingerprint\.pb|variables/variables\.(index|data-\d+-of-\d+)"
@@ -796,9 +799,37 @@ def test_everything_tfvae_writes_is_a_known_non_pickle_format(finished_run, tiny
 
 @pytest.mark.parametrize("command", ["sample", "reconstruct"])
 def test_output_into_a_missing_folder_is_one_line(finished_run, tmp_path, command):
+    """The user's path and what to do, never tfvae's temporary file."""
     target = tmp_path / "no" / "such" / "folder" / "x.png"
     result = CliRunner().invoke(main, [command, str(finished_run), "-n", "4", "-o", str(target)])
-    assert_clean_failure(result, str(target.parent))
+    line = assert_clean_failure(result)
+    assert line == f"Error: {target}: the folder {target.parent} does not exist; create it first"
+
+
+@pytest.fixture
+def read_only_run(finished_run, tmp_path):
+    """A copy of the finished run on a real read-only file system (a tmpfs
+    remounted read-only, needs root)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        shutil.copytree(finished_run, mount / "run")
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        yield mount / "run"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_picture_into_a_read_only_run_folder_says_to_pass_o(read_only_run):
+    result = CliRunner().invoke(main, ["sample", str(read_only_run), "-n", "4"])
+    line = assert_clean_failure(result)
+    assert line == (
+        f"Error: {read_only_run}/samples-seed0.png: Read-only file system: the folder "
+        f"{read_only_run} is not writable; pass -o FILE to write the picture elsewhere"
+    )
 
 
 # --- exported signatures ------------------------------------------------------------

@@ -264,8 +264,8 @@ def test_web_refuses_tflite_only_options():
     from tfvae.errors import ExportError
     from tfvae.export import export_run
 
-    for options in (dict(quantize="int8"), dict(batch=4)):
-        with pytest.raises(ExportError, match="--quantize and --batch shape TFLite files"):
+    for options, named in ((dict(quantize="int8"), "--quantize"), (dict(batch=4), "--batch")):
+        with pytest.raises(ExportError, match=f"{named}.* shapes TFLite files and the web page"):
             export_run(TRAINED, "web", "unused", **options)
 
 

@@ -20,12 +20,15 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from tfvae import durable
+from tfvae import durable, plots
 from tfvae.errors import NonFiniteLossError, RunError
-
-_WEIGHTS = "state.weights.h5"
-_META = "meta.json"
+from tfvae.metrics import METRICS
+from tfvae.progress import Progress, bar, duration
+from tfvae.runs import CHECKPOINT_META as _META
+from tfvae.runs import CHECKPOINT_WEIGHTS as _WEIGHTS
+from tfvae.runs import checkpoint_folders, checkpoints
 
 
 class EpochBackup(keras.callbacks.Callback):
@@ -41,19 +44,10 @@ class EpochBackup(keras.callbacks.Callback):
         self.keep = keep
 
     def _folders(self) -> list[Path]:
-        if not self.backup_dir.is_dir():
-            return []
-        return sorted(p for p in self.backup_dir.glob("epoch-*") if (p / _META).is_file())
+        return checkpoint_folders(self.backup_dir)
 
     def _checkpoints(self) -> list[tuple[int, Path]]:
-        """`(epoch, folder)` of every checkpoint whose metadata reads, oldest first."""
-        found = []
-        for folder in self._folders():
-            try:
-                found.append((int(json.loads((folder / _META).read_text())["epoch"]), folder))
-            except (OSError, ValueError, KeyError):
-                continue
-        return found
+        return checkpoints(self.backup_dir)
 
     def epochs(self) -> list[int]:
         """The epochs this folder holds a complete checkpoint of, oldest first."""
@@ -156,53 +150,70 @@ class EpochSeconds(keras.callbacks.Callback):
             logs["seconds"] = time.perf_counter() - self._start
 
 
-def duration(seconds: float) -> str:
-    """A span of time as a person says it: 42 s, 8 min, 3.2 h."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 class EpochLog(keras.callbacks.Callback):
-    """One line per epoch, as a person would write it: the loss and the
-    held-out -ELBO and KL in nats, the epoch's seconds and the time the
-    whole run has left. Runs after `EpochSeconds`."""
+    """What a person sees of training (`tfvae.progress.Progress`): on a
+    terminal, a live line for the epoch running (its steps, never past their
+    total, the loss so far and the time the epoch has left); then one line
+    that stays per epoch: the loss, the -ELBO and KL of the held-out split
+    (named for the split they score), the epoch's seconds and the time the
+    run has left. Off a terminal, an epoch longer than `PROGRESS_SECONDS`
+    also says that often how far it is. Runs after `EpochSeconds`.
 
-    # An epoch longer than this also says how far it is, this often.
+    Times left are measured on work that compiles nothing: the first call of
+    each epoch is left out of the epoch's pace, and a process's first epoch
+    (which compiles the steps) out of the run's."""
+
     PROGRESS_SECONDS = 60.0
 
-    def __init__(self, echo, epochs: int, held_out: str = "test"):
+    def __init__(self, progress: Progress, epochs: int, held_out: str = "test"):
         super().__init__()
-        self.echo, self.epochs, self.held_out = echo, epochs, held_out
+        self.progress, self.epochs, self.held_out = progress, epochs, held_out
         self.seconds: list[float] = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
-        self._start = self._said = time.perf_counter()
+        self._said = self.progress.clock()
+        self._first: tuple[float, int] | None = None  # (time, steps done) after the first call
+        if not self.seconds:
+            self.progress.show(
+                f"Epoch {epoch + 1}/{self.epochs}: compiling the training step", force=True
+            )
 
     def on_train_batch_end(self, batch, logs=None):
-        """In a long epoch, a line every `PROGRESS_SECONDS`: the steps done
-        and the time the epoch has left, at the pace so far."""
-        now = time.perf_counter()
-        steps = (self.params or {}).get("steps")
-        if now - self._said < self.PROGRESS_SECONDS or not steps:
-            return
-        self._said = now
-        left = (now - self._start) / (batch + 1) * (steps - batch - 1)
-        self.echo(
-            f"  epoch {self._epoch + 1}: step {batch + 1}/{steps}, "
-            f"about {duration(left)} left in this epoch"
-        )
+        """`batch` is the last step of the call that ended: under several
+        steps per call Keras counts past the epoch's end, so it is capped."""
+        now, steps = self.progress.clock(), (self.params or {}).get("steps")
+        done = batch + 1 if not steps else min(batch + 1, steps)
+        if self._first is None:
+            self._first = (now, done)
+        first_time, first_done = self._first
+        left = None
+        if steps and done > first_done:
+            left = (now - first_time) / (done - first_done) * (steps - done)
+        head = f"Epoch {self._epoch + 1}/{self.epochs}"
+        count = f"{bar(done, steps)} {done}/{steps}" if steps else f"step {done}"
+        pace = f", about {duration(left)} left" if left is not None else ""
+        loss = (logs or {}).get("loss")
+        loss = f", loss {float(np.ravel(loss)[0]):.2f}" if loss is not None else ""
+        self.progress.show(f"{head} {count}{pace}{loss}", force=bool(steps) and done == steps)
+        if not self.progress.live and left is not None:
+            if now - self._said >= self.PROGRESS_SECONDS:
+                self._said = now
+                self.progress.say(
+                    f"  epoch {self._epoch + 1}: step {done}/{steps}, "
+                    f"about {duration(left)} left in this epoch"
+                )
+
+    def on_test_begin(self, logs=None):
+        if hasattr(self, "_epoch"):  # the held-out scoring inside `fit`
+            self.progress.show(
+                f"Epoch {self._epoch + 1}/{self.epochs}: scoring the {self.held_out} images",
+                force=True,
+            )
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         self.seconds.append(float(logs.get("seconds", 0.0)))
-        # The first epoch of a process also compiles the step: left out once
-        # there are others.
-        recent = self.seconds[1:][-5:] or self.seconds
-        left = (self.epochs - epoch - 1) * float(np.median(recent))
         parts = [f"loss {float(logs.get('loss', math.nan)):.2f}"]
         if "val_elbo" in logs:
             parts.append(
@@ -210,47 +221,60 @@ class EpochLog(keras.callbacks.Callback):
                 f"(KL {float(logs['val_kl']):.2f})"
             )
         parts.append(f"{self.seconds[-1]:.1f} s")
-        if left > 0:
+        compiled = self.seconds[1:][-5:]  # the first compiled the steps
+        left = (self.epochs - epoch - 1) * float(np.median(compiled)) if compiled else 0.0
+        if left >= 1:
             parts.append(f"about {duration(left)} left")
-        self.echo(f"Epoch {epoch + 1}/{self.epochs}: " + ", ".join(parts))
+        self.progress.say(f"Epoch {epoch + 1}/{self.epochs}: " + ", ".join(parts))
 
 
-class PictureSummaries(keras.callbacks.Callback):
-    """The run's pictures as TensorBoard images every `every` epochs, beside
-    Keras' scalars: reconstructions of `images`, samples (seed 0) and, for a
-    2-D latent space, the manifold. The same as the PNGs a finished run
-    writes, so the last epoch's equal them."""
+class Summaries(keras.callbacks.Callback):
+    """The run's TensorBoard logs (`logs/`), every epoch at its own number
+    as the step (1 for the first): the terms in `train/` and in a folder
+    named for the held-out split they score (`test/` or `validation/`), the
+    learning rate, and every `pictures_every` epochs the run's pictures in
+    `pictures/` (`plots.run_pictures`, the same as the finished run's PNGs,
+    so the last epoch's equal them)."""
 
-    def __init__(self, log_dir: Path, images: np.ndarray, every: int = 1):
+    def __init__(self, log_dir: Path, held_out: str, images: np.ndarray, pictures_every: int):
         super().__init__()
-        self.log_dir, self.images, self.every = Path(log_dir), images, every
-        self._writer = None
+        self.log_dir, self.held_out = Path(log_dir), held_out
+        self.images, self.pictures_every = images, pictures_every
+        self._writers: dict[str, object] = {}
+
+    def _writer(self, name: str):
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
+        return self._writers[name]
 
     def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every:
-            return
-        import tensorflow as tf
+        logs, step = logs or {}, epoch + 1
+        with self._writer("train").as_default(step=step):
+            for name in METRICS:
+                if name in logs:
+                    tf.summary.scalar(name, float(np.ravel(logs[name])[0]))
+            rate = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            tf.summary.scalar("learning_rate", float(rate))
+        with self._writer(self.held_out).as_default(step=step):
+            for name in METRICS:
+                if f"val_{name}" in logs:
+                    tf.summary.scalar(name, float(np.ravel(logs[f"val_{name}"])[0]))
+        if self.pictures_every and step % self.pictures_every == 0:
+            self._pictures(step)
+        for writer in self._writers.values():
+            writer.flush()
 
-        from tfvae import plots
-
-        pictures = {
-            "reconstructions": plots.reconstructions(self.model, self.images),
-            "samples": plots.samples(self.model, 64, seed=0),
-        }
-        if self.model.latent_dim == 2:
-            pictures["manifold"] = plots.manifold(self.model)
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(str(self.log_dir))
-        with self._writer.as_default():
-            for name, picture in pictures.items():
+    def _pictures(self, step: int) -> None:
+        with self._writer("pictures").as_default(step=step):
+            for name, picture in plots.run_pictures(self.model, self.images).items():
                 pixels = np.asarray(picture)
                 pixels = pixels[..., None] if pixels.ndim == 2 else pixels
-                tf.summary.image(name, pixels[None], step=epoch + 1)
-        self._writer.flush()
+                tf.summary.image(name, pixels[None])
 
     def on_train_end(self, logs=None):
-        if self._writer is not None:
-            self._writer.close()
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
 
 
 class MetricsCSV(keras.callbacks.Callback):
@@ -258,8 +282,6 @@ class MetricsCSV(keras.callbacks.Callback):
 
     Rows of epochs that a resumed run replays are replaced, never repeated.
     """
-
-    TERMS = ("loss", "elbo", "kl", "log_likelihood")
 
     def __init__(self, path: Path, initial_epoch: int = 0, held_out: str = "test"):
         """`held_out`: what Keras' `val_*` logs score, `test` or `validation`,
@@ -269,7 +291,7 @@ class MetricsCSV(keras.callbacks.Callback):
         self.held_out = held_out
         self.columns = (
             "epoch",
-            *(f"{split}_{name}" for split in ("train", held_out) for name in self.TERMS),
+            *(f"{split}_{name}" for split in ("train", held_out) for name in METRICS),
             "seconds",
         )
         self.rows: list[dict[str, str]] = []
@@ -280,7 +302,7 @@ class MetricsCSV(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         row = {"epoch": str(epoch + 1), "seconds": f"{logs.get('seconds', float('nan')):.3f}"}
-        for name in self.TERMS:
+        for name in METRICS:
             row[f"train_{name}"] = f"{float(logs.get(name, float('nan'))):.4f}"
             row[f"{self.held_out}_{name}"] = f"{float(logs.get('val_' + name, float('nan'))):.4f}"
         self.rows = [r for r in self.rows if int(r["epoch"]) < epoch + 1] + [row]

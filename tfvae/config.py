@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -40,6 +41,35 @@ PLACEMENT = ("strategy", "jit_compile", "steps_per_execution", "pictures_every")
 
 # Seeds become int32 stateless-random seeds: larger values would wrap.
 MAX_SEED = 2**31 - 1
+
+
+DATASET_FORMS = "mnist, idx:DIR, images:DIR or tfds:NAME[/CONFIG]"
+
+
+def dataset_problem(spec: str) -> str | None:
+    """What is wrong with a data set spec (`DATASET_FORMS`), with the spec
+    the user probably meant; None when it is well formed (whether the set
+    exists is checked when it loads)."""
+    if spec == "mnist":
+        return None
+    scheme, _, rest = spec.partition(":")
+    if scheme in ("idx", "images", "tfds") and not rest:
+        return f"give {'a TFDS name' if scheme == 'tfds' else 'a folder'} after '{scheme}:'"
+    if "://" in spec:
+        return (
+            f"{spec!r}: remote paths are not read; copy the images to a local folder "
+            "and give images:DIR (or idx:DIR)"
+        )
+    if scheme in ("idx", "images", "tfds"):
+        return None
+    if os.path.isdir(spec):
+        kind = "idx" if any("-idx" in name for name in os.listdir(spec)) else "images"
+        return f"{spec!r} is a folder: give it as {kind}:{spec}"
+    known = f"unknown dataset {spec!r}; use {DATASET_FORMS}"
+    if ":" in spec:
+        return known
+    guess = f"tfds:{spec}" if "/" not in spec else f"images:{spec}"
+    return f"{known} (for example {guess})"
 
 
 def conv_padded(size: int) -> int:
@@ -250,8 +280,7 @@ class TrainConfig(ModelConfig):
         the others see the pixels as they are (`binarize` is stored as `none`
         for them, and `static`, which would feed them binary pixels, is refused)."""
         if self.likelihood is None:
-            default = "logistic" if self.dataset.startswith("images:") else "bernoulli"
-            object.__setattr__(self, "likelihood", default)
+            object.__setattr__(self, "likelihood", self.default_likelihood)
         if self.likelihood == "bernoulli" or self.likelihood not in LIKELIHOODS:
             return
         if self.binarize == "static":
@@ -260,6 +289,31 @@ class TrainConfig(ModelConfig):
                 f"likelihood scores; drop it for likelihood={self.likelihood!r}"
             )
         object.__setattr__(self, "binarize", "none")
+
+    @property
+    def default_likelihood(self) -> str:
+        """The likelihood a run gets unless it asks for one: the discretized
+        logistic for image folders, the Bernoulli for the MNIST family."""
+        return "logistic" if self.dataset.startswith("images:") else "bernoulli"
+
+    def describe_likelihood(self) -> str:
+        """What the log says of p(x|z): the likelihood, what it does to the
+        pixels, and whether it was chosen for the user."""
+        treatment = {
+            "dynamic": "binarized afresh every pass",
+            "static": "binarized once",
+            "none": "their grey levels in [0, 1] as targets",
+        }
+        what = {
+            "bernoulli": f"Bernoulli pixels, {treatment[self.binarize]}",
+            "continuous-bernoulli": "continuous Bernoulli on intensities in [0, 1]",
+            "logistic": "discretized logistic over the 256 levels of 8-bit pixels",
+            "gaussian": "Gaussian on uniformly dequantized levels",
+        }[self.likelihood]
+        if self.likelihood != self.default_likelihood:
+            return what
+        kind = "for image folders" if self.dataset.startswith("images:") else "here"
+        return f"{what} (the default {kind}; --likelihood changes it)"
 
     @property
     def pixels(self) -> str:

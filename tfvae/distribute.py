@@ -49,11 +49,36 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
 
 
 def describe(strategy: tf.distribute.Strategy) -> dict[str, object]:
-    """What went into the run's config: the strategy class and replica count."""
+    """What went into the run's config: the strategy, as its class and as
+    people say it, and the replica count."""
     return {
         "strategy_class": type(strategy).__name__,
+        "placement": placement_name(strategy),
         "replicas": int(strategy.num_replicas_in_sync),
     }
+
+
+def placement_name(strategy: tf.distribute.Strategy) -> str:
+    """Where a strategy trains, as people say it: `one CPU`, `one GPU`,
+    `2 GPUs (mirrored)`, `multi-worker, 4 workers`, `TPU, 8 cores`."""
+    replicas = int(strategy.num_replicas_in_sync)
+    if is_multi_worker(strategy):
+        workers = input_pipelines(strategy)
+        each = replicas // workers
+        per_worker = f", {each} GPUs each" if each > 1 else ""
+        return f"multi-worker, {workers} workers{per_worker}"
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return f"TPU, {replicas} cores"
+    if isinstance(strategy, tf.distribute.OneDeviceStrategy | tf.distribute.MirroredStrategy):
+        devices = strategy.extended.worker_devices
+        gpu = any(tf.DeviceSpec.from_string(d).device_type == "GPU" for d in devices)
+    else:  # the default strategy: where TensorFlow places ops
+        gpu = bool(tf.config.list_logical_devices("GPU"))
+    kind = "GPU" if gpu else "CPU"
+    mirrored = " (mirrored)" if isinstance(strategy, tf.distribute.MirroredStrategy) else ""
+    if replicas == 1:
+        return f"one {kind}{mirrored}"
+    return f"{replicas} {kind}s{mirrored}"
 
 
 def execution_settings(config, strategy: tf.distribute.Strategy) -> tuple[bool, int]:

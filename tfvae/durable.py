@@ -10,6 +10,7 @@ the rename itself is on disk.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -37,7 +38,10 @@ def fsync_tree(root: Path) -> None:
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary sibling file of `path` to write (by any library); on
-    success it is flushed and renamed over `path`, on failure removed."""
+    success it is flushed and renamed over `path`, on failure removed.
+
+    A failure to write names `path`, never the temporary file, and says
+    what to do about a missing or read-only folder."""
     path = Path(path)
     # The suffix stays last: some writers (Keras) insist on it.
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
@@ -46,8 +50,26 @@ def atomic_path(path: Path) -> Iterator[Path]:
         fsync(tmp)
         os.replace(tmp, path)
         fsync(path.parent)
+    except OSError as err:
+        if err.filename not in (str(tmp), tmp, None):
+            raise
+        raise writing_error(err, path) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        # On a read-only file system even a missing file's unlink fails (EROFS).
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def writing_error(err: OSError, path: Path) -> OSError:
+    """`err`, met while writing `path`, as the user's own error: naming
+    `path` and, for a folder that is missing or not writable, the folder."""
+    folder = Path(path).parent
+    reason = err.strerror or str(err)
+    if err.errno == errno.ENOENT and not folder.is_dir():
+        reason = f"the folder {folder} does not exist; create it first"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason = f"{reason}: the folder {folder} is not writable"
+    return OSError(err.errno, reason, str(path))
 
 
 @contextlib.contextmanager

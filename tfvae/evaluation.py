@@ -19,6 +19,7 @@ from tfvae.data import image_pipeline, load_dataset
 from tfvae.errors import RunError
 from tfvae.likelihoods import bits_per_dim
 from tfvae.noise import training_batch
+from tfvae.progress import Progress
 from tfvae.runs import load_run
 
 # Numbers (samples x images x pixels) decoded at once by the IW estimate:
@@ -122,11 +123,16 @@ def active_units(model, images: np.ndarray, threshold: float = 0.01) -> int:
 # --- runs ----------------------------------------------------------------------
 
 
-def run_images(run_dir: str | Path, split: str = "test", limit: int | None = None):
+def run_images(
+    run_dir: str | Path,
+    split: str = "test",
+    limit: int | None = None,
+    progress: Progress | None = None,
+):
     """A finished run and its data set's `split` under the fixed binarization."""
     run = load_run(run_dir)
     config = run.state.config
-    data = load_dataset(config.dataset, config.data_dir, config.resize)
+    data = load_dataset(config.dataset, config.data_dir, config.resize, progress)
     if config.limit is not None:
         data = data.limit(config.limit, config.limit)
     if data.image_shape != run.state.image_shape:
@@ -142,17 +148,21 @@ def score_run(
     run_dir: str | Path,
     split: str = "test",
     k: int = 1,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """ELBO, KL, log-likelihood, IW negative log-likelihood (K samples) and the
     number of active units, in nats per image, and the NLL in bits per
     dimension where the likelihood scores 8-bit levels (else None).
-    `progress(done, total)` counts (image, sample) pairs of the IW estimate."""
-    run, images = run_images(run_dir, split)
+    `progress` hears each stage, and how far the IW estimate is."""
+    progress = progress or Progress.quiet()
+    run, images = run_images(run_dir, split, progress=progress)
     model = run.model
-    scores = evaluate_elbo(model, images)
-    report = None if progress is None else (lambda n: progress(n, len(images) * k))
-    log_px = iw_log_likelihood(model, images, k=k, progress=report)
+    with progress.stage(f"Scoring the {len(images):,} {split} images: ELBO, active units"):
+        scores = evaluate_elbo(model, images)
+        units = active_units(model, images)
+    what = f"Importance-weighted NLL, K={k:,}: {len(images) * k:,} samples of z"
+    with progress.stage(what, total=len(images) * k) as advance:
+        log_px = iw_log_likelihood(model, images, k=k, progress=advance)
     nll = float(-np.mean(log_px))
     per_level = model.decoder.likelihood.per_level
     return {
@@ -162,6 +172,6 @@ def score_run(
         **scores,
         "nll": nll,
         "bits_per_dim": bits_per_dim(nll, model.image_shape) if per_level else None,
-        "active_units": active_units(model, images),
+        "active_units": units,
         "latent_dim": model.latent_dim,
     }

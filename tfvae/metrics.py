@@ -5,6 +5,11 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+# The terms every step reports, per image in nats: the minimised loss, the
+# ELBO and its two terms. Their one home: the logs, metrics.csv and
+# TensorBoard all name them so.
+METRICS = ("loss", "elbo", "kl", "log_likelihood")
+
 
 @keras.saving.register_keras_serializable(package="tfvae")
 class MeanTerms(keras.metrics.Metric):

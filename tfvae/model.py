@@ -14,12 +14,11 @@ import tensorflow_probability as tfp
 
 from tfvae.config import GRADIENT_ESTIMATORS, OBJECTIVES, ModelConfig, split_model_settings
 from tfvae.layers import GaussianEncoder, ImageDecoder, diag_normal
-from tfvae.metrics import MeanTerms
+from tfvae.metrics import METRICS, MeanTerms
 from tfvae.noise import training_batch
 
 tfd = tfp.distributions
 
-METRICS = ("loss", "elbo", "kl", "log_likelihood")
 # Codes decoded at once by `sample` and `reconstruct`.
 DECODE_BATCH = 1000
 
@@ -249,14 +248,28 @@ class VAE(keras.Model):
         return [self.terms]
 
     def _unpack(self, batch):
-        """Images and reparameterization noise `[batch, k, latent]` of a batch in
-        the one batch format (`tfvae.data.train_pipeline`, `image_pipeline`)."""
-        if not isinstance(batch, dict) or "keys" not in batch:
+        """Images and reparameterization noise `[batch, k, latent]` of a batch.
+
+        In the one batch format (`tfvae.data.train_pipeline`, `image_pipeline`)
+        each image's noise comes from its key, so the same weights always give
+        the same scores. Plain images (what `fit(x)` and `evaluate(x)` on an
+        array pass; uint8 levels are divided by 255) are used as they are,
+        with noise from the model's seed generator: a Bernoulli model then
+        scores grey levels as targets, and the figures vary from call to call
+        (`tfvae.evaluate_elbo` gives the fixed ones)."""
+        if isinstance(batch, dict) and "keys" in batch:
+            return training_batch(batch, [self.k, self.latent_dim])
+        images = batch[0] if isinstance(batch, tuple | list) else batch
+        if isinstance(images, dict) or images is None:
             raise TypeError(
-                "the VAE trains and evaluates on batches of tfvae.data.train_pipeline or "
-                "tfvae.data.image_pipeline (dicts with the images' keys)"
+                "the VAE trains and evaluates on image arrays [batch, height, width, "
+                "channels] or on batches of tfvae.data.train_pipeline / image_pipeline"
             )
-        return training_batch(batch, [self.k, self.latent_dim])
+        images = tf.convert_to_tensor(images)
+        scale = 255.0 if images.dtype == tf.uint8 else 1.0
+        images = tf.cast(images, tf.float32) / scale
+        noise = self._standard_normal([tf.shape(images)[0], self.k, self.latent_dim])
+        return images, noise
 
     # tfvae's steps branch on Python values only, so AutoGraph has nothing to
     # convert: skipping it saves about 3 s of source rewriting per process.

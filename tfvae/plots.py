@@ -41,38 +41,75 @@ def check_grid(n_images: int, image_shape, what: str, per_image: int = 1) -> Non
         )
 
 
-def image_grid(images: np.ndarray, columns: int, scale: int = 2, gap: int = 2) -> Image.Image:
+def image_grid(
+    images: np.ndarray,
+    columns: int,
+    scale: int = 2,
+    gap: int = 2,
+    cells: list[tuple[int, int]] | None = None,
+) -> Image.Image:
     """Tile `[n, h, w, c]` images in [0, 1] into one picture, white gaps
-    between; grey images dark on white, colour images in their colours."""
+    between; grey images dark on white, colour images in their colours.
+    `cells` gives each image's `(row, column)`; by default they fill the
+    rows in reading order."""
     n, height, width, channels = images.shape
-    rows = math.ceil(n / columns)
+    cells = cells or [divmod(i, columns) for i in range(n)]
+    rows = max(row for row, _ in cells) + 1
     cell_h, cell_w = height * scale + gap, width * scale + gap
     canvas = np.full((rows * cell_h + gap, columns * cell_w + gap, channels), 255, np.uint8)
     pixels = np.clip(np.asarray(images) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if channels == 1:  # grey: dark strokes on white, as digits are usually shown
         pixels = 255 - pixels
-    for i, image in enumerate(pixels):
-        top, left = gap + (i // columns) * cell_h, gap + (i % columns) * cell_w
+    for image, (row, column) in zip(pixels, cells, strict=True):
+        top, left = gap + row * cell_h, gap + column * cell_w
         big = image.repeat(scale, axis=0).repeat(scale, axis=1)
         canvas[top : top + height * scale, left : left + width * scale] = big
     return Image.fromarray(canvas[..., 0] if channels == 1 else canvas)
 
 
-def save_png(picture: Image.Image, path: Path) -> Path:
+# What `save_picture` writes for a file's suffix, and Pillow's options for it
+# (lossless WebP and high-quality JPEG: these are pictures of pixels).
+PICTURE_FORMATS = {
+    ".png": ("PNG", {}),
+    ".jpg": ("JPEG", {"quality": 95}),
+    ".jpeg": ("JPEG", {"quality": 95}),
+    ".webp": ("WEBP", {"lossless": True}),
+}
+
+
+def picture_format(path: Path) -> tuple[str, dict]:
+    """The format a picture file's suffix names, or a `TfvaeError` saying
+    which suffixes are written."""
+    found = PICTURE_FORMATS.get(Path(path).suffix.lower())
+    if found is None:
+        raise TfvaeError(
+            f"{path}: tfvae writes pictures as .png, .jpg (.jpeg) or .webp files; "
+            "give one of those suffixes"
+        )
+    return found
+
+
+def save_picture(picture: Image.Image, path: Path) -> Path:
+    """Write `picture` in the format its suffix names (`PICTURE_FORMATS`),
+    atomically."""
+    kind, options = picture_format(path)
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
+    picture.save(buffer, format=kind, **options)
     write_atomic(Path(path), buffer.getvalue())
     return Path(path)
 
 
 def reconstructions(model, images: np.ndarray, columns: int = 16) -> Image.Image:
-    """Rows of originals, each directly above its reconstructions."""
+    """Rows of originals, each directly above its reconstruction, `columns`
+    pairs to a row (the last row holds the rest)."""
     check_grid(len(images), images.shape[1:], "reconstructions", per_image=2)
     recon = np.asarray(model.reconstruct(images))
-    pairs = []
-    for start in range(0, len(images), columns):
-        pairs += [images[start : start + columns], recon[start : start + columns]]
-    return image_grid(np.concatenate(pairs), columns=min(columns, len(images)))
+    rows = [divmod(i, columns) for i in range(len(images))]
+    cells = [(2 * row, column) for row, column in rows]
+    cells += [(2 * row + 1, column) for row, column in rows]
+    return image_grid(
+        np.concatenate([images, recon]), columns=min(columns, len(images)), cells=cells
+    )
 
 
 def samples(model, n: int = 64, seed: int = 0, binary: bool = False) -> Image.Image:
@@ -80,6 +117,19 @@ def samples(model, n: int = 64, seed: int = 0, binary: bool = False) -> Image.Im
     check_grid(n, model.image_shape, "samples")
     images = np.asarray(model.sample(n, seed=seed, binary=binary))
     return image_grid(images, columns=math.ceil(math.sqrt(n)))
+
+
+def run_pictures(model, images: np.ndarray) -> dict[str, Image.Image]:
+    """The pictures of a run, by name: the reconstructions of `images`, 64
+    samples (seed 0) and, for a 2-D latent space, the manifold. The one
+    drawing of them, for the finished run's PNGs and TensorBoard alike."""
+    pictures = {
+        "reconstructions": reconstructions(model, images),
+        "samples": samples(model, 64, seed=0),
+    }
+    if model.latent_dim == 2:
+        pictures["manifold"] = manifold(model)
+    return pictures
 
 
 def latent_path(z_from: np.ndarray, z_to: np.ndarray, n: int, spherical: bool = False):

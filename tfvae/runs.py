@@ -18,6 +18,7 @@ import os
 import platform
 import socket
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.csv"
 BACKUP_DIR = "backup"
 LOGS_DIR = "logs"
+# An epoch's checkpoint in BACKUP_DIR: epoch-NNNNN/ with these two files.
+CHECKPOINT_WEIGHTS = "state.weights.h5"
+CHECKPOINT_META = "meta.json"
 
 
 @contextlib.contextmanager
@@ -81,6 +85,24 @@ def _take_lock(path: Path, folder: Path) -> int:
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
             return fd
         os.close(fd)  # the holder released and removed it meanwhile: try again
+
+
+def checkpoint_folders(backup_dir: Path) -> list[Path]:
+    """The epochs' checkpoint folders in `backup_dir`, oldest first."""
+    if not backup_dir.is_dir():
+        return []
+    return sorted(p for p in backup_dir.glob("epoch-*") if (p / CHECKPOINT_META).is_file())
+
+
+def checkpoints(backup_dir: Path) -> list[tuple[int, Path]]:
+    """`(epoch, folder)` of every checkpoint whose metadata reads, oldest first."""
+    found = []
+    for folder in checkpoint_folders(backup_dir):
+        try:
+            found.append((int(json.loads((folder / CHECKPOINT_META).read_text())["epoch"]), folder))
+        except (OSError, ValueError, KeyError):
+            continue
+    return found
 
 
 def default_run_dir(root: str | Path = "runs") -> Path:
@@ -196,11 +218,16 @@ def load_run(run_dir: str | Path) -> Run:
     run_dir = Path(run_dir)
     state = read_state(run_dir)
     model_path = run_dir / MODEL_FILE
-    if state.status != "finished" or not model_path.is_file():
+    if state.status != "finished":
         raise RunError(
             f"{run_dir}: training has not finished; 'tfvae resume {run_dir}' continues it"
         )
-    model = load_model_file(model_path)
+    if problem := unusable_model(run_dir):
+        raise RunError(f"{model_path}: {problem}, though the run finished; {repair(run_dir)}")
+    try:
+        model = load_model_file(model_path)
+    except RunError as err:
+        raise RunError(f"{err}; {repair(run_dir)}") from None
     from tfvae.model import VAE
 
     if not isinstance(model, VAE):
@@ -212,6 +239,31 @@ def load_run(run_dir: str | Path) -> Run:
             f"{state.image_shape}, latent_dim {state.config.latent_dim}); the run folder is damaged"
         )
     return Run(run_dir, state, model)
+
+
+def unusable_model(run_dir: Path) -> str | None:
+    """Why a run's `model.keras` cannot be what it trained (said after its
+    path): missing, or not a whole Keras file (a zip whose every member passes its checksum); None
+    when it is whole."""
+    path = run_dir / MODEL_FILE
+    if not path.is_file():
+        return "missing"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return "damaged (not a whole Keras file)"
+    if broken is not None:
+        return f"damaged ({broken} in it fails its checksum)"
+    return None
+
+
+def repair(run_dir: Path) -> str:
+    """The one command that gives a run its model again: resuming from its
+    newest checkpoint where one is kept, else training it again."""
+    if checkpoints(run_dir / BACKUP_DIR):
+        return f"'tfvae resume {run_dir}' rebuilds it from the last checkpoint"
+    return f"no checkpoint is kept: 'tfvae resume {run_dir} --restart' trains it again"
 
 
 def load_model_file(path: Path):

@@ -7,7 +7,6 @@ import datetime
 import math
 import os
 import shutil
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -22,14 +21,15 @@ from tfvae.callbacks import (
     EpochLog,
     EpochSeconds,
     MetricsCSV,
-    PictureSummaries,
     StopOnNonFinite,
+    Summaries,
 )
 from tfvae.config import MAX_SEED, PLACEMENT, TrainConfig
 from tfvae.data import image_pipeline, load_dataset, test_pipeline, train_pipeline
 from tfvae.data.pipelines import Share
 from tfvae.errors import RunError
 from tfvae.evaluation import evaluate_elbo
+from tfvae.progress import Progress
 from tfvae.runs import (
     BACKUP_DIR,
     CONFIG_FILE,
@@ -37,11 +37,14 @@ from tfvae.runs import (
     METRICS_FILE,
     MODEL_FILE,
     RunState,
+    checkpoints,
     code_version,
     default_run_dir,
     load_run,
     lock_folder,
     read_state,
+    repair,
+    unusable_model,
     versions,
     write_state,
 )
@@ -116,19 +119,16 @@ def save_model(model, run_dir: Path) -> None:
 
 
 def save_pictures(model, data, test_images, run_dir: Path) -> list[Path]:
-    """The run's pictures: reconstructions and samples, and for a 2-D latent
-    space the manifold and the latent scatter plot."""
+    """The run's pictures as PNGs (`plots.run_pictures`), and for a 2-D
+    latent space the latent scatter plot."""
     from tfvae import plots
 
+    shown = np.asarray(test_images[:RECONSTRUCTION_IMAGES])
     paths = [
-        plots.save_png(
-            plots.reconstructions(model, np.asarray(test_images[:RECONSTRUCTION_IMAGES])),
-            run_dir / "reconstructions.png",
-        ),
-        plots.save_png(plots.samples(model, 64, seed=0), run_dir / "samples.png"),
+        plots.save_picture(picture, run_dir / f"{name}.png")
+        for name, picture in plots.run_pictures(model, shown).items()
     ]
     if model.latent_dim == 2:
-        paths.append(plots.save_png(plots.manifold(model), run_dir / "manifold.png"))
         labels = None if data.test_labels is None else data.test_labels[:LATENT_PLOT_IMAGES]
         paths.append(
             plots.latent_scatter(
@@ -235,7 +235,7 @@ def train(
     config: TrainConfig,
     run_dir: str | Path | None = None,
     overwrite: bool = False,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] | Progress = print,
     verbose: int | None = None,
     extend: bool = False,
 ) -> TrainResult:
@@ -243,27 +243,33 @@ def train(
 
     The folder is locked first, so a second process on it is refused at once
     (`lock_folder`). `extend` (what `resume` passes) lets the run change its
-    number of epochs and continue a finished run.
+    number of epochs and continue a finished run. `echo` takes the log's
+    lines (or is a `Progress`, which also draws the live line); `verbose`
+    0 turns the live line off, 1 on (default: on when stdout is a terminal).
     """
     from tfvae.distribute import make_strategy
 
     start = time.perf_counter()
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir()
+    progress = echo if isinstance(echo, Progress) else Progress(echo, live=_live(verbose))
     strategy = make_strategy(config.strategy)
     folder, is_chief = _worker_folder(run_dir, strategy)
     with lock_folder(folder):
-        result = _train(
-            config, run_dir, folder, is_chief, strategy, overwrite, extend, echo, verbose
-        )
+        result = _train(config, run_dir, folder, is_chief, strategy, overwrite, extend, progress)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _live(verbose: int | None) -> bool | None:
+    return None if verbose is None else bool(verbose)
 
 
 def resume(
     run_dir: str | Path,
     epochs: int | None = None,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] | Progress = print,
     verbose: int | None = None,
+    restart: bool = False,
     **placement,
 ) -> TrainResult:
     """Continue the run in `run_dir` with the settings of its `config.json`.
@@ -274,11 +280,29 @@ def resume(
     stretched to the new total and continues from the step the run reached:
     a cosine that had reached 0 rises to the stretched curve's rate there
     (half the peak rate when the epochs double), a constant rate stays.
+    A finished run whose `model.keras` is lost is rebuilt from its last
+    checkpoint if one is kept; `restart` trains the run again from scratch
+    with its settings, replacing its files.
     """
     run_dir = Path(run_dir)
     state = read_state(run_dir)
-    done = state.config.epochs if state.status == "finished" else _checkpointed(run_dir)
-    if state.status == "finished" and epochs is None:
+    changes = {key: value for key, value in placement.items() if value is not None}
+    if unknown := set(changes) - set(PLACEMENT):
+        raise RunError(f"resume can change only {', '.join(PLACEMENT)}, not {sorted(unknown)}")
+    if epochs is not None:
+        changes["epochs"] = epochs
+    config = dataclasses.replace(state.config, **changes)
+    if restart:
+        return train(config, run_dir, overwrite=True, echo=echo, verbose=verbose)
+    finished = state.status == "finished"
+    if finished and (problem := unusable_model(run_dir)):
+        if not checkpoints(run_dir / BACKUP_DIR):
+            raise RunError(
+                f"{run_dir / MODEL_FILE}: {problem}, though the run finished; {repair(run_dir)}"
+            )
+        finished = False  # rebuilt from its last checkpoint
+    done = state.config.epochs if finished else _checkpointed(run_dir)
+    if finished and epochs is None:
         raise RunError(
             f"{run_dir}: this run has finished its {done} epochs; give --epochs N "
             f"(more than {done}) to extend it"
@@ -287,21 +311,15 @@ def resume(
         raise RunError(
             f"{run_dir}: --epochs {epochs} must be more than the {done} epochs it has trained"
         )
-    changes = {key: value for key, value in placement.items() if value is not None}
-    if unknown := set(changes) - set(PLACEMENT):
-        raise RunError(f"resume can change only {', '.join(PLACEMENT)}, not {sorted(unknown)}")
-    if epochs is not None:
-        changes["epochs"] = epochs
-    config = dataclasses.replace(state.config, **changes)
     return train(config, run_dir, echo=echo, verbose=verbose, extend=True)
 
 
 def _checkpointed(run_dir: Path) -> int:
     """The newest epoch an unfinished run holds a checkpoint of (0: none)."""
-    return max(EpochBackup(run_dir / BACKUP_DIR).epochs(), default=0)
+    return max((epoch for epoch, _ in checkpoints(run_dir / BACKUP_DIR)), default=0)
 
 
-def _train(config, run_dir, folder, is_chief, strategy, overwrite, extend, echo, verbose):
+def _train(config, run_dir, folder, is_chief, strategy, overwrite, extend, progress: Progress):
     """Four phases: prepare the folder (nothing is written before the data set
     and the starting weights have loaded, so a bad request leaves no folder
     behind), choose the starting weights, fit, finish (model, scores,
@@ -309,7 +327,9 @@ def _train(config, run_dir, folder, is_chief, strategy, overwrite, extend, echo,
     from tfvae.distribute import peer_failures
 
     replace_old = _check_run_dir(folder, config, overwrite, extend)
-    data, validation = _load_data(config)
+    data, validation = _load_data(config, progress)
+    progress.say(f"Data: {data.describe(0 if validation is None else len(validation))}")
+    progress.say(f"Likelihood: {config.describe_likelihood()}")
     # Streamed images are read as used: only images in memory count.
     in_memory = 0 if data.streamed else 1
     held = len(data.test_images) + (0 if validation is None else len(validation))
@@ -323,33 +343,30 @@ def _train(config, run_dir, folder, is_chief, strategy, overwrite, extend, echo,
     model = _build_model(config, data.image_shape, strategy, _steps_per_epoch(config, data))
     _check_streamed_workers(data, model, strategy)
     backup = EpochBackup(folder / BACKUP_DIR)
-    if extend and not replace_old and _is_finished(folder):
+    if extend and not replace_old and _is_finished(folder) and not unusable_model(folder):
         _checkpoint_finished(folder, model, backup, strategy)
     # Checked before anything is written; a run that resumes from its own
     # checkpoints no longer needs its source.
     resumable = not replace_old and bool(backup.epochs())
     source = _source_weights(config, model) if not resumable else None
     state = _start_folder(folder, config, data, model, strategy, replace_old)
-    echo(
-        f"Training in {folder} under {state.extra['strategy_class']} "
-        f"({state.extra['replicas']} replica(s))"
-    )
+    progress.say(f"Training on {state.extra['placement']}, in {folder}")
     # Lowering a setting needs --overwrite: a resume must keep its settings.
     lower = "--batch-size, --k or --hidden (with --overwrite); the last checkpoint is kept"
     with peer_failures(strategy), memory.out_of_memory("training", lower):
-        initial_epoch = _starting_point(config, model, backup, strategy, source, echo)
-        log = EpochLog(echo, config.epochs, "test" if validation is None else "validation")
-        _fit(config, model, data, validation, folder, backup, initial_epoch, is_chief, verbose, log)
+        initial_epoch = _starting_point(config, model, backup, strategy, source, progress.say)
+        log = EpochLog(progress, config.epochs, "test" if validation is None else "validation")
+        _fit(config, model, data, validation, folder, backup, initial_epoch, is_chief, log)
         # Every worker saves (saving can read synchronised variables, a
         # collective step all workers must join); only the chief's copy is kept.
         save_model(model, folder)
     if not is_chief:
         shutil.rmtree(folder, ignore_errors=True)
-        echo(f"Worker finished; the chief wrote {run_dir}")
+        progress.say(f"Worker finished; the chief wrote {run_dir}")
         return TrainResult(run_dir, {}, initial_epoch, model, config.epochs)
     test = _finish(model, data, validation, state, folder, config)
-    echo(f"Run folder: {run_dir}")
-    echo(
+    progress.say(f"Run folder: {run_dir}")
+    progress.say(
         f"Test ELBO: {test['elbo']:.2f} nats (KL {test['kl']:.2f}, "
         f"log-likelihood {test['log_likelihood']:.2f})"
     )
@@ -378,10 +395,10 @@ def _checkpoint_finished(folder: Path, model, backup: EpochBackup, strategy) -> 
     backup.save(model, read_state(folder).config.epochs)
 
 
-def _load_data(config: TrainConfig):
+def _load_data(config: TrainConfig, progress: Progress | None = None):
     """The run's data set (limited to `--limit` images) and its validation
     images (the last `--validation` training images, held out; or None)."""
-    data = load_dataset(config.dataset, config.data_dir, config.resize)
+    data = load_dataset(config.dataset, config.data_dir, config.resize, progress)
     if config.limit is not None:
         data = data.limit(config.limit, config.limit)
     if not config.validation:
@@ -464,9 +481,7 @@ def _starting_point(config, model, backup: EpochBackup, strategy, source, echo) 
     return initial_epoch
 
 
-def _fit(
-    config, model, data, validation, folder: Path, backup, initial_epoch, is_chief, verbose, log
-):
+def _fit(config, model, data, validation, folder: Path, backup, initial_epoch, is_chief, log):
     """`model.fit` from `initial_epoch` to `config.epochs`, scored after every
     epoch on the validation images, or on the test images without them."""
     import tensorflow as tf
@@ -489,14 +504,9 @@ def _fit(
         MetricsCSV(folder / METRICS_FILE, initial_epoch, held_out),
     ]
     if is_chief:
-        callbacks += [log, keras.callbacks.TensorBoard(str(folder / LOGS_DIR))]
-    if is_chief and config.pictures_every:
         shown = np.asarray(data.fixed_binarized("test", config.pixels)[:RECONSTRUCTION_IMAGES])
-        pictures = folder / LOGS_DIR / "pictures"
-        callbacks.append(PictureSummaries(pictures, shown, config.pictures_every))
-    if verbose is None:
-        # Keras' progress bar on a terminal; in a log file, `log`'s lines only.
-        verbose = 1 if sys.stdout.isatty() else 0
+        summaries = Summaries(folder / LOGS_DIR, held_out, shown, config.pictures_every)
+        callbacks += [log, summaries]
     with warnings.catch_warnings():
         # A streamed set's one pass has no length Keras knows: it learns it
         # when the first epoch ends, and warns then that the data "ran out".
@@ -508,7 +518,7 @@ def _fit(
             steps_per_epoch=steps_per_epoch,
             validation_data=held_out_ds.with_options(options),
             shuffle=False,
-            verbose=verbose if is_chief else 0,
+            verbose=0,  # `log` says what a person needs, on a terminal or in a file
             callbacks=[*callbacks, backup],
         )
 

@@ -37,6 +37,8 @@ class ImageDataset:
     train_labels: np.ndarray | None = None
     test_labels: np.ndarray | None = None
     binary: bool = False
+    # The class names by label index, where the set names them (folders, TFDS).
+    classes: tuple[str, ...] | None = None
 
     @property
     def streamed(self) -> bool:
@@ -46,6 +48,31 @@ class ImageDataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(int(d) for d in self.train_images.shape[1:])
+
+    def describe(self, validation: int = 0) -> str:
+        """What the log says the set holds: its name, the images of each split
+        (`validation` of them held out of the training images), their shape
+        and classes, as Keras' "Found N files belonging to C classes" does."""
+        counts = [f"{len(self.train_images):,} training"]
+        if validation:
+            counts.append(f"{validation:,} validation (held out of training)")
+        counts.append(f"{len(self.test_images):,} test images")
+        height, width, channels = self.image_shape
+        kinds = {1: "grey", 3: "RGB"}
+        kind = "binary" if self.binary else kinds.get(channels, f"{channels}-channel")
+        parts = [", ".join(counts[:-1]) + " and " + counts[-1], f"{height}x{width} {kind}"]
+        parts.append(self._classes_text())
+        if self.streamed:
+            parts.append("streamed from disk")
+        return f"{self.name}: " + ", ".join(parts)
+
+    def _classes_text(self) -> str:
+        labels = [x for x in (self.train_labels, self.test_labels) if x is not None]
+        if not labels:
+            return "no labels"
+        n = len(self.classes) if self.classes else len(np.unique(np.concatenate(labels)))
+        names = f" ({', '.join(self.classes)})" if self.classes and n <= 10 else ""
+        return f"{n} classes{names}"
 
     def intensities(self, images: np.ndarray) -> np.ndarray:
         """Pixel values in [0, 1] as float32, the Bernoulli means."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,9 +20,10 @@ import tensorflow as tf
 
 from tfvae import memory
 from tfvae.data.dataset import HELD_OUT_FRACTION, ImageDataset
-from tfvae.data.images import decode_image
+from tfvae.data.images import decode_image, orientation
 from tfvae.data.streams import ImageFiles, stream_threshold
 from tfvae.errors import DataError
+from tfvae.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +49,18 @@ class Split(NamedTuple):
     files: list[Path]
 
 
-def load_image_folder(folder: str | Path, resize: tuple[int, int] | None = None) -> ImageDataset:
+def load_image_folder(
+    folder: str | Path,
+    resize: tuple[int, int] | None = None,
+    progress: Progress | None = None,
+) -> ImageDataset:
     """Every image under `folder` as uint8 `[n, h, w, c]` splits: `c` is 1 if
     every image is grey, else 3 (RGB, alpha dropped). Decoded into memory up
     to `streams.stream_threshold()` bytes, streamed from disk above it.
 
     `resize=(height, width)` brings each image to that size (area averaging,
-    rounded), for folders whose images differ in size.
+    rounded), for folders whose images differ in size. Every file is decoded
+    once to check it; `progress` hears how far that is.
     """
     if not os.fspath(folder):
         # Path("") is the working directory, which nobody means here.
@@ -66,8 +73,8 @@ def load_image_folder(folder: str | Path, resize: tuple[int, int] | None = None)
         raise DataError(f"{folder}: no image files in it or its subfolders; put {_KINDS} there")
     train, test = _splits(folder, found)
     paths = [split.root / path for split in (train, test) for path in split.files]
-    images = _decode(paths, folder, resize)
-    labels = _labels([train, test])
+    images = _decode(paths, folder, resize, progress or Progress.quiet())
+    labels, classes = _labels([train, test])
     n_train = len(train.files)
     return ImageDataset(
         name=f"images:{folder}",
@@ -76,6 +83,7 @@ def load_image_folder(folder: str | Path, resize: tuple[int, int] | None = None)
         train_labels=None if labels is None else labels[0],
         test_labels=None if labels is None else labels[1],
         binary=False,
+        classes=classes,
     )
 
 
@@ -143,28 +151,35 @@ def _hold_out(folder: Path, found: list[Path]) -> tuple[Split, Split]:
     return Split(folder, shuffled[:-n_test]), Split(folder, shuffled[-n_test:])
 
 
-def _labels(splits: list[Split]) -> list[np.ndarray] | None:
-    """Each split's labels, with one class-to-index map for all of them; None
-    when any image lies loose in its split's folder, outside every class."""
+def _labels(splits: list[Split]) -> tuple[list[np.ndarray] | None, tuple[str, ...] | None]:
+    """Each split's labels, with one class-to-index map for all of them, and
+    the class names by index; None when any image lies loose in its split's
+    folder, outside every class."""
     files = [path for split in splits for path in split.files]
     if any(len(path.parts) == 1 for path in files):
-        return None
-    index = {name: i for i, name in enumerate(sorted({path.parts[0] for path in files}))}
-    return [np.array([index[path.parts[0]] for path in split.files], np.int64) for split in splits]
+        return None, None
+    classes = tuple(sorted({path.parts[0] for path in files}))
+    index = {name: i for i, name in enumerate(classes)}
+    labels = [
+        np.array([index[path.parts[0]] for path in split.files], np.int64) for split in splits
+    ]
+    return labels, classes
 
 
 def _decode(
-    paths: list[Path], folder: Path, resize: tuple[int, int] | None
+    paths: list[Path], folder: Path, resize: tuple[int, int] | None, progress: Progress
 ) -> np.ndarray | ImageFiles:
     """`paths` decoded into one uint8 array, grey `[n, h, w, 1]` if every image
     is grey (with or without alpha), else RGB `[n, h, w, 3]`; or, when that
     array would pass `stream_threshold()`, the same as `ImageFiles` that are
     decoded as training reads them (each file was decoded once here, so a bad
     one fails now, not in epoch 12)."""
-    scan = _scan(paths, folder, resize, stream_threshold())
+    turns = tuple(orientation(path) for path in paths)
+    with progress.stage(f"Checking the {len(paths):,} image files of {folder}", len(paths)) as seen:
+        scan = _scan(paths, turns, folder, resize, stream_threshold(), seen)
     shape = (*scan.size, 1 if scan.grey else 3)
     if scan.images is None:
-        return ImageFiles(tuple(os.fspath(path) for path in paths), shape, resize)
+        return ImageFiles(tuple(os.fspath(path) for path in paths), shape, resize, turns)
     # Only now is the channel count known; the budget already counts the
     # decoded images, so this asks whether the stacked copy fits beside them.
     memory.check(memory.images_need(len(scan.images), shape), f"decoding images:{folder}")
@@ -184,12 +199,21 @@ class Scan(NamedTuple):
     images: list[np.ndarray] | None
 
 
-def _scan(paths: list[Path], folder: Path, resize: tuple[int, int] | None, keep: int) -> Scan:
-    """Decode each image with its own channels (at `resize` if given), in
-    parallel and in order, keeping them while they total at most `keep`
-    bytes; without `resize` all must have one size."""
-    dataset = tf.data.Dataset.from_tensor_slices([os.fspath(path) for path in paths]).map(
-        lambda path: decode_image(tf.io.read_file(path), resize),
+def _scan(
+    paths: list[Path],
+    turns: tuple[int, ...],
+    folder: Path,
+    resize: tuple[int, int] | None,
+    keep: int,
+    seen: Callable[[int], None],
+) -> Scan:
+    """Decode each image with its own channels, upright (EXIF orientations
+    `turns`) and at `resize` if given, in parallel and in order, keeping
+    them while they total at most `keep` bytes; without `resize` all must
+    have one size. `seen(1)` after each."""
+    names = [os.fspath(path) for path in paths]
+    dataset = tf.data.Dataset.from_tensor_slices((names, list(turns))).map(
+        lambda path, turn: decode_image(tf.io.read_file(path), resize, orientation=turn),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
@@ -210,6 +234,7 @@ def _scan(paths: list[Path], folder: Path, resize: tuple[int, int] | None, keep:
             else:
                 kept = None
             done += 1
+            seen(1)
     except _UNREADABLE:
         # In order, the failure comes at the first bad file: find it from there.
         _check_one_by_one(paths[done:], resize)
@@ -222,7 +247,7 @@ def _check_one_by_one(paths: list[Path], resize: tuple[int, int] | None) -> None
     (an `OSError` naming one that cannot be read)."""
     for path in paths:
         try:
-            decode_image(path.read_bytes(), resize)
+            decode_image(path.read_bytes(), resize, orientation=orientation(path))
         except tf.errors.InvalidArgumentError as err:
             raise DataError(
                 f"{path}: does not decode as an image ({_reason(err)}); remove or replace it"

@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from tfvae import memory
+from tfvae.config import dataset_problem
 from tfvae.data.dataset import ImageDataset
 from tfvae.data.idx import IdxError, read_idx
 from tfvae.errors import DataError
+from tfvae.progress import Progress
 
 _IDX_PARTS = {
     "train_images": ("train-images", 3),
@@ -83,7 +85,10 @@ def load_idx_folder(folder: str | Path, name: str | None = None) -> ImageDataset
 
 
 def load_dataset(
-    spec: str = "mnist", data_dir: str | None = None, resize: tuple[int, int] | None = None
+    spec: str = "mnist",
+    data_dir: str | None = None,
+    resize: tuple[int, int] | None = None,
+    progress: Progress | None = None,
 ) -> ImageDataset:
     """Load a data set by name.
 
@@ -91,8 +96,11 @@ def load_dataset(
     `images:DIR` (PNG, JPEG, BMP or GIF files; class subfolders give labels)
     or `tfds:NAME[/CONFIG]` (the TensorFlow Datasets catalog; `data_dir` is
     TFDS's data folder). `resize=(height, width)` brings every image to that
-    size (area averaging), for sets whose images differ in size.
+    size (area averaging), for sets whose images differ in size. `progress`
+    hears how far the check of an image folder's files is.
     """
+    if problem := dataset_problem(spec):
+        raise DataError(problem)
     if spec.startswith("tfds:"):
         from tfvae.data.tfds import load_tfds
 
@@ -100,18 +108,13 @@ def load_dataset(
     if spec.startswith("images:"):
         from tfvae.data.folders import load_image_folder
 
-        return load_image_folder(spec[len("images:") :], resize=resize)
+        return load_image_folder(spec[len("images:") :], resize=resize, progress=progress)
     if spec == "mnist":
         folder = bundled_mnist_dir()
         verify_checksums(folder)
         data = load_idx_folder(folder, name="mnist")
-    elif spec.startswith("idx:"):
-        data = load_idx_folder(spec[len("idx:") :])
     else:
-        raise DataError(
-            f"unknown dataset '{spec}'; use 'mnist', 'idx:DIR', 'images:DIR' or "
-            "'tfds:NAME[/CONFIG]'"
-        )
+        data = load_idx_folder(spec[len("idx:") :])
     if resize is None:
         return data
     n_images = len(data.train_images) + len(data.test_images)

@@ -59,7 +59,8 @@ def load_tfds(
     shape = (*(resize or image.shape[:2]), image.shape[2])
     if memory.images_need(held, shape).total > stream_threshold():
         splits = (train_split, test_split)
-        return _streamed(spec, builder, splits, (image_key, label_key), shape, resize)
+        data = _streamed(spec, builder, splits, (image_key, label_key), shape, resize)
+        return dataclasses.replace(data, classes=_class_names(info, label_key))
     memory.check(memory.images_need(held, shape), f"decoding {spec}")
 
     keys = (image_key, label_key)
@@ -84,7 +85,15 @@ def load_tfds(
         train_labels=train_labels,
         test_labels=test_labels,
         binary=is_binary(train_images, test_images),
+        classes=_class_names(info, label_key),
     )
+
+
+def _class_names(info, label_key: str | None) -> tuple[str, ...] | None:
+    """The names of the label's classes, as the set's `ClassLabel` gives them."""
+    if label_key is None:
+        return None
+    return tuple(str(name) for name in info.features[label_key].names)
 
 
 def _held_out(spec: str, info, train_split: str, n: int) -> int:

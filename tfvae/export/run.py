@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from tfvae.evaluation import run_images
 from tfvae.export.files import export_onnx, export_tflite
 from tfvae.export.savedmodel import SIGNATURES, export_savedmodel
 from tfvae.export.web import export_web
+from tfvae.progress import Progress
 
 # Real test images that the TFLite and ONNX files are checked on against Keras
 # (the first also goes into the SavedModel's warm-up requests).
@@ -33,47 +35,98 @@ def export_run(
     quantize: str = "none",
     batch: int | None = None,
     litert_js: str | None = None,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Export the run in `formats` (savedmodel, tflite, onnx, all or web);
     return one record per artifact written: its format, folder, files and
-    (for the SavedModel) version, or why it was skipped. `batch` fixes the
-    TFLite files' batch dimension; `litert_js` is where a web page loads
-    LiteRT.js from (`tfvae.export.web.import_map`)."""
-    if formats == "web" and (quantize != "none" or batch is not None):
-        raise ExportError(
-            "--quantize and --batch shape TFLite files; the web page's files are float32 "
-            "at the batches it needs (drop them, or export --format tflite as well)"
-        )
+    (for the SavedModel) version, or why it was skipped. `quantize` and
+    `batch` shape TFLite files and are refused for formats without them;
+    `litert_js` is where a web page loads LiteRT.js from
+    (`tfvae.export.web.import_map`). `progress` hears each stage."""
+    _check_options(formats, version, quantize, batch, litert_js)
+    progress = progress or Progress.quiet()
     run, images = run_images(run_dir, "test", limit=CHECK_IMAGES)
     name = name or default_name(Path(run_dir))
+    stages = _stages(formats)
+    checked = f"checked against Keras on {len(images)} test images"
     written = []
-    if formats in ("savedmodel", "all"):
-        path = export_savedmodel(run.model, out, name, version, warmup_images=images)
-        written.append({**_record("savedmodel", path), "version": int(path.name)})
-    if formats in ("tflite", "all"):
-        calibration = None
-        if quantize == "int8":  # calibrated on training images, checked on test images
-            calibration = run_images(run_dir, "train", limit=CALIBRATION_IMAGES)[1]
-        path = export_tflite(
-            run.model,
-            out,
-            name,
-            quantize,
-            check_images=images,
-            calibration_images=calibration,
-            batch=batch,
-        )
-        written.append({**_record("tflite", path), "quantization": quantize, "batch": batch})
-    if formats == "onnx" or (formats == "all" and _has_onnx()):
-        written.append(_record("onnx", export_onnx(run.model, out, name, check_images=images)))
-    elif formats == "all":
-        written.append(
-            {"format": "onnx", "skipped": "install the extra: pip install 'tfvae[onnx]'"}
-        )
-    if formats == "web":
-        path = export_web(run.model, out, name, check_images=images, litert_js=litert_js)
-        written.append(_record("web", path))
+    for step, kind in enumerate(stages, 1):
+        head = f"[{step}/{len(stages)}] " if len(stages) > 1 else ""
+        if kind == "savedmodel":
+            with progress.stage(f"{head}SavedModel: writing {Path(out) / name}/"):
+                path = export_savedmodel(run.model, out, name, version, warmup_images=images)
+            written.append({**_record("savedmodel", path), "version": int(path.name)})
+        elif kind == "tflite":
+            _say_replaced(progress, Path(out) / name / "tflite", quantize, batch)
+            calibration = None
+            if quantize == "int8":  # calibrated on training images, checked on test images
+                calibration = run_images(run_dir, "train", limit=CALIBRATION_IMAGES)[1]
+            with progress.stage(f"{head}TFLite ({quantize}): converting, {checked}"):
+                path = export_tflite(
+                    run.model,
+                    out,
+                    name,
+                    quantize,
+                    check_images=images,
+                    calibration_images=calibration,
+                    batch=batch,
+                )
+            written.append({**_record("tflite", path), "quantization": quantize, "batch": batch})
+        elif kind == "onnx" and _has_onnx():
+            with progress.stage(f"{head}ONNX: converting, {checked}"):
+                path = export_onnx(run.model, out, name, check_images=images)
+            written.append(_record("onnx", path))
+        elif kind == "onnx":
+            written.append(
+                {"format": "onnx", "skipped": "install the extra: pip install 'tfvae[onnx]'"}
+            )
+        else:
+            what = f"Web page: converting its four TFLite files, {checked}"
+            with progress.stage(what):
+                path = export_web(run.model, out, name, check_images=images, litert_js=litert_js)
+            written.append(_record("web", path))
     return written
+
+
+def _stages(formats: str) -> list[str]:
+    if formats == "all":
+        return ["savedmodel", "tflite", "onnx"]
+    return [formats]
+
+
+def _check_options(
+    formats: str, version: int | None, quantize: str, batch: int | None, litert_js: str | None
+) -> None:
+    """Refuse options that would shape nothing the formats write."""
+    if version is not None and formats not in ("savedmodel", "all"):
+        raise ExportError(
+            f"--model-version numbers SavedModels; --format {formats} writes none: drop it"
+        )
+    tflite = formats in ("tflite", "all")
+    if not tflite and (quantize != "none" or batch is not None):
+        given = "--quantize" if quantize != "none" else "--batch-size"
+        why = (
+            "the web page's files are float32 at the batches it needs"
+            if formats == "web"
+            else f"--format {formats} writes no TFLite file"
+        )
+        raise ExportError(f"{given} shapes TFLite files and {why}: drop it, or add --format tflite")
+    if litert_js is not None and formats != "web":
+        raise ExportError(f"--litert-js is for --format web; --format {formats} has no page")
+
+
+def _say_replaced(progress: Progress, folder: Path, quantize: str, batch: int | None) -> None:
+    """Say so when the export replaces TFLite files of another kind."""
+    try:
+        old = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return
+    before = (old.get("quantization"), old.get("batch"))
+    if before != (quantize, batch):
+        progress.say(
+            f"Replacing {folder} (quantization {before[0]}, batch {before[1] or 'dynamic'}) "
+            f"with quantization {quantize}, batch {batch or 'dynamic'}"
+        )
 
 
 def _record(kind: str, path: Path) -> dict[str, Any]:
