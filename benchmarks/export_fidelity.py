@@ -33,9 +33,9 @@ quiet_tensorflow()
 import numpy as np  # noqa: E402
 
 from tfvae import export  # noqa: E402
-from tfvae.evaluation import run_images  # noqa: E402
 from tfvae.export import files  # noqa: E402
 from tfvae.export.run import CALIBRATION_IMAGES  # noqa: E402
+from tfvae.runs import run_images  # noqa: E402
 from tfvae.testing import DAMAGES, damaged_copy  # noqa: E402
 
 

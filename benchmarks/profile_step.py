@@ -69,12 +69,14 @@ def main() -> None:
 
     from tfvae import data as datasets
     from tfvae.config import TrainConfig
-    from tfvae.training import _build_model
+    from tfvae.distribute import Placement
+    from tfvae.fitting import compiled_vae
 
     config = TrainConfig.from_dict(BURDA_MODEL if args.burda else {})
-    data = datasets.load_dataset(config.dataset, config.data_dir, config.resize)
-    batch = next(iter(datasets.train_pipeline(data, config.batch_size, config.binarize, 0)))
-    model = _build_model(config, data.image_shape, tf.distribute.get_strategy())
+    data = datasets.RunData.load(config)
+    batch = next(iter(datasets.train_pipeline(data.data, config.batch_size, config.pixels, 0)))
+    placement = Placement(tf.distribute.get_strategy(), Path("unused"))
+    model = compiled_vae(config, data, placement)
     model.optimizer.build(model.trainable_variables)
 
     def profiled_step(batch):

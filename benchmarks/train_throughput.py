@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import statistics
 import sys
@@ -137,28 +136,22 @@ def _train_child(spec: dict[str, Any]) -> dict[str, Any]:
 
     from tfvae import data as datasets
     from tfvae.config import TrainConfig
-    from tfvae.distribute import make_strategy
-    from tfvae.training import _build_model
+    from tfvae.distribute import Placement
+    from tfvae.fitting import compiled_vae
 
     started = time.perf_counter()
     config = TrainConfig.from_dict(spec["config"])
-    strategy = make_strategy(config.strategy)
-    if spec["logical_cpus"] and strategy.num_replicas_in_sync != spec["logical_cpus"]:
-        raise RuntimeError(f"{strategy.num_replicas_in_sync} replicas, not {spec['logical_cpus']}")
-    # As `tfvae.training.train` sets up, less validation, checkpoints and logs.
-    data = datasets.load_dataset(config.dataset, config.data_dir, config.resize)
     if spec["limit"]:
-        data = data.limit(spec["limit"], spec["limit"])
-    keras.utils.set_random_seed(config.seed)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    train_ds = datasets.train_pipeline(
-        data, config.batch_size, config.binarize, config.seed
-    ).with_options(options)
+        config = dataclasses.replace(config, limit=spec["limit"])
+    placement = Placement.make(config.strategy, Path("unused"))
+    if spec["logical_cpus"] and placement.replicas != spec["logical_cpus"]:
+        raise RuntimeError(f"{placement.replicas} replicas, not {spec['logical_cpus']}")
+    # As `tfvae.training.train` sets up, less validation, checkpoints and logs.
+    data = datasets.RunData.load(config)
+    model = compiled_vae(config, data, placement)
+    train_ds, _, _ = placement.batches(data, config, config.seed)
     if spec["pipeline"] == "cached":
         train_ds = train_ds.cache().prefetch(tf.data.AUTOTUNE)
-    steps_per_epoch = math.ceil(len(data.train_images) / config.batch_size)
-    model = _build_model(config, data.image_shape, strategy, steps_per_epoch)
 
     class EpochTimer(keras.callbacks.Callback):
         def __init__(self) -> None:
@@ -194,8 +187,8 @@ def _train_child(spec: dict[str, Any]) -> dict[str, Any]:
         "pipeline": spec["pipeline"],
         "jit_compile_resolved": bool(model.jit_compile),
         "steps_per_execution_resolved": int(model.steps_per_execution),
-        "replicas": int(strategy.num_replicas_in_sync),
-        "strategy_class": type(strategy).__name__,
+        "replicas": placement.replicas,
+        "strategy_class": type(placement.strategy).__name__,
         "images_per_epoch": n_images,
         "warmup_epochs": spec["warmup"],
         "epoch_s": [round(s, 4) for s in timer.seconds],

@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from chromium import Browser, Server  # noqa: E402
 from common import machine, write_results  # noqa: E402
 
-from tfvae.evaluation import run_images  # noqa: E402
 from tfvae.export.run import default_name  # noqa: E402
 from tfvae.export.web import export_web  # noqa: E402
+from tfvae.runs import run_images  # noqa: E402
 
 LITERT_JS = ROOT / "tests" / "browser" / "node_modules" / "@litertjs"
 LOADS = 5

@@ -534,7 +534,11 @@ def _rejoin(err: Exception) -> None:
 
 
 SPLIT = click.option(
-    "--split", type=click.Choice(["test", "train"]), default="test", show_default=True
+    "--split",
+    type=click.Choice(["test", "train", "validation"]),
+    default="test",
+    show_default=True,
+    help="train: the images the run trained on; validation: those it held out (--validation).",
 )
 
 
@@ -563,7 +567,7 @@ def evaluate(run_dir, split, k, as_json):
       tfvae evaluate runs/mnist
       tfvae evaluate runs/mnist -k 5000 --json
     """
-    from tfvae.evaluation import score_run
+    from tfvae.runs import score_run
 
     progress = _progress(as_json)
     scores = score_run(run_dir, split=split, k=k, progress=progress)
@@ -688,7 +692,7 @@ def reconstruct(run_dir, count, split, output, as_json):
       tfvae reconstruct runs/mnist -n 16 -o reconstructions.png
     """
     from tfvae import plots
-    from tfvae.evaluation import run_images
+    from tfvae.runs import run_images
 
     path, chosen = _output(run_dir, output, f"reconstruct-{split}.png")
     run, images = run_images(run_dir, split, limit=count)
@@ -744,7 +748,7 @@ def interpolate(run_dir, first, last, count, split, spherical, output, as_json):
       tfvae interpolate runs/mnist --from 3 --to 5 -n 16 --spherical
     """
     from tfvae import plots
-    from tfvae.evaluation import run_images
+    from tfvae.runs import run_images
 
     path, chosen = _output(run_dir, output, f"interpolate-{split}-{first}-{last}.png")
     run, images = run_images(run_dir, split, limit=max(first, last) + 1)

@@ -145,7 +145,7 @@ TRAINED_0_1_0 = Path(__file__).parent / "fixtures" / "runs" / "mnist-default-0.1
 def test_reconstruct_keeps_each_original_above_its_reconstruction(n, tmp_path):
     """The fully trained run: 5 images in one pair of rows; 20 in two pairs,
     the last holding 4 originals above their 4 reconstructions."""
-    from tfvae.evaluation import run_images
+    from tfvae.runs import run_images
 
     path = tmp_path / "r.png"
     tfvae("reconstruct", TRAINED_0_1_0, "-n", n, "-o", path)

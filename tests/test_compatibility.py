@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from tfvae.cli.main import main
-from tfvae.evaluation import evaluate_elbo, run_images
-from tfvae.runs import load_run, read_state
+from tfvae.evaluation import evaluate_elbo
+from tfvae.runs import load_run, read_state, run_images
 from tfvae.training import train
 
 RUNS = Path(__file__).parent / "fixtures" / "runs"

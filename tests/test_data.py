@@ -14,7 +14,6 @@ from tfvae.config import BINARIZATIONS, TrainConfig
 from tfvae.data import DataError, ImageDataset, sources
 from tfvae.data.streams import STREAM_ENV
 from tfvae.noise import training_batch
-from tfvae.training import _load_data
 
 # The shared folder lies beside the checkout (`../shared`), wherever it is.
 PEER = Path(__file__).resolve().parents[2] / "shared" / "peers" / "mnist_data.py"
@@ -290,8 +289,9 @@ def test_binary_dataset_never_rebinarized():
         out = _epoch(data.train_pipeline(dataset, 8, binarize=mode))
         np.testing.assert_array_equal(_sorted_rows(out), _sorted_rows(images))
     np.testing.assert_array_equal(dataset.fixed_binarized_test(), images[:5].astype(np.float32))
-    with pytest.raises(ValueError, match="binarize must be one of"):
-        data.train_pipeline(dataset, 8, binarize="otsu")
+    for named in ({"binarize": "otsu"}, {"pixels": "otsu"}):  # the old name and the new
+        with pytest.raises(ValueError, match="pixels must be one of"):
+            data.train_pipeline(dataset, 8, **named)
 
 
 def test_test_pipeline_is_the_fixed_binarization(mnist):
@@ -346,7 +346,7 @@ def test_resize_averages_areas(mnist):
 def test_validation_is_the_last_training_images_and_never_trained_on(
     source, mnist, tmp_path, monkeypatch
 ):
-    """--validation N as a run loads it (`training._load_data`): the held-out
+    """--validation N as a run loads it (`RunData.load`): the held-out
     images are the last N of the set's training images, in order, and one pass
     of the run's training pipeline feeds the step exactly the others, each
     once, so no validation image is trained on. Pixels are kept as intensities
@@ -360,7 +360,8 @@ def test_validation_is_the_last_training_images_and_never_trained_on(
         if source == "images streamed":
             monkeypatch.setenv(STREAM_ENV, "0")
     config = TrainConfig(dataset=spec, binarize="none", validation=n, batch_size=500)
-    rest, validation = _load_data(config)
+    run_data = data.RunData.load(config)
+    rest, validation = run_data.data, run_data.validation
     assert rest.streamed == (source == "images streamed")
     trained = _epoch(data.train_pipeline(rest, config.batch_size, config.pixels, config.seed))
     trained = _sorted_rows(np.round(trained * 255))

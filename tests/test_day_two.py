@@ -206,7 +206,7 @@ def test_a_finished_run_without_its_model_file_says_what_repairs_it(tmp_path):
     --epochs N all say so and name the one command that repairs it (no
     checkpoint is kept once a run finishes); that command trains the run
     again, after which it evaluates."""
-    from tfvae.evaluation import score_run
+    from tfvae.runs import score_run
     from tfvae.training import train
 
     run = tmp_path / "run"
@@ -333,13 +333,12 @@ def test_interpolation_of_a_trained_model_starts_and_ends_at_the_images_codes(mn
     """The path's ends decode exactly as the two posterior means do, and the
     picture is one row: image, N steps, image."""
     from tfvae import plots
-    from tfvae.evaluation import posterior_means
     from tfvae.runs import load_run
 
     model = load_run(TRAINED).model
     x = mnist.fixed_binarized("test", "dynamic")[:8]
     path = plots.interpolate(model, x[0], x[7], n=6, spherical=True)
-    ends = model.decode(posterior_means(model, x[[0, 7]])).mean().numpy()
+    ends = model.decode(model.posterior_means(x[[0, 7]])).mean().numpy()
     np.testing.assert_allclose(path[[0, -1]], ends, atol=1e-6)
     assert path.shape == (6, 28, 28, 1) and not np.allclose(path[1], path[0], atol=1e-3)
     picture = plots.interpolation(model, x[0], x[7], n=6)

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from click.testing import CliRunner
+from harness import blank_run_data
 
 from tfvae.cli.main import main
 from tfvae.config import TrainConfig
-from tfvae.distribute import PeerLostError, describe, make_strategy, peer_failures
+from tfvae.distribute import PeerLostError, Placement, make_strategy
 from tfvae.errors import RunError
-from tfvae.training import _build_model, _worker_folder
+from tfvae.fitting import compiled_vae
 
 MIRRORED_SCRIPT = textwrap.dedent(
     """
@@ -145,7 +146,7 @@ def global_batches(n, batch_size, passes):
     import keras
 
     from tfvae.data.pipelines import _shuffled
-    from tfvae.training import pipeline_seed
+    from tfvae.fitting import pipeline_seed
 
     keras.utils.set_random_seed(0)
     batches = _shuffled(n, batch_size, pipeline_seed(0, 0))
@@ -387,9 +388,10 @@ AGREE_SCRIPT = textwrap.dedent(
     import json, os, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     index, cases = json.loads(os.environ["TF_CONFIG"])["task"]["index"], json.loads(sys.argv[1])
-    from tfvae.distribute import common_epoch, make_strategy
-    strategy = make_strategy("multi-worker")
-    print(json.dumps([common_epoch(strategy, case[index], 10) for case in cases]))
+    from pathlib import Path
+    from tfvae.distribute import Placement
+    placement = Placement.make("multi-worker", Path("unused"))
+    print(json.dumps([placement.common_epoch(case[index], 10) for case in cases]))
     """
 )
 
@@ -482,7 +484,8 @@ def fit_steps(model, steps=5):
 
 def build(**settings):
     config = TrainConfig(hidden_units=(64,), **settings)
-    return _build_model(config, (28, 28, 1), tf.distribute.get_strategy())
+    placement = Placement(tf.distribute.get_strategy(), Path("r"))
+    return compiled_vae(config, blank_run_data((28, 28, 1), config.batch_size), placement)
 
 
 def test_xla_gives_the_same_numbers():
@@ -521,16 +524,16 @@ def test_replicated_strategies_on_the_cpu_use_plain_steps():
     """Keras' multi-step loop and XLA replica steps fail under Mirrored /
     MultiWorkerMirrored on the CPU: auto turns them off there, and asking for
     them is refused with a clear message rather than a graph error mid-run."""
-    from tfvae.distribute import execution_settings
     from tfvae.errors import RunError
 
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0"])
     default = tf.distribute.get_strategy()
-    assert execution_settings(TrainConfig(), default) == (True, 32)
-    assert execution_settings(TrainConfig(arch="conv"), default) == (False, 32)
-    assert execution_settings(TrainConfig(strategy="mirrored"), mirrored) == (False, 1)
+    default, mirrored = Placement(default, Path("r")), Placement(mirrored, Path("r"))
+    assert default.execution(TrainConfig()) == (True, 32)
+    assert default.execution(TrainConfig(arch="conv")) == (False, 32)
+    assert mirrored.execution(TrainConfig(strategy="mirrored")) == (False, 1)
     with pytest.raises(RunError, match="--jit-compile"):
-        execution_settings(TrainConfig(strategy="mirrored", jit_compile=True), mirrored)
+        mirrored.execution(TrainConfig(strategy="mirrored", jit_compile=True))
 
 
 def test_auto_on_a_machine_without_gpus_is_the_default_strategy():
@@ -538,7 +541,7 @@ def test_auto_on_a_machine_without_gpus_is_the_default_strategy():
         pytest.skip("auto mirrors or places on the GPUs here")
     strategy = make_strategy("auto")
     assert strategy is tf.distribute.get_strategy()
-    assert describe(strategy) == {
+    assert Placement(strategy, Path("r")).describe() == {
         "strategy_class": "_DefaultDistributionStrategy",
         "placement": "one CPU",
         "replicas": 1,
@@ -570,18 +573,17 @@ def test_only_the_chief_writes_the_run_folder_the_others_a_hidden_sibling():
     """Worker 0 is the chief unless the cluster names one; every other task
     writes `.<run>.<type>-<index>` beside the run folder."""
     run = Path("jobs") / "run"
-    assert _worker_folder(run, tf.distribute.get_strategy()) == (run, True)
-    assert _worker_folder(run, cluster(None, None, worker=1)) == (run, True)
-    assert _worker_folder(run, cluster("worker", 0, worker=3)) == (run, True)
-    assert _worker_folder(run, cluster("worker", 2, worker=3)) == (
-        Path("jobs") / ".run.worker-2",
-        False,
-    )
-    assert _worker_folder(run, cluster("chief", 0, chief=1, worker=2)) == (run, True)
-    assert _worker_folder(run, cluster("worker", 0, chief=1, worker=2)) == (
-        Path("jobs") / ".run.worker-0",
-        False,
-    )
+
+    def place(strategy):
+        placement = Placement.of(strategy, run)
+        return placement.folder, placement.is_chief
+
+    assert place(tf.distribute.get_strategy()) == (run, True)
+    assert place(cluster(None, None, worker=1)) == (run, True)
+    assert place(cluster("worker", 0, worker=3)) == (run, True)
+    assert place(cluster("worker", 2, worker=3)) == (Path("jobs") / ".run.worker-2", False)
+    assert place(cluster("chief", 0, chief=1, worker=2)) == (run, True)
+    assert place(cluster("worker", 0, chief=1, worker=2)) == (Path("jobs") / ".run.worker-0", False)
 
 
 # What a collective op raises when a peer dies or stops answering.
@@ -604,12 +606,12 @@ def test_a_failed_collective_under_multi_worker_is_a_peer_lost_error(error):
         tf.distribute.MultiWorkerMirroredStrategy
     )
     with pytest.raises(PeerLostError, match=f"with {error.__name__}.*rerun the same command"):
-        with peer_failures(multi_worker):
+        with Placement(multi_worker, Path("r")).failures():
             raise error(None, None, "connection reset by peer")
     assert issubclass(PeerLostError, RunError)
     with pytest.raises(error):
-        with peer_failures(tf.distribute.get_strategy()):
+        with Placement(tf.distribute.get_strategy(), Path("r")).failures():
             raise error(None, None, "connection reset by peer")
     with pytest.raises(tf.errors.InvalidArgumentError):
-        with peer_failures(multi_worker):
+        with Placement(multi_worker, Path("r")).failures():
             raise tf.errors.InvalidArgumentError(None, None, "a bug, not a lost peer")

@@ -15,10 +15,9 @@ from tfvae.evaluation import (
     active_units,
     evaluate_elbo,
     iw_log_likelihood,
-    posterior_means,
-    score_run,
 )
 from tfvae.model import VAE
+from tfvae.runs import score_run
 from tfvae.training import train
 
 
@@ -119,7 +118,7 @@ def test_active_units_compare_the_variance_of_the_mean_with_the_threshold():
     bias.assign(np.concatenate([-a, np.zeros_like(a)]))
     images = (np.random.default_rng(2).random((200, 2, 2, 1)) < 0.5).astype(np.float32)
     images[:, 0, 0, 0] = np.arange(200) % 2
-    means = posterior_means(model, images).astype(np.float64)
+    means = model.posterior_means(images).astype(np.float64)
     np.testing.assert_allclose(np.var(means, axis=0), variances, rtol=1e-6, atol=1e-12)
     counts = [active_units(model, images), active_units(model, images, threshold=0.005)]
     assert counts == [2, 3]

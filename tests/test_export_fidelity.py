@@ -21,12 +21,11 @@ from click.testing import CliRunner
 
 from tfvae import export
 from tfvae.cli.main import main
-from tfvae.evaluation import run_images
 from tfvae.export import CHECK_IMAGES, FIDELITY, QUANTIZATIONS, ExportError, files
 from tfvae.export import fidelity as fidelity_check
 from tfvae.export.run import CALIBRATION_IMAGES
+from tfvae.runs import RunFolder, run_images
 from tfvae.testing import DAMAGES, damaged_copy
-from tfvae.training import save_model
 
 TRAINED_RUN = Path(__file__).parent / "fixtures" / "runs" / "mnist-default-0.1.0"
 README = Path(__file__).parents[1] / "README.md"
@@ -247,7 +246,7 @@ def test_cli_export_of_a_refused_conversion_is_one_line_and_writes_nothing(
     model, _ = trained
     run = tmp_path / "run"
     shutil.copytree(TRAINED_RUN, run)
-    save_model(damaged_copy(model, "zeroed"), run)
+    RunFolder(run).save_model(damaged_copy(model, "zeroed"))
     out = tmp_path / "exports"
     result = CliRunner().invoke(main, ["export", str(run), "--format", "tflite", "--out", str(out)])
     assert result.exit_code == 1, result.output

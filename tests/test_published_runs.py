@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tfvae.evaluation import active_units, evaluate_elbo, run_images
+from tfvae.evaluation import active_units, evaluate_elbo
+from tfvae.runs import run_images
 
 RUNS = sorted((Path(__file__).parents[1] / "benchmarks" / "runs").iterdir())
 

@@ -5,7 +5,7 @@ unnoticed."""
 import dataclasses
 
 from tfvae.config import TrainConfig
-from tfvae.evaluation import score_run
+from tfvae.runs import score_run
 from tfvae.training import train
 
 EPOCHS = 3

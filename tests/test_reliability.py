@@ -334,6 +334,7 @@ def test_weights_ruined_by_an_epochs_last_step_are_not_checkpointed(tmp_path):
     and the newest checkpoint must still give finite ELBOs."""
     from tfvae.callbacks import EpochBackup, StopOnNonFinite
     from tfvae.errors import NonFiniteLossError
+    from tfvae.runs import Checkpoints
 
     rng = np.random.default_rng(0)
     normal = (rng.random((32, 8, 8, 1)) < 0.4).astype(np.float32)
@@ -345,15 +346,20 @@ def test_weights_ruined_by_an_epochs_last_step_are_not_checkpointed(tmp_path):
         vae.compile(optimizer=keras.optimizers.SGD(0.01))
         return vae
 
-    vae, backup = model(0), EpochBackup(tmp_path)
+    vae, backup = model(0), Checkpoints(tmp_path)
     fit = dict(verbose=0, shuffle=False, validation_data=image_pipeline(normal, 8))
-    vae.fit(image_pipeline(normal, 8), epochs=1, callbacks=[StopOnNonFinite(), backup], **fit)
+    vae.fit(
+        image_pipeline(normal, 8),
+        epochs=1,
+        callbacks=[StopOnNonFinite(), EpochBackup(backup)],
+        **fit,
+    )
     with pytest.raises(NonFiniteLossError, match=r"epoch \d+, step \d+"):
         vae.fit(
             image_pipeline(poisoned, 8),
             initial_epoch=1,
             epochs=4,
-            callbacks=[StopOnNonFinite(), backup],
+            callbacks=[StopOnNonFinite(), EpochBackup(backup)],
             **fit,
         )
     fresh = model(1)

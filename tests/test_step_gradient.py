@@ -11,15 +11,18 @@ checking it would not catch a step whose gradient ignores `--objective`,
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from harness import blank_run_data
 
 from tfvae.config import TrainConfig
+from tfvae.distribute import Placement
+from tfvae.fitting import compiled_vae
 from tfvae.noise import standard_normal
-from tfvae.training import _build_model
 
 LR = 0.05
 BATCH = 16
@@ -65,7 +68,8 @@ def sgd_model(**settings):
         batch_size=BATCH,
         **settings,
     )
-    model = _build_model(config, SHAPE, tf.distribute.get_strategy(), steps_per_epoch=10)
+    placement = Placement(tf.distribute.get_strategy(), Path("unused"))
+    model = compiled_vae(config, blank_run_data(SHAPE, 10 * BATCH), placement)
     model.compile(optimizer=keras.optimizers.SGD(LR), jit_compile=False)
     return config, model
 

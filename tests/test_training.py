@@ -17,7 +17,7 @@ from tfvae.config import TrainConfig
 from tfvae.data import image_pipeline
 from tfvae.errors import DataError, NonFiniteLossError, RunError
 from tfvae.model import VAE
-from tfvae.runs import load_run
+from tfvae.runs import Checkpoints, load_run
 from tfvae.training import train
 
 
@@ -47,8 +47,8 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
     """A NaN in epoch 2, step 3 stops fit with a message naming both, and the
     epoch-1 checkpoint restores finite weights equal to those after epoch 1."""
     model = small_model()
-    backup = EpochBackup(tmp_path)
-    fit(model, batches(), epochs=1, callbacks=[StopOnNonFinite(), backup])
+    backup = Checkpoints(tmp_path)
+    fit(model, batches(), epochs=1, callbacks=[StopOnNonFinite(), EpochBackup(backup)])
     after_first = weights_of(model)
     with pytest.raises(NonFiniteLossError, match="epoch 2, step 3"):
         model.fit(
@@ -56,7 +56,7 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
             initial_epoch=1,
             epochs=2,
             verbose=0,
-            callbacks=[StopOnNonFinite(), backup],
+            callbacks=[StopOnNonFinite(), EpochBackup(backup)],
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-00001"]
     fresh = small_model(seed=1)
@@ -69,14 +69,14 @@ def test_backup_keeps_two_epochs_and_survives_a_damaged_latest(tmp_path):
     """The newest checkpoint corrupted (a kill mid-write of a non-atomic file
     would do this): restore falls back to the previous epoch."""
     model = small_model()
-    backup = EpochBackup(tmp_path)
+    backup = Checkpoints(tmp_path)
     snapshots = []
 
     class Snapshot(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             snapshots.append(weights_of(model))
 
-    fit(model, batches(), epochs=3, callbacks=[Snapshot(), backup])
+    fit(model, batches(), epochs=3, callbacks=[Snapshot(), EpochBackup(backup)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-00002", "epoch-00003"]
     (tmp_path / "epoch-00003" / "state.weights.h5").write_bytes(b"garbage")
     fresh = small_model(seed=1)
@@ -90,8 +90,8 @@ def test_optimizer_state_is_restored(tmp_path):
     model = VAE(image_shape=(8, 8, 1), latent_dim=2, hidden_units=(16,))
     model.build()
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    backup = EpochBackup(tmp_path)
-    fit(model, batches(), epochs=1, callbacks=[backup])
+    backup = Checkpoints(tmp_path)
+    fit(model, batches(), epochs=1, callbacks=[EpochBackup(backup)])
     fresh = VAE(image_shape=(8, 8, 1), latent_dim=2, hidden_units=(16,))
     fresh.build()
     fresh.compile(optimizer=keras.optimizers.Adam(1e-3))
@@ -176,8 +176,8 @@ def test_restore_under_a_distribution_strategy(tmp_path):
             model.compile(optimizer=keras.optimizers.Adam(1e-3))
         return model
 
-    trained, backup = mirrored_model(), EpochBackup(tmp_path)
-    fit(trained, batches(), epochs=1, callbacks=[backup])
+    trained, backup = mirrored_model(), Checkpoints(tmp_path)
+    fit(trained, batches(), epochs=1, callbacks=[EpochBackup(backup)])
     resumed = mirrored_model()
     assert backup.restore(resumed) == 1
     for a, b in zip(weights_of(resumed), weights_of(trained), strict=True):
@@ -188,8 +188,8 @@ def test_a_resumed_run_does_not_replay_the_first_epochs_batches():
     """A pipeline restarts its shuffle and its draws: resumed after epoch 3,
     a run seeded as a fresh one would see epoch 1's batches again."""
     from tfvae import data as datasets
+    from tfvae.fitting import pipeline_seed
     from tfvae.noise import training_batch
-    from tfvae.training import pipeline_seed
 
     assert pipeline_seed(7, 0) == 7
     seeds = {pipeline_seed(7, epoch) for epoch in range(1, 50)}
@@ -209,12 +209,12 @@ def test_a_resumed_run_does_not_replay_the_first_epochs_batches():
 
 def test_restore_loads_exactly_the_epoch_the_workers_agreed_on(tmp_path):
     model = small_model()
-    backup = EpochBackup(tmp_path, keep=3)
+    backup = Checkpoints(tmp_path, keep=3)
     seen = {}
     record = keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: seen.update({epoch + 1: weights_of(model)})
     )
-    fit(model, batches(), epochs=3, callbacks=[backup, record])
+    fit(model, batches(), epochs=3, callbacks=[EpochBackup(backup), record])
     assert backup.epochs() == [1, 2, 3]
     fresh = small_model(seed=1)
     untouched = weights_of(fresh)
@@ -289,7 +289,7 @@ def test_a_warm_started_run_resumes_without_its_source(finished_tiny_run, tmp_pa
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tfvae.training.save_pictures", interrupt)
+    monkeypatch.setattr("tfvae.runs.RunFolder.save_pictures", interrupt)
     with pytest.raises(KeyboardInterrupt):
         quiet_train(config, tmp_path / "warm")
     monkeypatch.undo()

@@ -32,7 +32,10 @@ _API = {
     "resume": "tfvae.training",
     "evaluate_elbo": "tfvae.evaluation",
     "iw_log_likelihood": "tfvae.evaluation",
-    "score_run": "tfvae.evaluation",
+    "score_run": "tfvae.runs",
+    "RunFolder": "tfvae.runs",
+    "ObjectiveConfig": "tfvae.config",
+    "RunData": "tfvae.data",
     "export_run": "tfvae.export",
 }
 

@@ -1,20 +1,12 @@
-"""Training callbacks that keep a run folder consistent through crashes.
-
-Each epoch's state goes into its own folder, written under a temporary name,
-flushed to disk and renamed when complete (`tfvae.durable`); the previous one
-is kept until the next is, so a kill or a power loss at any moment leaves at
-least one whole checkpoint behind.
-"""
+"""The callbacks of a training run: its checkpoints, what a person sees of
+it (the log, TensorBoard, `metrics.csv`), and the stop before a non-finite
+loss reaches a checkpoint."""
 
 from __future__ import annotations
 
 import csv
-import errno
 import io
-import json
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -23,96 +15,21 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae import durable, plots
-from tfvae.errors import NonFiniteLossError, RunError
+from tfvae.errors import NonFiniteLossError
 from tfvae.metrics import METRICS
 from tfvae.progress import Progress, bar, duration
-from tfvae.runs import CHECKPOINT_META as _META
-from tfvae.runs import CHECKPOINT_WEIGHTS as _WEIGHTS
-from tfvae.runs import checkpoint_folders, checkpoints
+from tfvae.runs import Checkpoints
 
 
 class EpochBackup(keras.callbacks.Callback):
-    """Saves weights, optimizer state and the epoch count after every epoch.
+    """Saves every epoch's checkpoint (`runs.Checkpoints`) once it ends."""
 
-    Unlike `keras.callbacks.BackupAndRestore`, no file is ever overwritten in
-    place: a kill during the write leaves the previous epoch's folder intact.
-    """
-
-    def __init__(self, backup_dir: Path, keep: int = 2):
+    def __init__(self, checkpoints: Checkpoints):
         super().__init__()
-        self.backup_dir = Path(backup_dir)
-        self.keep = keep
-
-    def _folders(self) -> list[Path]:
-        return checkpoint_folders(self.backup_dir)
-
-    def _checkpoints(self) -> list[tuple[int, Path]]:
-        return checkpoints(self.backup_dir)
-
-    def epochs(self) -> list[int]:
-        """The epochs this folder holds a complete checkpoint of, oldest first."""
-        return [epoch for epoch, _ in self._checkpoints()]
-
-    def restore(self, model: keras.Model, epoch: int | None = None) -> int:
-        """Load the newest readable checkpoint into `model`; return its epoch
-        (0 if none). With `epoch`, load exactly that one (0: load nothing)."""
-        if epoch == 0:
-            return 0
-        for found, folder in reversed(self._checkpoints()):
-            if epoch is not None and found != epoch:
-                continue
-            try:
-                # Under a distribution strategy the optimizer's slots must be
-                # created in its scope, or a resumed mirrored run fails.
-                with model.distribute_strategy.scope():
-                    if model.optimizer is not None and not model.optimizer.built:
-                        model.optimizer.build(model.trainable_variables)
-                    model.load_weights(folder / _WEIGHTS)
-                return found
-            except (OSError, ValueError, KeyError):
-                continue  # a damaged checkpoint: fall back to the one before
-        if epoch is not None:
-            raise RunError(
-                f"{self.backup_dir}: no readable checkpoint of epoch {epoch}; "
-                "delete the folder to restart this worker from scratch"
-            )
-        return 0
+        self.checkpoints = checkpoints
 
     def on_epoch_end(self, epoch, logs=None):
-        self.save(self.model, epoch + 1)
-
-    def save(self, model: keras.Model, epoch: int) -> None:
-        """Write `model`'s state as the checkpoint of `epoch` (1-based)."""
-        self.backup_dir.mkdir(parents=True, exist_ok=True)
-        _check_space(self.backup_dir, model)
-        final = self.backup_dir / f"epoch-{epoch:05d}"
-        tmp = self.backup_dir / f".tmp-{final.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        with durable.hdf5_errors(tmp / _WEIGHTS):
-            model.save_weights(tmp / _WEIGHTS)
-        (tmp / _META).write_text(json.dumps({"epoch": epoch}))
-        durable.replace_folder(tmp, final, self.backup_dir / f".old-{final.name}")
-        for old in self._folders()[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _check_space(folder: Path, model: keras.Model) -> None:
-    """Refuse a checkpoint the disk cannot hold before HDF5 starts on it: a
-    write that fails half-way leaves HDF5 in a state that crashes the process
-    when it exits (SIGSEGV), after the error was reported."""
-    variables = [*model.weights, *(model.optimizer.variables if model.optimizer else [])]
-    # The numbers, a few KiB of HDF5's own per variable, and some slack.
-    need = sum(np.dtype(v.dtype).itemsize * int(np.prod(v.shape)) + 4096 for v in variables)
-    need += 2**18
-    free = shutil.disk_usage(folder).free
-    if free < need:
-        raise OSError(
-            errno.ENOSPC,
-            f"{os.strerror(errno.ENOSPC)} (a checkpoint needs about {need / 1e6:.1f} MB, "
-            f"{free / 1e6:.1f} MB are free)",
-            str(folder),
-        )
+        self.checkpoints.save(self.model, epoch + 1)
 
 
 class StopOnNonFinite(keras.callbacks.Callback):

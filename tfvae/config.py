@@ -25,6 +25,18 @@ LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "logistic", "gaussian")
 # What the pipelines do to the pixels before the model sees them: a
 # binarization (`bernoulli`), or, for `gaussian`, uniform dequantization.
 PIXEL_TREATMENTS = (*BINARIZATIONS, "dequantize")
+
+
+def pixel_treatment(pixels: str = "dynamic", binarize: str | None = None) -> str:
+    """The pixel treatment asked for, one of `PIXEL_TREATMENTS`: `pixels`, or
+    `binarize`, its name before it also carried `dequantize` (kept so that
+    scripts written then still run)."""
+    treatment = pixels if binarize is None else binarize
+    if treatment not in PIXEL_TREATMENTS:
+        raise ValueError(f"pixels must be one of {PIXEL_TREATMENTS}, got {treatment!r}")
+    return treatment
+
+
 # The grey levels of 8-bit pixels: dequantized images are (level + u) / LEVELS.
 LEVELS = 256
 STRATEGIES = ("auto", "default", "one-device", "mirrored", "multi-worker", "tpu")
@@ -113,32 +125,11 @@ _OPTIONAL_POSITIVE: Rule = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """The shape of the encoder and decoder: with the image shape, all that
-    the VAE's weights depend on. Layer sizes run from the image to z; the
-    decoder mirrors them."""
+class Settings:
+    """What every group of settings shares: each field checked against its
+    `RULES` once, when the group is made, and plain JSON in and out."""
 
-    arch: str = "mlp"
-    latent_dim: int = 20
-    hidden_units: tuple[int, ...] = (400,)
-    activation: str = "relu"
-    likelihood: str = "bernoulli"
-
-    RULES: ClassVar[dict[str, Rule]] = {
-        "arch": _one_of(ARCHS),
-        "latent_dim": _POSITIVE,
-        "hidden_units": (
-            lambda units: (
-                isinstance(units, tuple)
-                and len(units) > 0
-                and all(is_int(u) and u >= 1 for u in units)
-            ),
-            "positive layer sizes",
-        ),
-        "activation": _one_of(ACTIVATIONS),
-        "likelihood": _one_of(LIKELIHOODS),
-    }
+    RULES: ClassVar[dict[str, Rule]] = {}
 
     def __post_init__(self):
         for field, (accepts, allowed) in self.RULES.items():
@@ -168,6 +159,51 @@ class ModelConfig:
             for key, value in dataclasses.asdict(self).items()
         }
 
+    @classmethod
+    def take(cls, settings: dict[str, Any]):
+        """This group's settings among keyword `settings` (None if there are
+        none), and the other settings."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        mine = {key: value for key, value in settings.items() if key in names}
+        rest = {key: value for key, value in settings.items() if key not in names}
+        return (cls.from_dict(mine) if mine else None), rest
+
+
+_OBJECTIVE_RULES: dict[str, Rule] = {
+    "objective": _one_of(OBJECTIVES),
+    "gradient_estimator": _one_of(GRADIENT_ESTIMATORS),
+    "k": _POSITIVE,
+    "beta": _number(0, 1000, "a number in [0, 1000]"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(Settings):
+    """The shape of the encoder and decoder: with the image shape, all that
+    the VAE's weights depend on. Layer sizes run from the image to z; the
+    decoder mirrors them."""
+
+    arch: str = "mlp"
+    latent_dim: int = 20
+    hidden_units: tuple[int, ...] = (400,)
+    activation: str = "relu"
+    likelihood: str = "bernoulli"
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "arch": _one_of(ARCHS),
+        "latent_dim": _POSITIVE,
+        "hidden_units": (
+            lambda units: (
+                isinstance(units, tuple)
+                and len(units) > 0
+                and all(is_int(u) and u >= 1 for u in units)
+            ),
+            "positive layer sizes",
+        ),
+        "activation": _one_of(ACTIVATIONS),
+        "likelihood": _one_of(LIKELIHOODS),
+    }
+
     def layer_settings(self) -> dict[str, Any]:
         """`to_dict` without the settings tfvae 0.1.0 did not know, where they
         hold its behaviour: the layers' saved configs, so a Bernoulli model's
@@ -178,13 +214,40 @@ class ModelConfig:
         return settings
 
 
-def split_model_settings(settings: dict[str, Any]) -> tuple[ModelConfig | None, dict[str, Any]]:
-    """The model's settings among keyword `settings`, as a `ModelConfig` (None
-    if there are none), and the other settings."""
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    model = {key: value for key, value in settings.items() if key in names}
-    rest = {key: value for key, value in settings.items() if key not in names}
-    return (ModelConfig.from_dict(model) if model else None), rest
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig(Settings):
+    """What training minimises per image: the negative ELBO, with its KL
+    weighted by `beta` and ramped up from 0 over `kl_warmup_steps` steps, or
+    the negative importance-weighted bound of `k` samples (`iwae`), whose
+    encoder gradient is the bound's own or DReG's (`gradient_estimator`).
+    With the image shape and the `ModelConfig`, all a VAE is built from."""
+
+    objective: str = "elbo"
+    k: int = 1
+    beta: float = 1.0
+    kl_warmup_steps: int = 0
+    gradient_estimator: str = "standard"
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        **_OBJECTIVE_RULES,
+        "kl_warmup_steps": (lambda v: is_int(v) and v >= 0, "steps >= 0"),
+    }
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.gradient_estimator == "dreg" and self.objective != "iwae":
+            raise ConfigError(
+                "config: gradient_estimator='dreg' is an estimator of the IWAE bound's "
+                "gradient; use it with objective='iwae'"
+            )
+
+    def saved(self) -> dict[str, Any]:
+        """The settings as a VAE's saved config holds them: as tfvae 0.1.0
+        wrote them, the gradient estimator only when it is not the default."""
+        settings = self.to_dict()
+        if settings["gradient_estimator"] == "standard":
+            del settings["gradient_estimator"]
+        return settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,16 +306,13 @@ class TrainConfig(ModelConfig):
         ),
         "epochs": _POSITIVE,
         "batch_size": _POSITIVE,
-        "k": _POSITIVE,
+        **_OBJECTIVE_RULES,
         "learning_rate": _number(0, 10, "a number in (0, 10)", low_open=True, high_open=True),
         "adam_epsilon": _number(0, 1, "a number in (0, 1]", low_open=True),
         "lr_schedule": _one_of(LR_SCHEDULES),
         "binarize": _one_of(BINARIZATIONS),
         "seed": (lambda v: is_int(v) and 0 <= v <= MAX_SEED, f"an integer in 0..{MAX_SEED}"),
         "strategy": _one_of(STRATEGIES),
-        "objective": _one_of(OBJECTIVES),
-        "gradient_estimator": _one_of(GRADIENT_ESTIMATORS),
-        "beta": _number(0, 1000, "a number in [0, 1000]"),
         "kl_warmup": (lambda v: is_int(v) and v >= 0, "epochs >= 0"),
         "jit_compile": (lambda v: v is None or isinstance(v, bool), "true, false or null (auto)"),
         "steps_per_execution": _OPTIONAL_POSITIVE,
@@ -269,11 +329,17 @@ class TrainConfig(ModelConfig):
     def __post_init__(self):
         self._resolve_likelihood()
         super().__post_init__()
-        if self.gradient_estimator == "dreg" and self.objective != "iwae":
-            raise ConfigError(
-                "config: gradient_estimator='dreg' is an estimator of the IWAE bound's "
-                "gradient; use it with objective='iwae'"
-            )
+        self.objective_config()  # the objective's own rules, said in one place
+
+    def objective_config(self, steps_per_epoch: int = 1) -> ObjectiveConfig:
+        """The objective's settings, the KL warm-up counted in steps."""
+        return ObjectiveConfig(
+            objective=self.objective,
+            k=self.k,
+            beta=self.beta,
+            kl_warmup_steps=self.kl_warmup * steps_per_epoch,
+            gradient_estimator=self.gradient_estimator,
+        )
 
     def _resolve_likelihood(self) -> None:
         """Fill in the default likelihood; binarization belongs to `bernoulli`,

@@ -10,28 +10,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from tfvae.data import image_pipeline, load_dataset
-from tfvae.errors import RunError
-from tfvae.likelihoods import bits_per_dim
+from tfvae.data import image_pipeline
+from tfvae.data.pipelines import array_batches
 from tfvae.noise import training_batch
-from tfvae.progress import Progress
-from tfvae.runs import load_run
 
 # Numbers (samples x images x pixels) decoded at once by the IW estimate:
 # 20,000 codes of a 28x28 image, 63 MB per float32 tensor, whatever K and
 # the image size are.
 IW_NUMBERS = 20_000 * 784
-
-
-def _batches(images, batch_size: int):
-    """`(start, float32 images)` in order, of an array or streamed images."""
-    for start in range(0, len(images), batch_size):
-        yield start, np.asarray(images[start : start + batch_size])
 
 
 def evaluate_elbo(
@@ -89,7 +79,7 @@ def iw_log_likelihood(
         return tf.reduce_logsumexp(model.log_weights(x, q_z, z), axis=0)  # [batch]
 
     out = np.empty(len(images), dtype=np.float64)
-    for start, x in _batches(images, batch_size):
+    for start, x in array_batches(images, batch_size):
         x = tf.constant(x)
         total = np.full(len(x), -np.inf)
         for first in range(0, k, chunk):
@@ -103,75 +93,11 @@ def iw_log_likelihood(
     return out
 
 
-def posterior_means(model, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """E_q[z | x] for every image, `[n, latent]`."""
-    return np.concatenate(
-        [np.asarray(model.encoder.params(x)[0]) for _, x in _batches(images, batch_size)]
-    )
-
-
 def active_units(model, images: np.ndarray, threshold: float = 0.01) -> int:
     """Latent dimensions whose posterior mean varies across the data.
 
     A unit u is active when Cov_x(E_q[z_u | x]) > `threshold` (Burda et al.);
     collapsed units copy the prior whatever the input.
     """
-    means = posterior_means(model, images).astype(np.float64)
+    means = model.posterior_means(images).astype(np.float64)
     return int(np.sum(np.var(means, axis=0) > threshold))
-
-
-# --- runs ----------------------------------------------------------------------
-
-
-def run_images(
-    run_dir: str | Path,
-    split: str = "test",
-    limit: int | None = None,
-    progress: Progress | None = None,
-):
-    """A finished run and its data set's `split` under the fixed binarization."""
-    run = load_run(run_dir)
-    config = run.state.config
-    data = load_dataset(config.dataset, config.data_dir, config.resize, progress)
-    if config.limit is not None:
-        data = data.limit(config.limit, config.limit)
-    if data.image_shape != run.state.image_shape:
-        raise RunError(
-            f"{config.dataset}: images are {data.image_shape}, the run was trained on "
-            f"{run.state.image_shape}"
-        )
-    images = data.fixed_binarized(split, config.pixels)
-    return run, images if limit is None else np.asarray(images[:limit])
-
-
-def score_run(
-    run_dir: str | Path,
-    split: str = "test",
-    k: int = 1,
-    progress: Progress | None = None,
-) -> dict:
-    """ELBO, KL, log-likelihood, IW negative log-likelihood (K samples) and the
-    number of active units, in nats per image, and the NLL in bits per
-    dimension where the likelihood scores 8-bit levels (else None).
-    `progress` hears each stage, and how far the IW estimate is."""
-    progress = progress or Progress.quiet()
-    run, images = run_images(run_dir, split, progress=progress)
-    model = run.model
-    with progress.stage(f"Scoring the {len(images):,} {split} images: ELBO, active units"):
-        scores = evaluate_elbo(model, images)
-        units = active_units(model, images)
-    what = f"Importance-weighted NLL, K={k:,}: {len(images) * k:,} samples of z"
-    with progress.stage(what, total=len(images) * k) as advance:
-        log_px = iw_log_likelihood(model, images, k=k, progress=advance)
-    nll = float(-np.mean(log_px))
-    per_level = model.decoder.likelihood.per_level
-    return {
-        "split": split,
-        "n_images": int(len(images)),
-        "k": k,
-        **scores,
-        "nll": nll,
-        "bits_per_dim": bits_per_dim(nll, model.image_shape) if per_level else None,
-        "active_units": units,
-        "latent_dim": model.latent_dim,
-    }

@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.config import ModelConfig, conv_padded, pixel_parameters, split_model_settings
+from tfvae.config import ModelConfig, conv_padded, pixel_parameters
 from tfvae.likelihoods import LIKELIHOOD, SCALE_FLOOR
 
 tfd = tfp.distributions
@@ -86,7 +86,7 @@ class _Coder(keras.layers.Layer):
     from its fields as keyword arguments)."""
 
     def __init__(self, image_shape, model_config: ModelConfig | None = None, **kwargs):
-        settings, kwargs = split_model_settings(kwargs)
+        settings, kwargs = ModelConfig.take(kwargs)
         super().__init__(**kwargs)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.model_config = model_config or settings or ModelConfig()

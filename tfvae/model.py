@@ -12,7 +12,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfvae.config import GRADIENT_ESTIMATORS, OBJECTIVES, ModelConfig, split_model_settings
+from tfvae.config import ModelConfig, ObjectiveConfig
+from tfvae.data.pipelines import array_batches
 from tfvae.layers import GaussianEncoder, ImageDecoder, diag_normal
 from tfvae.metrics import METRICS, MeanTerms
 from tfvae.noise import training_batch
@@ -41,32 +42,20 @@ class VAE(keras.Model):
         self,
         image_shape=(28, 28, 1),
         model_config: ModelConfig | None = None,
+        objective_config: ObjectiveConfig | None = None,
         seed: int | None = None,
-        objective: str = "elbo",
-        beta: float = 1.0,
-        kl_warmup_steps: int = 0,
-        k: int = 1,
-        gradient_estimator: str = "standard",
         **kwargs,
     ):
-        """`model_config` (or its fields as keyword arguments, e.g.
-        `latent_dim=2`) shapes the encoder and decoder; the rest is the
-        training objective."""
-        settings, kwargs = split_model_settings(kwargs)
+        """Built from the image shape `[h, w, c]` and two configs: the
+        `ModelConfig` shapes the encoder and decoder, the `ObjectiveConfig`
+        says what training minimises. Either may also come as its fields in
+        keyword arguments (`latent_dim=2`, `objective="iwae"`, `k=50`), as
+        tfvae 0.1.0 took them and as saved configs hold them."""
+        model_settings, kwargs = ModelConfig.take(kwargs)
+        objective_settings, kwargs = ObjectiveConfig.take(kwargs)
         super().__init__(**kwargs)
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        if gradient_estimator not in GRADIENT_ESTIMATORS:
-            raise ValueError(
-                f"gradient_estimator must be one of {GRADIENT_ESTIMATORS}, "
-                f"got {gradient_estimator!r}"
-            )
-        self.objective = objective
-        self.gradient_estimator = gradient_estimator
-        self.k = int(k)
-        self.beta = float(beta)
-        self.kl_warmup_steps = int(kl_warmup_steps)
-        self.model_config = model_config or settings or ModelConfig()
+        self.model_config = model_config or model_settings or ModelConfig()
+        self.objective_config = objective_config or objective_settings or ObjectiveConfig()
         self.encoder = GaussianEncoder(image_shape, self.model_config, name="encoder")
         self.decoder = ImageDecoder(image_shape, self.model_config, name="decoder")
         self.image_shape = self.encoder.image_shape
@@ -75,6 +64,27 @@ class VAE(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
         self.terms = MeanTerms(METRICS)
         self.build()
+
+    @property
+    def objective(self) -> str:
+        return self.objective_config.objective
+
+    @property
+    def k(self) -> int:
+        """z drawn per image in training (IWAE's k; 1 for the ELBO)."""
+        return self.objective_config.k
+
+    @property
+    def beta(self) -> float:
+        return self.objective_config.beta
+
+    @property
+    def kl_warmup_steps(self) -> int:
+        return self.objective_config.kl_warmup_steps
+
+    @property
+    def gradient_estimator(self) -> str:
+        return self.objective_config.gradient_estimator
 
     # --- distributions ------------------------------------------------------
 
@@ -110,6 +120,12 @@ class VAE(keras.Model):
         """Deterministic reconstruction: the pixel means of p(x | z = E[q(z|x)]),
         as intensities in [0, 1] (for the Bernoulli, its probabilities)."""
         return self.decoder.mean(self.encode(images).mean())
+
+    def posterior_means(self, images, batch_size: int = DECODE_BATCH) -> np.ndarray:
+        """E_q[z | x] for every image of an array or streamed split, `[n, latent]`."""
+        return np.concatenate(
+            [np.asarray(self.encoder.params(x)[0]) for _, x in array_batches(images, batch_size)]
+        )
 
     def reconstruct(self, images):
         """`call` on `images` `[n, height, width, channels]`, `DECODE_BATCH` at a
@@ -316,15 +332,5 @@ class VAE(keras.Model):
             "image_shape": list(self.image_shape),
             **self.model_config.layer_settings(),
             "seed": self.seed,
-            "objective": self.objective,
-            "beta": self.beta,
-            "kl_warmup_steps": self.kl_warmup_steps,
-            "k": self.k,
-            # Written only when set, so a default model's file stays what
-            # 0.1.0 wrote and reads in it.
-            **(
-                {"gradient_estimator": self.gradient_estimator}
-                if self.gradient_estimator != "standard"
-                else {}
-            ),
+            **self.objective_config.saved(),
         }

@@ -14,7 +14,6 @@ from PIL import Image
 
 from tfvae.durable import write_atomic
 from tfvae.errors import TfvaeError
-from tfvae.evaluation import posterior_means
 
 # A picture is for looking at: at most this many images in one grid, and
 # at most this many pixels (about 10,000 x 10,000, what a screen can zoom into).
@@ -150,7 +149,7 @@ def latent_path(z_from: np.ndarray, z_to: np.ndarray, n: int, spherical: bool = 
 def interpolate(model, image_from, image_to, n: int = 10, spherical: bool = False):
     """The decoder's means `[n, h, w, c]` along `latent_path` between the
     posterior means of two images `[h, w, c]`."""
-    z_mean = posterior_means(model, np.stack([image_from, image_to]))
+    z_mean = model.posterior_means(np.stack([image_from, image_to]))
     return np.asarray(model.decoder.mean(latent_path(z_mean[0], z_mean[1], n, spherical)))
 
 
@@ -181,7 +180,7 @@ def latent_scatter(model, images: np.ndarray, labels: np.ndarray | None, path: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    z_mean = posterior_means(model, images)
+    z_mean = model.posterior_means(images)
     figure, axes = plt.subplots(figsize=(6.4, 5.4), dpi=100)
     if labels is None:
         axes.scatter(z_mean[:, 0], z_mean[:, 1], s=2, alpha=0.6, rasterized=True)

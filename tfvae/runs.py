@@ -2,9 +2,11 @@
 
 A run folder holds `config.json` (settings, versions, status), `model.keras`,
 `metrics.csv`, `logs/` (TensorBoard), pictures, and while training runs a
-`backup/` that lets an interrupted run resume. Every file is written
-atomically and durably (`tfvae.durable`), so a reader never sees half a file.
-One process at a time trains a folder (`lock_folder`).
+`backup/` of per-epoch checkpoints that lets an interrupted run resume. Every
+file is written atomically and durably (`tfvae.durable`), so a reader never
+sees half a file. One process at a time trains a folder (`lock_folder`).
+`RunFolder` is everything done to a run folder, by training and by whatever
+reads a finished run.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import fcntl
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import zipfile
@@ -23,9 +27,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tfvae.config import TrainConfig, is_int
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+import tfvae
+from tfvae import durable, plots
+from tfvae.config import PLACEMENT, TrainConfig, is_int
+from tfvae.data.run_data import RunData
+from tfvae.distribute import Placement
 from tfvae.durable import write_atomic
 from tfvae.errors import RunError
+from tfvae.evaluation import active_units, evaluate_elbo, iw_log_likelihood
+from tfvae.likelihoods import bits_per_dim
+from tfvae.model import VAE
+from tfvae.progress import Progress
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
@@ -35,6 +52,9 @@ LOGS_DIR = "logs"
 # An epoch's checkpoint in BACKUP_DIR: epoch-NNNNN/ with these two files.
 CHECKPOINT_WEIGHTS = "state.weights.h5"
 CHECKPOINT_META = "meta.json"
+# Test images shown in the run's pictures and used for the latent plot.
+RECONSTRUCTION_IMAGES = 32
+LATENT_PLOT_IMAGES = 5000
 
 
 @contextlib.contextmanager
@@ -87,24 +107,6 @@ def _take_lock(path: Path, folder: Path) -> int:
         os.close(fd)  # the holder released and removed it meanwhile: try again
 
 
-def checkpoint_folders(backup_dir: Path) -> list[Path]:
-    """The epochs' checkpoint folders in `backup_dir`, oldest first."""
-    if not backup_dir.is_dir():
-        return []
-    return sorted(p for p in backup_dir.glob("epoch-*") if (p / CHECKPOINT_META).is_file())
-
-
-def checkpoints(backup_dir: Path) -> list[tuple[int, Path]]:
-    """`(epoch, folder)` of every checkpoint whose metadata reads, oldest first."""
-    found = []
-    for folder in checkpoint_folders(backup_dir):
-        try:
-            found.append((int(json.loads((folder / CHECKPOINT_META).read_text())["epoch"]), folder))
-        except (OSError, ValueError, KeyError):
-            continue
-    return found
-
-
 def default_run_dir(root: str | Path = "runs") -> Path:
     return Path(root) / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
@@ -112,8 +114,6 @@ def default_run_dir(root: str | Path = "runs") -> Path:
 def code_version() -> dict[str, object]:
     """The code that is running: tfvae's version and, when it runs from a git
     checkout, the commit and whether tracked files differ from it."""
-    import tfvae
-
     info: dict[str, object] = {"tfvae": tfvae.__version__}
     root = Path(tfvae.__file__).resolve().parent.parent
     if not (root / ".git").exists():
@@ -136,12 +136,6 @@ def code_version() -> dict[str, object]:
 
 
 def versions() -> dict[str, str]:
-    import keras
-    import tensorflow as tf
-    import tensorflow_probability as tfp
-
-    import tfvae
-
     return {
         "tfvae": tfvae.__version__,
         "tensorflow": tf.__version__,
@@ -204,6 +198,100 @@ def read_state(run_dir: str | Path) -> RunState:
     return RunState(TrainConfig.from_dict(raw["config"]), tuple(shape), status, extra)
 
 
+class Checkpoints:
+    """A run's per-epoch checkpoints (weights, optimizer state, the epoch) in
+    `backup/`, one folder each, of which the newest `keep` are kept.
+
+    Unlike `keras.callbacks.BackupAndRestore`, no file is ever overwritten in
+    place: each epoch's folder is written under a temporary name, flushed and
+    renamed when complete, and the previous one is kept until the next is, so
+    a kill or a power loss at any moment leaves a whole checkpoint behind.
+    """
+
+    def __init__(self, backup_dir: str | Path, keep: int = 2):
+        self.backup_dir = Path(backup_dir)
+        self.keep = keep
+
+    def _folders(self) -> list[Path]:
+        if not self.backup_dir.is_dir():
+            return []
+        found = self.backup_dir.glob("epoch-*")
+        return sorted(p for p in found if (p / CHECKPOINT_META).is_file())
+
+    def _readable(self) -> list[tuple[int, Path]]:
+        """`(epoch, folder)` of every checkpoint whose metadata reads, oldest first."""
+        found = []
+        for folder in self._folders():
+            try:
+                meta = json.loads((folder / CHECKPOINT_META).read_text())
+                found.append((int(meta["epoch"]), folder))
+            except (OSError, ValueError, KeyError):
+                continue
+        return found
+
+    def epochs(self) -> list[int]:
+        """The epochs held complete, oldest first."""
+        return [epoch for epoch, _ in self._readable()]
+
+    def restore(self, model: keras.Model, epoch: int | None = None) -> int:
+        """Load the newest readable checkpoint into `model`; return its epoch
+        (0 if none). With `epoch`, load exactly that one (0: load nothing)."""
+        if epoch == 0:
+            return 0
+        for found, folder in reversed(self._readable()):
+            if epoch is not None and found != epoch:
+                continue
+            try:
+                # Under a distribution strategy the optimizer's slots must be
+                # created in its scope, or a resumed mirrored run fails.
+                with model.distribute_strategy.scope():
+                    if model.optimizer is not None and not model.optimizer.built:
+                        model.optimizer.build(model.trainable_variables)
+                    model.load_weights(folder / CHECKPOINT_WEIGHTS)
+                return found
+            except (OSError, ValueError, KeyError):
+                continue  # a damaged checkpoint: fall back to the one before
+        if epoch is not None:
+            raise RunError(
+                f"{self.backup_dir}: no readable checkpoint of epoch {epoch}; "
+                "delete the folder to restart this worker from scratch"
+            )
+        return 0
+
+    def save(self, model: keras.Model, epoch: int) -> None:
+        """Write `model`'s state as the checkpoint of `epoch` (1-based)."""
+        self.backup_dir.mkdir(parents=True, exist_ok=True)
+        _check_space(self.backup_dir, model)
+        final = self.backup_dir / f"epoch-{epoch:05d}"
+        tmp = self.backup_dir / f".tmp-{final.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        with durable.hdf5_errors(tmp / CHECKPOINT_WEIGHTS):
+            model.save_weights(tmp / CHECKPOINT_WEIGHTS)
+        (tmp / CHECKPOINT_META).write_text(json.dumps({"epoch": epoch}))
+        durable.replace_folder(tmp, final, self.backup_dir / f".old-{final.name}")
+        for old in self._folders()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_space(folder: Path, model: keras.Model) -> None:
+    """Refuse a checkpoint the disk cannot hold before HDF5 starts on it: a
+    write that fails half-way leaves HDF5 in a state that crashes the process
+    when it exits (SIGSEGV), after the error was reported."""
+    variables = [*model.weights, *(model.optimizer.variables if model.optimizer else [])]
+    # The numbers, a few KiB of HDF5's own per variable, and some slack.
+    need = sum(np.dtype(v.dtype).itemsize * int(np.prod(v.shape)) + 4096 for v in variables)
+    need += 2**18
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise OSError(
+            errno.ENOSPC,
+            f"{os.strerror(errno.ENOSPC)} (a checkpoint needs about {need / 1e6:.1f} MB, "
+            f"{free / 1e6:.1f} MB are free)",
+            str(folder),
+        )
+
+
 @dataclasses.dataclass
 class Run:
     """A finished run: its folder, state and trained model."""
@@ -213,64 +301,352 @@ class Run:
     model: Any
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A training run in the making: its settings, the folder this process
+    writes (`RunFolder`), where it trains and whom it tells."""
+
+    config: TrainConfig
+    run: RunFolder
+    placement: Placement
+    progress: Progress
+
+
+class RunFolder:
+    """Everything done to a run folder: checked, locked, started,
+    checkpointed, given its model, pictures and final scores, and read back.
+
+    `path` is the folder this process writes: the run folder, or for another
+    worker of a multi-worker job the sibling it keeps its own state in
+    (`distribute.Placement.folder`).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.checkpoints = Checkpoints(self.path / BACKUP_DIR)
+
+    def state(self) -> RunState:
+        return read_state(self.path)
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / CONFIG_FILE).is_file() and self.state().status == "finished"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """This process alone trains the folder while the block runs (`lock_folder`)."""
+        with lock_folder(self.path):
+            yield
+
+    # --- a run that trains ---------------------------------------------------------
+
+    def check(self, config: TrainConfig, overwrite: bool, extend: bool) -> bool:
+        """Refuse to clobber what is not a run, or a run of other settings;
+        allow resuming a run of these, and with `extend` a finished run and a
+        new number of epochs too. Returns whether the folder holds an old run
+        that `overwrite` replaces."""
+        if not self.path.exists():
+            return False
+        if not self.path.is_dir():
+            raise RunError(f"{self.path}: exists and is a file; choose another --run-dir")
+        if not (self.path / CONFIG_FILE).is_file():
+            return self._check_foreign(overwrite)
+        if overwrite:
+            return True
+        state = self.state()
+        if state.status == "finished" and not extend:
+            raise RunError(
+                f"{self.path}: this run has already finished; 'tfvae resume {self.path} "
+                "--epochs N' extends it, --overwrite trains it again, or choose another --run-dir"
+            )
+        old, new = state.config.to_dict(), config.to_dict()
+        free = (*PLACEMENT, "epochs") if extend else PLACEMENT
+        changed = [
+            f"{k}: {old[k]!r} -> {new[k]!r}" for k in old if old[k] != new[k] and k not in free
+        ]
+        if changed:
+            raise RunError(
+                f"{self.path}: an unfinished run with other settings ({', '.join(changed)}); "
+                f"'tfvae resume {self.path}' resumes it, or use --overwrite"
+            )
+        return False
+
+    def _check_foreign(self, overwrite: bool) -> bool:
+        """A folder without `config.json`: an interrupted --overwrite may have
+        left only the old run's files; anything else is not ours."""
+        if overwrite and ((self.path / MODEL_FILE).exists() or (self.path / BACKUP_DIR).is_dir()):
+            return True
+        if any(self.path.iterdir()):
+            raise RunError(
+                f"{self.path}: exists and is not a tfvae run folder; choose another --run-dir"
+            )
+        return False
+
+    def start(self, config: TrainConfig, image_shape, placement: dict, replace: bool) -> RunState:
+        """Replace the old run if `replace`, create the folder and write its
+        `config.json`: the settings, the data's shape, the versions, where
+        it trains (`placement`) and one provenance entry per start."""
+        for leftover in self.path.parent.glob(f".{self.path.name}.deleting-*"):
+            shutil.rmtree(leftover, ignore_errors=True)  # of an --overwrite that was killed
+        now = datetime.datetime.now().isoformat(timespec="seconds")
+        resumed = not replace and (self.path / CONFIG_FILE).is_file()
+        earlier = self.state().extra.get("provenance", []) if resumed else []
+        if replace:
+            # Rename first: a kill while deleting leaves no half-deleted run folder.
+            doomed = self.path.with_name(f".{self.path.name}.deleting-{os.getpid()}")
+            self.path.rename(doomed)
+            shutil.rmtree(doomed)
+        self.path.mkdir(parents=True, exist_ok=True)
+        entry = {"started": now, "epochs": config.epochs, **code_version()}
+        extra = {"versions": versions(), **placement, "started": now}
+        state = RunState(config, image_shape, extra={**extra, "provenance": [*earlier, entry]})
+        write_state(self.path, state)
+        return state
+
+    def keep_finished(self, model: keras.Model) -> None:
+        """Make a finished run resumable before it is marked running again:
+        its `model.keras` (weights and Adam's state) becomes the checkpoint of
+        its last epoch, so a kill at any moment leaves a run that resumes."""
+        with model.distribute_strategy.scope():
+            if model.optimizer is not None and not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            model.load_weights(self.path / MODEL_FILE)
+        self.checkpoints.save(model, self.state().config.epochs)
+
+    def save_model(self, model: keras.Model) -> None:
+        """`model.keras`, all or nothing, durably."""
+        with durable.atomic_path(self.path / MODEL_FILE) as tmp:
+            model.save(tmp)
+
+    def save_pictures(self, model: VAE, images, labels: np.ndarray | None) -> list[Path]:
+        """The run's pictures as PNGs (`plots.run_pictures`) of the first
+        test `images`, and for a 2-D latent space the latent scatter plot,
+        coloured by `labels`."""
+        shown = np.asarray(images[:RECONSTRUCTION_IMAGES])
+        paths = [
+            plots.save_picture(picture, self.path / f"{name}.png")
+            for name, picture in plots.run_pictures(model, shown).items()
+        ]
+        if model.latent_dim == 2:
+            plotted = np.asarray(images[:LATENT_PLOT_IMAGES])
+            labels = None if labels is None else labels[:LATENT_PLOT_IMAGES]
+            paths.append(plots.latent_scatter(model, plotted, labels, self.path / "latent.png"))
+        return paths
+
+    def begin(self, job: Job, model: VAE, replace: bool, extend: bool) -> tuple[RunState, int]:
+        """Start (or go on with) the run: a finished run that `extend`s keeps
+        its model as a checkpoint first; the `--init-from` weights are checked
+        before anything is written; then `config.json`, and the weights to
+        start from. Returns the run's state and the epoch it starts after."""
+        config, placement = job.config, job.placement
+        if extend and not replace and self.finished and not self.unusable_model():
+            placement.check_extending(self.path)
+            self.keep_finished(model)
+        # A run that resumes from its own checkpoints no longer needs its source.
+        resumes = not replace and bool(self.checkpoints.epochs())
+        source = None if resumes or config.init_from is None else starting_weights(config, model)
+        record = {
+            **placement.describe(),
+            "jit_compile": bool(model.jit_compile),
+            "steps_per_execution": int(model.steps_per_execution),
+        }
+        state = self.start(config, model.image_shape, record, replace)
+        return state, self._starting_point(job, model, source)
+
+    def _starting_point(self, job: Job, model: VAE, source: list | None) -> int:
+        """Load the newest checkpoint (the one all workers agree on), or the
+        `--init-from` weights on a fresh start; return the epoch to start after."""
+        config = job.config
+        agreed = job.placement.common_epoch(self.checkpoints.epochs(), config.epochs)
+        initial_epoch = self.checkpoints.restore(model, agreed)
+        if initial_epoch:
+            rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+            job.progress.say(
+                f"Resuming after epoch {initial_epoch} of {config.epochs} "
+                f"(learning rate {rate:.3g}, {config.lr_schedule} schedule)"
+            )
+        elif config.init_from is not None:
+            # Every worker starts from the source when they agree on epoch 0,
+            # even one that holds checkpoints of its own.
+            values = source or starting_weights(config, model)
+            weights = [*model.encoder.weights, *model.decoder.weights]
+            for variable, value in zip(weights, values, strict=True):
+                variable.assign(value)
+            job.progress.say(f"Starting from the weights of {config.init_from}")
+        return initial_epoch
+
+    def finish(self, job: Job, model: VAE, data: RunData, state: RunState) -> dict[str, float]:
+        """On the chief: score the test images (and the validation images),
+        draw the pictures, record the scores, mark the run finished and drop
+        its checkpoints; return the test scores. Another worker drops its
+        folder."""
+        if not job.placement.is_chief:
+            self.remove()
+            job.progress.say("Worker finished; the chief wrote the run folder")
+            return {}
+        test_images = data.scored("test")
+        scores = {"test": evaluate_elbo(model, test_images)}
+        if data.validation is not None:
+            scores["validation"] = evaluate_elbo(model, data.validation)
+        self.save_pictures(model, test_images, data.data.test_labels)
+        state.status = "finished"
+        state.extra.update(scores)
+        state.extra["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+        write_state(self.path, state)
+        shutil.rmtree(self.path / BACKUP_DIR, ignore_errors=True)
+        test = scores["test"]
+        job.progress.say(f"Run folder: {self.path}")
+        job.progress.say(
+            f"Test ELBO: {test['elbo']:.2f} nats (KL {test['kl']:.2f}, "
+            f"log-likelihood {test['log_likelihood']:.2f})"
+        )
+        return test
+
+    def remove(self) -> None:
+        """The folder of a worker that is not the chief, once the job is done."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    # --- a finished run --------------------------------------------------------------
+
+    def unusable_model(self) -> str | None:
+        """Why `model.keras` cannot be what the run trained (said after its
+        path): missing, or not a whole Keras file (a zip whose every member
+        passes its checksum); None when it is whole."""
+        path = self.path / MODEL_FILE
+        if not path.is_file():
+            return "missing"
+        try:
+            with zipfile.ZipFile(path) as archive:
+                broken = archive.testzip()
+        except (OSError, zipfile.BadZipFile, EOFError):
+            return "damaged (not a whole Keras file)"
+        if broken is not None:
+            return f"damaged ({broken} in it fails its checksum)"
+        return None
+
+    def repair(self) -> str:
+        """The one command that gives the run its model again: resuming from
+        its newest checkpoint where one is kept, else training it again."""
+        if self.checkpoints.epochs():
+            return f"'tfvae resume {self.path}' rebuilds it from the last checkpoint"
+        return f"no checkpoint is kept: 'tfvae resume {self.path} --restart' trains it again"
+
+    def lost_model(self) -> RunError:
+        """The error for a finished run whose model file is unusable."""
+        return RunError(
+            f"{self.path / MODEL_FILE}: {self.unusable_model()}, though the run finished; "
+            f"{self.repair()}"
+        )
+
+    def load(self) -> Run:
+        """The finished run, its model loaded in Keras safe mode."""
+        state = self.state()
+        model_path = self.path / MODEL_FILE
+        if state.status != "finished":
+            raise RunError(
+                f"{self.path}: training has not finished; 'tfvae resume {self.path}' continues it"
+            )
+        if self.unusable_model():
+            raise self.lost_model()
+        try:
+            model = load_model_file(model_path)
+        except RunError as err:
+            raise RunError(f"{err}; {self.repair()}") from None
+        if not isinstance(model, VAE):
+            raise RunError(f"{model_path}: holds a {type(model).__name__}, not a tfvae VAE")
+        shape, latent = tuple(model.image_shape), model.latent_dim
+        if shape != state.image_shape or latent != state.config.latent_dim:
+            raise RunError(
+                f"{model_path}: the model (image_shape {shape}, latent_dim {latent}) does not "
+                f"match config.json (image_shape {state.image_shape}, latent_dim "
+                f"{state.config.latent_dim}); the run folder is damaged"
+            )
+        return Run(self.path, state, model)
+
+    def images(self, split: str = "test", limit: int | None = None, progress=None):
+        """The finished run and its data's `split` as scored (the first `limit`
+        images), the data rebuilt as training built it (`RunData`)."""
+        run = self.load()
+        data = RunData.load(run.state.config, progress)
+        if data.image_shape != run.state.image_shape:
+            raise RunError(
+                f"{run.state.config.dataset}: images are {data.image_shape}, the run was "
+                f"trained on {run.state.image_shape}"
+            )
+        return run, data.scored(split, limit)
+
+    def score(self, split: str = "test", k: int = 1, progress: Progress | None = None) -> dict:
+        """The finished run on its data's `split`: ELBO, KL, log-likelihood,
+        IW negative log-likelihood (K samples) and the number of active
+        units, in nats per image, and the NLL in bits per dimension where the
+        likelihood scores 8-bit levels (else None). `progress` hears each
+        stage, and how far the IW estimate is."""
+        progress = progress or Progress.quiet()
+        run, images = self.images(split, progress=progress)
+        model = run.model
+        with progress.stage(f"Scoring the {len(images):,} {split} images: ELBO, active units"):
+            scores = evaluate_elbo(model, images)
+            units = active_units(model, images)
+        what = f"Importance-weighted NLL, K={k:,}: {len(images) * k:,} samples of z"
+        with progress.stage(what, total=len(images) * k) as advance:
+            nll = float(-np.mean(iw_log_likelihood(model, images, k=k, progress=advance)))
+        per_level = model.decoder.likelihood.per_level
+        return {
+            "split": split,
+            "n_images": int(len(images)),
+            "k": k,
+            **scores,
+            "nll": nll,
+            "bits_per_dim": bits_per_dim(nll, model.image_shape) if per_level else None,
+            "active_units": units,
+            "latent_dim": model.latent_dim,
+        }
+
+
+def starting_weights(config: TrainConfig, model: VAE) -> list:
+    """The encoder's and decoder's weights of the finished `--init-from` run,
+    checked against `model`'s shapes.
+
+    A warm start: the new run trains them further under its own schedule and
+    a fresh optimizer (for example a final decay to 0 after a long run).
+    """
+    source = load_run(config.init_from).model
+    values = []
+    for part in ("encoder", "decoder"):
+        theirs, ours = getattr(source, part).weights, getattr(model, part).weights
+        if [tuple(w.shape) for w in theirs] != [tuple(w.shape) for w in ours]:
+            raise RunError(
+                f"{config.init_from}: its {part} has other shapes than this run's; "
+                "--init-from needs the same --arch, --hidden, --latent-dim and image size"
+            )
+        values.extend(w.numpy() for w in theirs)
+    return values
+
+
 def load_run(run_dir: str | Path) -> Run:
     """Load a finished run's model in Keras safe mode (no code from the file runs)."""
-    run_dir = Path(run_dir)
-    state = read_state(run_dir)
-    model_path = run_dir / MODEL_FILE
-    if state.status != "finished":
-        raise RunError(
-            f"{run_dir}: training has not finished; 'tfvae resume {run_dir}' continues it"
-        )
-    if problem := unusable_model(run_dir):
-        raise RunError(f"{model_path}: {problem}, though the run finished; {repair(run_dir)}")
-    try:
-        model = load_model_file(model_path)
-    except RunError as err:
-        raise RunError(f"{err}; {repair(run_dir)}") from None
-    from tfvae.model import VAE
-
-    if not isinstance(model, VAE):
-        raise RunError(f"{model_path}: holds a {type(model).__name__}, not a tfvae VAE")
-    if tuple(model.image_shape) != state.image_shape or model.latent_dim != state.config.latent_dim:
-        raise RunError(
-            f"{model_path}: the model (image_shape {tuple(model.image_shape)}, latent_dim "
-            f"{model.latent_dim}) does not match config.json (image_shape "
-            f"{state.image_shape}, latent_dim {state.config.latent_dim}); the run folder is damaged"
-        )
-    return Run(run_dir, state, model)
+    return RunFolder(run_dir).load()
 
 
-def unusable_model(run_dir: Path) -> str | None:
-    """Why a run's `model.keras` cannot be what it trained (said after its
-    path): missing, or not a whole Keras file (a zip whose every member passes its checksum); None
-    when it is whole."""
-    path = run_dir / MODEL_FILE
-    if not path.is_file():
-        return "missing"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            broken = archive.testzip()
-    except (OSError, zipfile.BadZipFile, EOFError):
-        return "damaged (not a whole Keras file)"
-    if broken is not None:
-        return f"damaged ({broken} in it fails its checksum)"
-    return None
+def score_run(
+    run_dir: str | Path, split: str = "test", k: int = 1, progress: Progress | None = None
+) -> dict:
+    """What `tfvae evaluate` reports of a finished run (`RunFolder.score`)."""
+    return RunFolder(run_dir).score(split, k, progress)
 
 
-def repair(run_dir: Path) -> str:
-    """The one command that gives a run its model again: resuming from its
-    newest checkpoint where one is kept, else training it again."""
-    if checkpoints(run_dir / BACKUP_DIR):
-        return f"'tfvae resume {run_dir}' rebuilds it from the last checkpoint"
-    return f"no checkpoint is kept: 'tfvae resume {run_dir} --restart' trains it again"
+def run_images(
+    run_dir: str | Path,
+    split: str = "test",
+    limit: int | None = None,
+    progress: Progress | None = None,
+):
+    """A finished run and its data's `split` as scored (`RunFolder.images`)."""
+    return RunFolder(run_dir).images(split, limit, progress)
 
 
 def load_model_file(path: Path):
-    import keras
-
-    import tfvae.model  # noqa: F401  (registers the serializable classes)
-
+    """A `.keras` file's model, loaded in Keras safe mode (no code from the file runs)."""
     try:
         return keras.models.load_model(path, safe_mode=True)
     except Exception as err:  # Keras raises many types for a bad file

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tfvae.config import LEVELS
+from tfvae.config import LEVELS, pixel_treatment
 
 if TYPE_CHECKING:
     from tfvae.data.streams import ScoredImages, StreamedImages
@@ -93,10 +93,13 @@ class ImageDataset:
             test_labels=head(self.test_labels, n_test),
         )
 
-    def hold_out(self, n: int, binarize: str = "dynamic") -> tuple[ImageDataset, np.ndarray]:
+    def hold_out(
+        self, n: int, pixels: str = "dynamic", *, binarize: str | None = None
+    ) -> tuple[ImageDataset, np.ndarray | ScoredImages]:
         """The set without its last `n` training images, and those images as
-        scored (`fixed_binarized`, with their own draw): a validation split
-        that training never sees, always the same images."""
+        scored (`scored`, with their own draw): a validation split that
+        training never sees, always the same images. (`binarize=` is the old
+        name of `pixels`.)"""
         from tfvae.errors import DataError
 
         if not 0 < n < len(self.train_images):
@@ -110,27 +113,33 @@ class ImageDataset:
             train_images=self.train_images[:-n],
             train_labels=None if self.train_labels is None else self.train_labels[:-n],
         )
-        return rest, self._as_scored(held, binarize, VALIDATION_BINARIZATION_SEED)
+        treatment = pixel_treatment(pixels, binarize)
+        return rest, self._as_scored(held, treatment, VALIDATION_BINARIZATION_SEED)
 
     def fixed_binarized_test(self) -> np.ndarray:
         """The test images under the one fixed binarization, float32 0/1."""
-        return self.fixed_binarized("test")
+        return self.scored("test")
+
+    def scored(self, split: str, pixels: str = "dynamic") -> np.ndarray | ScoredImages:
+        """A split's images as they are scored under the pixel treatment
+        `pixels`: one fixed binarization (float32 0/1), the intensities
+        themselves (`none`), or one fixed uniform dequantization
+        (`dequantize`)."""
+        images = {"train": self.train_images, "test": self.test_images}[split]
+        return self._as_scored(images, pixel_treatment(pixels), TEST_BINARIZATION_SEED)
 
     def fixed_binarized(self, split: str, binarize: str = "dynamic") -> np.ndarray | ScoredImages:
-        """A split's images as scored: one fixed binarization (float32 0/1),
-        the intensities themselves when the run trains with `binarize="none"`,
-        or one fixed uniform dequantization for `binarize="dequantize"`."""
-        images = {"train": self.train_images, "test": self.test_images}[split]
-        return self._as_scored(images, binarize, TEST_BINARIZATION_SEED)
+        """`scored`, under the name it had when it only binarized."""
+        return self.scored(split, binarize)
 
     def _as_scored(
-        self, images: np.ndarray | StreamedImages, binarize: str, seed: int
+        self, images: np.ndarray | StreamedImages, pixels: str, seed: int
     ) -> np.ndarray | ScoredImages:
         if not isinstance(images, np.ndarray):
-            return images.as_scored(binarize, seed)
-        if binarize == "none":
+            return images.as_scored(pixels, seed)
+        if pixels == "none":
             return self.intensities(images)
-        if binarize == "dequantize":
+        if pixels == "dequantize":
             return fixed_dequantization(images, seed)
         return fixed_binarization(self, images, seed)
 

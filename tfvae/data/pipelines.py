@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from tfvae.config import PIXEL_TREATMENTS
+from tfvae.config import pixel_treatment
 from tfvae.data.dataset import ImageDataset, fixed_binarization
 
 if TYPE_CHECKING:
@@ -61,46 +61,49 @@ class Share(NamedTuple):
 def train_pipeline(
     data: ImageDataset,
     batch_size: int,
-    binarize: str = "dynamic",
+    pixels: str = "dynamic",
     seed: int = 0,
     share: Share | None = None,
+    *,
+    binarize: str | None = None,
 ):
     """Shuffled batches of training images, each a dict with the images' `keys`
     (uint32 `[batch, 2]`) and either `intensities` (uint8 `[batch, h, w, c]`, to
     binarize) or `images` (float32, used as they are).
 
-    `dynamic` binarizes every batch afresh on every pass (the usual choice in
-    the literature): the training step draws the pixels from the keys, so the
-    pipeline ships uint8 and never touches a random pixel (`noise.training_batch`
-    turns a batch into images and noise, as `VAE.train_step` does). `static`
-    draws one binary sample up front; `none` keeps the intensities in [0, 1] as
-    Bernoulli targets (for colour or grey-level sets), and the likelihoods
-    other than the Bernoulli score them so. `dequantize` ships uint8 `levels`,
-    which the step turns into (level + u) / 256 afresh on every pass, like
+    `pixels` is the pixel treatment (`binarize=`, its name before it also
+    carried `dequantize`, still works). `dynamic` binarizes every batch
+    afresh on every pass (the usual choice in the literature): the training
+    step draws the pixels from the keys, so the pipeline ships uint8 and
+    never touches a random pixel (`noise.training_batch` turns a batch into
+    images and noise, as `VAE.train_step` does). `static` draws one binary
+    sample up front; `none` keeps the intensities in [0, 1] as Bernoulli
+    targets (for colour or grey-level sets), and the likelihoods other than
+    the Bernoulli score them so. `dequantize` ships uint8 `levels`, which
+    the step turns into (level + u) / 256 afresh on every pass, like
     `dynamic`. Sets that are already binary are never binarized. Deterministic
     for a given `seed` (and TensorFlow global seed). Streamed image files give
     the batches the same images give in memory; with a `share` they yield
     only that share of each, without end (the in-memory path is split by
     `tf.distribute`).
     """
-    if binarize not in PIXEL_TREATMENTS:
-        raise ValueError(f"binarize must be one of {PIXEL_TREATMENTS}, got {binarize!r}")
+    pixels = pixel_treatment(pixels, binarize)
     if data.streamed:
-        return _streamed_train(data.train_images, batch_size, binarize, seed, share)
+        return _streamed_train(data.train_images, batch_size, pixels, seed, share)
     import tensorflow as tf
 
     n = len(data.train_images)
     images, binary = tf.constant(data.train_images), data.binary
-    if binarize == "static" and not data.binary:
+    if pixels == "static" and not data.binary:
         images = tf.constant(fixed_binarization(data, data.train_images, seed).astype(np.uint8))
         binary = True
-    dynamic = binarize == "dynamic" and not binary
+    dynamic = pixels == "dynamic" and not binary
 
     def gather(idx, keys):
         batch = tf.gather(images, idx)
         if dynamic:
             return {"intensities": batch, "keys": keys}
-        if binarize == "dequantize":
+        if pixels == "dequantize":
             return {"levels": batch, "keys": keys}
         return {"images": _as_float(batch, binary), "keys": keys}
 
@@ -128,13 +131,10 @@ def _keys(size, pair):
     )
 
 
-def _streamed_train(images, batch_size: int, binarize: str, seed: int, share: Share | None):
-    """`train_pipeline` for `streams.StreamedImages`.
-
-    Image files take the in-memory path's shuffled indices and keys, and each
-    batch's files are decoded in parallel (several batches at once). TFDS
-    records are read in shuffled file order through a shuffle buffer, each
-    worker reading its own files.
+def _streamed_train(images, batch_size: int, pixels: str, seed: int, share: Share | None):
+    """`train_pipeline` for `streams.StreamedImages`: `(index, uint8 images,
+    keys)` batches (`_file_batches` or `_record_batches`) in the one batch
+    format.
 
     Alone it is one pass of unknown length: Keras then makes one iterator
     for each of the first two epochs, so one process trains on the passes 1
@@ -150,44 +150,59 @@ def _streamed_train(images, batch_size: int, binarize: str, seed: int, share: Sh
 
     from tfvae.data.streams import scored
 
-    if hasattr(images, "decode"):
-        batches = _shuffled(len(images), batch_size, seed)
-        if share is not None:
-            batches = batches.repeat().flat_map(lambda idx, keys: _replica_rows(idx, keys, share))
-        batches = batches.map(
-            lambda idx, keys: (idx, images.decode(idx), keys),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-    else:
-        examples = images.shuffled(seed, share)
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        if share is None:
-            read = examples.batch(batch_size)
-        else:
-            read = _worker_batches(examples, batch_size, share)
-            # Workers read the same seed stream: fold in the share, or row j of
-            # every worker's batch would get the same noise.
-            fold_in = tf.random.experimental.stateless_fold_in
-            seeds = seeds.map(lambda pair: fold_in(pair, share.first))
-        batches = tf.data.Dataset.zip(read, seeds).map(
-            lambda batch, pair: (*batch, _keys(tf.size(batch[0]), pair))
-        )
+    read = _file_batches if hasattr(images, "decode") else _record_batches
+    batches = read(images, batch_size, seed, share)
 
-    def as_batch(idx, pixels, keys):
+    def as_batch(idx, levels, keys):
         if images.binary:
-            return {"images": tf.cast(pixels, tf.float32), "keys": keys}
-        if binarize == "dynamic":
-            return {"intensities": pixels, "keys": keys}
-        if binarize == "dequantize":
-            return {"levels": pixels, "keys": keys}
+            return {"images": tf.cast(levels, tf.float32), "keys": keys}
+        if pixels == "dynamic":
+            return {"intensities": levels, "keys": keys}
+        if pixels == "dequantize":
+            return {"levels": levels, "keys": keys}
         # `static`: one fixed draw per image, from its own key (index, seed).
-        treatment = "dynamic" if binarize == "static" else binarize
-        return {"images": scored(pixels, idx, treatment, seed), "keys": keys}
+        treatment = "dynamic" if pixels == "static" else pixels
+        return {"images": scored(levels, idx, treatment, seed), "keys": keys}
 
     if share is None:
         batches = batches.filter(lambda *batch: True)  # length unknown
     return batches.map(as_batch).prefetch(PREFETCH)
+
+
+def _file_batches(images, batch_size: int, seed: int, share: Share | None):
+    """Image files: the in-memory path's shuffled indices and keys, each
+    batch's files decoded in parallel (several batches at once); with a
+    `share`, only its rows of every global batch, without end."""
+    import tensorflow as tf
+
+    batches = _shuffled(len(images), batch_size, seed)
+    if share is not None:
+        batches = batches.repeat().flat_map(lambda idx, keys: _replica_rows(idx, keys, share))
+    return batches.map(
+        lambda idx, keys: (idx, images.decode(idx), keys),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def _record_batches(images, batch_size: int, seed: int, share: Share | None):
+    """TFDS records, read in shuffled file order through a shuffle buffer;
+    with a `share`, each worker reads its own files (`_worker_batches`)."""
+    import tensorflow as tf
+
+    examples = images.shuffled(seed, share)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    if share is None:
+        read = examples.batch(batch_size)
+    else:
+        read = _worker_batches(examples, batch_size, share)
+        # Workers read the same seed stream: fold in the share, or row j of
+        # every worker's batch would get the same noise.
+        fold_in = tf.random.experimental.stateless_fold_in
+        seeds = seeds.map(lambda pair: fold_in(pair, share.first))
+    return tf.data.Dataset.zip(read, seeds).map(
+        lambda batch, pair: (*batch, _keys(tf.size(batch[0]), pair))
+    )
 
 
 def _replica_rows(idx, keys, share: Share):
@@ -230,6 +245,13 @@ def _worker_batches(examples, batch_size: int, share: Share):
     return rows.flat_map(replicas)
 
 
+def array_batches(images, batch_size: int):
+    """`(start, float32 images)` in order, of an array or streamed images:
+    for work on a few images at a time whatever the split's size."""
+    for start in range(0, len(images), batch_size):
+        yield start, np.asarray(images[start : start + batch_size], np.float32)
+
+
 def fixed_keys(n: int, seed: int = 1):
     """uint32 `[n, 2]` keys (index, seed): the same image always gets the
     same key, so its reparameterization noise is the same in every pass."""
@@ -256,7 +278,14 @@ def image_pipeline(images: np.ndarray | ScoredImages, batch_size: int, seed: int
     return _quiet(batches.batch(batch_size))
 
 
-def test_pipeline(data: ImageDataset, batch_size: int, binarize: str = "dynamic", seed: int = 1):
-    """Batches of the test images as scored (`ImageDataset.fixed_binarized`),
-    in order, with fixed keys."""
-    return image_pipeline(data.fixed_binarized("test", binarize), batch_size, seed)
+def test_pipeline(
+    data: ImageDataset,
+    batch_size: int,
+    pixels: str = "dynamic",
+    seed: int = 1,
+    *,
+    binarize: str | None = None,
+):
+    """Batches of the test images as scored (`ImageDataset.scored`), in
+    order, with fixed keys."""
+    return image_pipeline(data.scored("test", pixel_treatment(pixels, binarize)), batch_size, seed)

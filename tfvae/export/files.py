@@ -97,6 +97,27 @@ class _Converted:
     outputs: list[dict[str, Any]]
 
 
+_FIDELITY_NOTE = {"fidelity_measure": "|file - keras| / (1 + |keras|) over every output value"}
+
+
+def _checked_file(
+    converted: _Converted, path: Path, signature: str, reference: dict, limits: dict[str, float]
+) -> dict[str, Any]:
+    """Run a converted file on the Keras reference's inputs, hold its outputs
+    to `limits` (`check_fidelity`), and say what the manifest says of it."""
+    outputs = converted.run({i["name"]: reference[i["name"]] for i in converted.inputs})
+    report = fidelity_report(outputs, reference)
+    check_fidelity(path.name, report, limits)
+    return {
+        "file": path.name,
+        "signature": signature,
+        "inputs": converted.inputs,
+        "outputs": converted.outputs,
+        "size_bytes": path.stat().st_size,
+        "fidelity": report,
+    }
+
+
 def _export_pair(
     model: VAE,
     out_dir: str | os.PathLike,
@@ -120,22 +141,10 @@ def _export_pair(
     target = base / fmt
     reference = keras_reference(model, images)
     with temp_folder(base, fmt) as temp, write_errors(target):
-        files: dict[str, Any] = {}
+        files = {}
         for part, signature in _PARTS.items():
-            converted = convert(temp, part, signature)
-            ref = reference[part]
-            outputs = converted.run({i["name"]: ref[i["name"]] for i in converted.inputs})
-            report = fidelity_report(outputs, ref)
-            check_fidelity(f"{part}.{fmt}", report, limits)
-            path = temp / f"{part}.{fmt}"
-            files[part] = {
-                "file": path.name,
-                "signature": signature,
-                "inputs": converted.inputs,
-                "outputs": converted.outputs,
-                "size_bytes": path.stat().st_size,
-                "fidelity": report,
-            }
+            converted, path = convert(temp, part, signature), temp / f"{part}.{fmt}"
+            files[part] = _checked_file(converted, path, signature, reference[part], limits)
         manifest = {
             "format": fmt,
             **manifest,
@@ -144,7 +153,7 @@ def _export_pair(
             "latent_dim": int(model.latent_dim),
             "checked_on": f"{images_note}; the decoder on their posterior means and on "
             f"{len(images)} codes from the prior",
-            "fidelity_measure": "|file - keras| / (1 + |keras|) over every output value",
+            **_FIDELITY_NOTE,
             "fidelity_limits": limits,
             "files": files,
         }
@@ -325,18 +334,9 @@ def export_tflite(
         raise ExportError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
     if batch is not None and (not isinstance(batch, int) or batch < 1):
         raise ExportError(f"batch must be a positive integer or None, got {batch!r}")
-    manifest: dict[str, Any] = {
-        "quantization": quantize,
-        "batch": batch,
-        "runtimes": _STATIC_RUNTIMES if batch else _DYNAMIC_RUNTIMES,
-        "tensorflow_version": tf.__version__,
-    }
-    representative: dict[str, _Batches] = {}
-    if quantize == "int8":
-        representative, manifest["calibrated_on"] = _calibration(
-            model, check_images, calibration_images, batch
-        )
-    manifest["input_policy"] = _INT8_INPUT_POLICY if quantize == "int8" else _FLOAT_INPUT_POLICY
+    manifest, representative = _tflite_manifest(
+        model, quantize, batch, check_images, calibration_images
+    )
     archive = export_archive(model, _deterministic_endpoints(model, batch))
 
     base = model_dir(out_dir, name)
@@ -357,6 +357,26 @@ def export_tflite(
         return _export_pair(
             model, out_dir, name, "tflite", check_images, convert, FIDELITY[quantize], manifest
         )
+
+
+def _tflite_manifest(
+    model: VAE, quantize: Quantize, batch: int | None, check_images, calibration_images
+) -> tuple[dict[str, Any], dict[str, _Batches]]:
+    """What the TFLite manifest says of the files before they are checked,
+    and the calibration batches of `int8` files (by signature)."""
+    manifest: dict[str, Any] = {
+        "quantization": quantize,
+        "batch": batch,
+        "runtimes": _STATIC_RUNTIMES if batch else _DYNAMIC_RUNTIMES,
+        "tensorflow_version": tf.__version__,
+    }
+    representative: dict[str, _Batches] = {}
+    if quantize == "int8":
+        representative, manifest["calibrated_on"] = _calibration(
+            model, check_images, calibration_images, batch
+        )
+    manifest["input_policy"] = _INT8_INPUT_POLICY if quantize == "int8" else _FLOAT_INPUT_POLICY
+    return manifest, representative
 
 
 # --- ONNX ------------------------------------------------------------------------

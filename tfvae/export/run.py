@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tfvae.errors import ExportError
-from tfvae.evaluation import run_images
 from tfvae.export.files import export_onnx, export_tflite
 from tfvae.export.savedmodel import SIGNATURES, export_savedmodel
 from tfvae.export.web import export_web
+from tfvae.model import VAE
 from tfvae.progress import Progress
+from tfvae.runs import run_images
 
 # Real test images that the TFLite and ONNX files are checked on against Keras
 # (the first also goes into the SavedModel's warm-up requests).
@@ -46,51 +50,100 @@ def export_run(
     _check_options(formats, version, quantize, batch, litert_js)
     progress = progress or Progress.quiet()
     run, images = run_images(run_dir, "test", limit=CHECK_IMAGES)
-    name = name or default_name(Path(run_dir))
+    request = _Request(
+        run.model, images, Path(out), name or default_name(Path(run_dir)), version, quantize,
+        batch, litert_js, Path(run_dir),
+    )  # fmt: skip
     stages = _stages(formats)
-    checked = f"checked against Keras on {len(images)} test images"
     written = []
     for step, kind in enumerate(stages, 1):
         head = f"[{step}/{len(stages)}] " if len(stages) > 1 else ""
-        if kind == "savedmodel":
-            with progress.stage(f"{head}SavedModel: writing {Path(out) / name}/"):
-                path = export_savedmodel(run.model, out, name, version, warmup_images=images)
-            written.append({**_record("savedmodel", path), "version": int(path.name)})
-        elif kind == "tflite":
-            _say_replaced(progress, Path(out) / name / "tflite", quantize, batch)
-            calibration = None
-            if quantize == "int8":  # calibrated on training images, checked on test images
-                calibration = run_images(run_dir, "train", limit=CALIBRATION_IMAGES)[1]
-            with progress.stage(f"{head}TFLite ({quantize}): converting, {checked}"):
-                path = export_tflite(
-                    run.model,
-                    out,
-                    name,
-                    quantize,
-                    check_images=images,
-                    calibration_images=calibration,
-                    batch=batch,
-                )
-            written.append({**_record("tflite", path), "quantization": quantize, "batch": batch})
-        elif kind == "onnx" and _has_onnx():
-            with progress.stage(f"{head}ONNX: converting, {checked}"):
-                path = export_onnx(run.model, out, name, check_images=images)
-            written.append(_record("onnx", path))
-        elif kind == "onnx":
-            written.append(
-                {"format": "onnx", "skipped": "install the extra: pip install 'tfvae[onnx]'"}
-            )
-        else:
-            what = f"Web page: converting its four TFLite files, {checked}"
-            with progress.stage(what):
-                path = export_web(run.model, out, name, check_images=images, litert_js=litert_js)
-            written.append(_record("web", path))
+        written.append(_EXPORTS[kind](request, progress, head))
     return written
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    """One `export_run`: the model, its check images and the options."""
+
+    model: VAE
+    images: np.ndarray
+    out: Path
+    name: str
+    version: int | None
+    quantize: str
+    batch: int | None
+    litert_js: str | None
+    run_dir: Path
+
+    @property
+    def checked(self) -> str:
+        return f"checked against Keras on {len(self.images)} test images"
+
+
+def _savedmodel(request: _Request, progress: Progress, head: str) -> dict[str, Any]:
+    with progress.stage(f"{head}SavedModel: writing {request.out / request.name}/"):
+        path = export_savedmodel(
+            request.model, request.out, request.name, request.version, warmup_images=request.images
+        )
+    return {**_record("savedmodel", path), "version": int(path.name)}
+
+
+def _tflite(request: _Request, progress: Progress, head: str) -> dict[str, Any]:
+    _say_replaced(progress, request.out / request.name / "tflite", request.quantize, request.batch)
+    calibration = None
+    if request.quantize == "int8":  # calibrated on training images, checked on test images
+        calibration = run_images(request.run_dir, "train", limit=CALIBRATION_IMAGES)[1]
+    with progress.stage(f"{head}TFLite ({request.quantize}): converting, {request.checked}"):
+        path = export_tflite(
+            request.model,
+            request.out,
+            request.name,
+            request.quantize,
+            check_images=request.images,
+            calibration_images=calibration,
+            batch=request.batch,
+        )
+    return {**_record("tflite", path), "quantization": request.quantize, "batch": request.batch}
+
+
+def _onnx(request: _Request, progress: Progress, head: str) -> dict[str, Any]:
+    with progress.stage(f"{head}ONNX: converting, {request.checked}"):
+        path = export_onnx(request.model, request.out, request.name, check_images=request.images)
+    return _record("onnx", path)
+
+
+def _web(request: _Request, progress: Progress, head: str) -> dict[str, Any]:
+    with progress.stage(f"{head}Web page: converting its four TFLite files, {request.checked}"):
+        path = export_web(
+            request.model,
+            request.out,
+            request.name,
+            check_images=request.images,
+            litert_js=request.litert_js,
+        )
+    return _record("web", path)
+
+
+def _onnx_if_installed(request: _Request, progress: Progress, head: str) -> dict[str, Any]:
+    """`--format all` exports ONNX where its extra is installed, and says so where not."""
+    if not _has_onnx():
+        return {"format": "onnx", "skipped": "install the extra: pip install 'tfvae[onnx]'"}
+    return _onnx(request, progress, head)
+
+
+_EXPORTS = {
+    "savedmodel": _savedmodel,
+    "tflite": _tflite,
+    "onnx": _onnx,
+    "onnx if installed": _onnx_if_installed,
+    "web": _web,
+}
 
 
 def _stages(formats: str) -> list[str]:
     if formats == "all":
-        return ["savedmodel", "tflite", "onnx"]
+        return ["savedmodel", "tflite", "onnx if installed"]
     return [formats]
 
 

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import tensorflow as tf
 
-from tfvae.evaluation import posterior_means
 from tfvae.export.fidelity import check_inputs
 from tfvae.export.files import export_tflite
 from tfvae.export.publish import (
@@ -86,7 +85,7 @@ def _static_files(model: VAE, scratch: Path, images: np.ndarray) -> dict[str, li
 def _explore(model: VAE, images: np.ndarray) -> dict[str, Any]:
     """The units the sliders move: those whose posterior means spread most
     over the images (for a 2-D space, both, shown as the manifold)."""
-    spread = posterior_means(model, images).std(axis=0)
+    spread = model.posterior_means(images).std(axis=0)
     units = [int(u) for u in np.argsort(-spread)[: min(SLIDERS, model.latent_dim)]]
     return {"units": units, "spread": [round(float(spread[u]), 4) for u in units]}
 

@@ -1,0 +1,88 @@
+"""A run's images as its settings make them: the one place a run's data set is
+rebuilt, by training and by everything that reads a finished run (evaluation,
+pictures, export)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tfvae.data.dataset import ImageDataset
+from tfvae.data.sources import load_dataset
+from tfvae.errors import DataError
+
+if TYPE_CHECKING:
+    from tfvae.config import TrainConfig
+    from tfvae.data.streams import ScoredImages
+    from tfvae.progress import Progress
+
+# The splits a run's images can be scored on: the training images it trained
+# on, the validation images it held out of them, and the test images.
+SPLITS = ("test", "train", "validation")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """The data set of a run: `data`, its training images without those held
+    out (the last `--validation` of them) and its test images; `validation`,
+    the held-out images as scored (None without them); and `pixels`, the
+    pixel treatment they are trained and scored under."""
+
+    data: ImageDataset
+    validation: np.ndarray | ScoredImages | None
+    pixels: str
+
+    @classmethod
+    def load(cls, config: TrainConfig, progress: Progress | None = None) -> RunData:
+        """The set `config` names, limited to `--limit` images, with the last
+        `--validation` training images held out."""
+        data = load_dataset(config.dataset, config.data_dir, config.resize, progress)
+        if config.limit is not None:
+            data = data.limit(config.limit, config.limit)
+        validation = None
+        if config.validation:
+            data, validation = data.hold_out(config.validation, config.pixels)
+        return cls(data, validation, config.pixels)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.data.image_shape
+
+    @property
+    def held_out(self) -> str:
+        """The split scored after every epoch: `validation`, or without it `test`."""
+        return "test" if self.validation is None else "validation"
+
+    def scored(self, split: str, limit: int | None = None) -> np.ndarray | ScoredImages:
+        """A split's images as they are scored (the first `limit` of them):
+        `train` is the images trained on, without the validation images."""
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        if split == "validation":
+            if self.validation is None:
+                raise DataError(
+                    f"{self.data.name}: this run held no validation images out "
+                    "(trained without --validation); use --split test or train"
+                )
+            images = self.validation
+        else:
+            images = self.data.scored(split, self.pixels)
+        return images if limit is None else np.asarray(images[:limit])
+
+    def in_memory(self) -> tuple[int, int]:
+        """How many training images, and how many scored (test and validation)
+        images, are held in memory: streamed images are read as they are used."""
+        if self.data.streamed:
+            return 0, 0
+        held = len(self.data.test_images) + (0 if self.validation is None else len(self.validation))
+        return len(self.data.train_images), held
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(len(self.data.train_images) / batch_size)
+
+    def describe(self) -> str:
+        """What the log says the run's data holds (`ImageDataset.describe`)."""
+        return self.data.describe(0 if self.validation is None else len(self.validation))
