@@ -25,8 +25,10 @@ from tfvae.config import (
     GRADIENT_ESTIMATORS,
     LIKELIHOODS,
     LR_SCHEDULES,
+    MAX_PSEUDO_INPUTS,
     MAX_SEED,
     OBJECTIVES,
+    PRIOR,
     STRATEGIES,
     TrainConfig,
     dataset_problem,
@@ -85,6 +87,21 @@ class IntList(click.ParamType):
         if min(sizes) < 1:
             self.fail(f"{value!r}: every size must be a positive integer", param, ctx)
         return sizes
+
+
+class PriorSpec(click.ParamType):
+    """`normal` or `vamp:K`."""
+
+    name = "normal|vamp:K"
+
+    def convert(self, value, param, ctx):
+        if PRIOR.fullmatch(value) and int(value.partition(":")[2] or 1) <= MAX_PSEUDO_INPUTS:
+            return value
+        self.fail(
+            f"{value!r}: give normal, or vamp:K with K pseudo-inputs in 1..{MAX_PSEUDO_INPUTS}",
+            param,
+            ctx,
+        )
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -227,10 +244,20 @@ def main():
 )
 @click.option(
     "--latent-dim",
-    type=POSITIVE,
-    default=DEFAULTS.latent_dim,
+    type=IntList(),
+    default=str(DEFAULTS.latent_dim),
     show_default=True,
-    help="Size of z. 2 also draws manifold.png and latent.png.",
+    help="Size of z; a list (32,16) gives one stochastic layer each, bottom first, "
+    "inferred top down (a Ladder VAE). A top layer of 2 also draws manifold.png and "
+    "latent.png.",
+)
+@click.option(
+    "--prior",
+    type=PriorSpec(),
+    default=DEFAULTS.prior,
+    show_default=True,
+    help="p(z) of the top layer: normal, N(0, I); or vamp:K, the VampPrior, a mixture of "
+    "the posteriors at K learned pseudo-inputs (its KL is estimated by sampling).",
 )
 @click.option(
     "--hidden",
@@ -420,7 +447,9 @@ def train(run_dir, overwrite, hidden, as_json, **settings):
     from tfvae.runs import default_run_dir
     from tfvae.training import train as train_run
 
-    config = TrainConfig(hidden_units=hidden, **settings)
+    latent_dim = settings.pop("latent_dim")
+    latent_dim = latent_dim[0] if len(latent_dim) == 1 else latent_dim
+    config = TrainConfig(hidden_units=hidden, latent_dim=latent_dim, **settings)
     run_dir = run_dir or default_run_dir()
     progress = _progress(as_json)
     _training(
@@ -582,11 +611,22 @@ def evaluate(run_dir, split, k, as_json):
     ]
     if scores["bits_per_dim"] is not None:
         rows.append(("bits/dim", f"{scores['bits_per_dim']:10.4f}", "(NLL / (D ln 2))"))
-    rows.append(("active units", f"{scores['active_units']:10d}", f"of {scores['latent_dim']}"))
+    rows.append(("active units", f"{scores['active_units']:10d}", _units(scores)))
     width = max(len(label) for label, _, _ in rows)
     progress.say(f"{split} split, {scores['n_images']} images, nats per image:")
     for label, value, note in rows:
         progress.say(f"  {label:<{width}} {value}   {note}".rstrip())
+
+
+def _units(scores: dict) -> str:
+    """`of 20`, or per layer: `of 48 (z_1: 20 of 32, z_2: 10 of 16)`."""
+    dims = scores["latent_dim"]
+    dims = list(dims) if isinstance(dims, list | tuple) else [dims]
+    if len(dims) == 1:
+        return f"of {dims[0]}"
+    layers = zip(scores["active_units_per_layer"], dims, strict=True)
+    each = ", ".join(f"z_{i}: {n} of {d}" for i, (n, d) in enumerate(layers, 1))
+    return f"of {sum(dims)} ({each})"
 
 
 def _output(run_dir: Path, output: Path | None, default: str) -> tuple[Path, bool]:

@@ -113,7 +113,19 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
             Bad(("--resize", "28"), "requires 2 arguments"),
         ],
         "arch": choice("--arch", ARCHS, bad=("resnet", "", "MLP")),
-        "latent_dim": positive_int("--latent-dim"),
+        "latent_dim": [
+            Bad(("--latent-dim", "0"), "positive integer"),
+            Bad(("--latent-dim", "32,-1"), "positive integer"),
+            Bad(("--latent-dim", "ten"), "comma-separated list of integers"),
+            Bad(("--latent-dim", "2.5"), "comma-separated list of integers"),
+            Bad(("--latent-dim", ""), "comma-separated list of integers"),
+        ],
+        "prior": [
+            Bad(("--prior", "gaussian"), r"normal, or vamp:K"),
+            Bad(("--prior", "vamp:0"), r"normal, or vamp:K"),
+            Bad(("--prior", "vamp:"), r"normal, or vamp:K"),
+            Bad(("--prior", "vamp:20000"), r"K pseudo-inputs in 1\.\.10000"),
+        ],
         "hidden": [
             Bad(("--hidden", "0"), "positive integer"),
             Bad(("--hidden", "400,-1"), "positive integer"),

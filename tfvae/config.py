@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -37,6 +38,10 @@ def pixel_treatment(pixels: str = "dynamic", binarize: str | None = None) -> str
     return treatment
 
 
+# p(z) on the top stochastic layer: N(0, I), or the VampPrior (Tomczak &
+# Welling, 2018), a mixture of the posteriors at K learned pseudo-inputs.
+PRIOR = re.compile(r"normal|vamp:[1-9][0-9]*")
+MAX_PSEUDO_INPUTS = 10_000
 # The grey levels of 8-bit pixels: dequantized images are (level + u) / LEVELS.
 LEVELS = 256
 STRATEGIES = ("auto", "default", "one-device", "mirrored", "multi-worker", "tpu")
@@ -144,7 +149,7 @@ class Settings:
         if unknown:
             raise ConfigError(f"config: unknown settings {sorted(unknown)}")
         values = dict(values)
-        for field in ("hidden_units", "resize"):
+        for field in ("hidden_units", "resize", "latent_dim"):
             if isinstance(values.get(field), list):
                 values[field] = tuple(values[field])
         for field in ("learning_rate", "adam_epsilon", "beta"):
@@ -184,14 +189,25 @@ class ModelConfig(Settings):
     decoder mirrors them."""
 
     arch: str = "mlp"
-    latent_dim: int = 20
+    latent_dim: int | tuple[int, ...] = 20
     hidden_units: tuple[int, ...] = (400,)
     activation: str = "relu"
     likelihood: str = "bernoulli"
+    prior: str = "normal"
 
     RULES: ClassVar[dict[str, Rule]] = {
         "arch": _one_of(ARCHS),
-        "latent_dim": _POSITIVE,
+        "latent_dim": (
+            lambda v: (
+                (is_int(v) and v >= 1)
+                or (isinstance(v, tuple) and len(v) >= 2 and all(is_int(d) and d >= 1 for d in v))
+            ),
+            "a positive integer, or one per stochastic layer, bottom first (32,16)",
+        ),
+        "prior": (
+            lambda v: isinstance(v, str) and PRIOR.fullmatch(v) is not None,
+            f"normal, or vamp:K with K pseudo-inputs in 1..{MAX_PSEUDO_INPUTS}",
+        ),
         "hidden_units": (
             lambda units: (
                 isinstance(units, tuple)
@@ -204,6 +220,32 @@ class ModelConfig(Settings):
         "likelihood": _one_of(LIKELIHOODS),
     }
 
+    def __post_init__(self):
+        # One stochastic layer is said as one number: (20,) is 20, today's model.
+        if isinstance(self.latent_dim, tuple | list) and len(self.latent_dim) == 1:
+            object.__setattr__(self, "latent_dim", self.latent_dim[0])
+        super().__post_init__()
+        if self.pseudo_inputs > MAX_PSEUDO_INPUTS:
+            raise ConfigError(
+                f"config: prior={self.prior!r} is invalid; at most vamp:{MAX_PSEUDO_INPUTS}"
+            )
+
+    @property
+    def latent_dims(self) -> tuple[int, ...]:
+        """The size of each stochastic layer's z, bottom (next to x) first."""
+        return self.latent_dim if isinstance(self.latent_dim, tuple) else (self.latent_dim,)
+
+    @property
+    def code_dim(self) -> int:
+        """The size of the top layer's z: what is sampled from the prior N(0, I)
+        (or the VampPrior) and what pictures and exports decode."""
+        return self.latent_dims[-1]
+
+    @property
+    def pseudo_inputs(self) -> int:
+        """The VampPrior's number of pseudo-inputs K (0: the prior N(0, I))."""
+        return int(self.prior.split(":")[1]) if self.prior.startswith("vamp:") else 0
+
     def layer_settings(self) -> dict[str, Any]:
         """`to_dict` without the settings tfvae 0.1.0 did not know, where they
         hold its behaviour: the layers' saved configs, so a Bernoulli model's
@@ -211,6 +253,8 @@ class ModelConfig(Settings):
         settings = self.to_dict()
         if settings["likelihood"] == "bernoulli":
             del settings["likelihood"]
+        if settings["prior"] == "normal":
+            del settings["prior"]
         return settings
 
 
@@ -380,6 +424,24 @@ class TrainConfig(ModelConfig):
             return what
         kind = "for image folders" if self.dataset.startswith("images:") else "here"
         return f"{what} (the default {kind}; --likelihood changes it)"
+
+    def kl_terms(self) -> list[str]:
+        """How each layer's KL is computed, bottom first: `analytic` between
+        Gaussians, or `sampled` on top under the VampPrior."""
+        top = "sampled" if self.pseudo_inputs else "analytic"
+        return ["analytic"] * (len(self.latent_dims) - 1) + [top]
+
+    def describe_objective(self) -> str:
+        """What the log says is minimised, and which KL terms are analytic."""
+        layers = len(self.latent_dims)
+        model = f"{layers} stochastic layers ({', '.join(map(str, self.latent_dims))})"
+        model = model if layers > 1 else f"z of {self.latent_dim}"
+        prior = "N(0, I)" if not self.pseudo_inputs else f"a VampPrior of {self.pseudo_inputs}"
+        if self.objective == "iwae":
+            gradient = ", DReG gradients" if self.gradient_estimator == "dreg" else ""
+            return f"IWAE bound, k={self.k}{gradient}; {model}, prior {prior}"
+        kl = "analytic" if not self.pseudo_inputs else "analytic below the top, sampled on top"
+        return f"ELBO, KL {kl}; {model}, prior {prior}"
 
     @property
     def pixels(self) -> str:

@@ -33,7 +33,7 @@ def evaluate_elbo(
 
     @tf.function(autograph=False)  # no tensor-dependent Python control flow to convert
     def terms(batch):
-        x, noise = training_batch(batch, [1, model.latent_dim])
+        x, noise = training_batch(batch, [1, model.noise_dim])
         return model.elbo_terms(x, noise)
 
     sums = {"elbo": 0.0, "kl": 0.0, "log_likelihood": 0.0}
@@ -69,14 +69,12 @@ def iw_log_likelihood(
 
     @tf.function(reduce_retracing=True, autograph=False)
     def log_sum_weights(x, n_samples, chunk_seed):
-        q_z = model.encode(x)
-        z_mean = q_z.mean()
-        shape = tf.concat([[n_samples], tf.shape(z_mean)], axis=0)
-        noise = tf.random.stateless_normal(shape, seed=chunk_seed, alg="philox")
+        shape = tf.stack([tf.cast(n_samples, tf.int32), tf.shape(x)[0], model.noise_dim])
         # z ~ q(z|x) from explicit philox noise, so the figures do not depend
         # on how a TFP version draws its samples.
-        z = z_mean + q_z.stddev() * noise  # [samples, batch, latent]
-        return tf.reduce_logsumexp(model.log_weights(x, q_z, z), axis=0)  # [batch]
+        noise = tf.random.stateless_normal(shape, seed=chunk_seed, alg="philox")
+        draw = model.draw(x, noise)  # z [samples, batch, n_i] per layer
+        return tf.reduce_logsumexp(model.log_weights(draw), axis=0)  # [batch]
 
     out = np.empty(len(images), dtype=np.float64)
     for start, x in array_batches(images, batch_size):
@@ -94,10 +92,20 @@ def iw_log_likelihood(
 
 
 def active_units(model, images: np.ndarray, threshold: float = 0.01) -> int:
-    """Latent dimensions whose posterior mean varies across the data.
+    """Latent dimensions whose posterior mean varies across the data, summed
+    over the layers (`active_units_per_layer`)."""
+    return sum(active_units_per_layer(model, images, threshold))
+
+
+def active_units_per_layer(model, images: np.ndarray, threshold: float = 0.01) -> list[int]:
+    """Each layer's latent dimensions whose posterior mean varies across the
+    data, bottom layer first.
 
     A unit u is active when Cov_x(E_q[z_u | x]) > `threshold` (Burda et al.);
-    collapsed units copy the prior whatever the input.
+    collapsed units copy the prior whatever the input. Below the top, the
+    mean is q's given the means of the layers above.
     """
-    means = model.posterior_means(images).astype(np.float64)
-    return int(np.sum(np.var(means, axis=0) > threshold))
+    return [
+        int(np.sum(np.var(means.astype(np.float64), axis=0) > threshold))
+        for means in model.layer_means(images)
+    ]

@@ -3,6 +3,8 @@
 Both return TensorFlow Probability distributions, so the model's objective is
 written with `log_prob` and `kl_divergence` instead of hand-made formulas.
 Shapes: images `[batch, height, width, channels]`, codes `[batch, latent]`.
+With several stochastic layers (`latent_dim=(32, 16)`), `TopDownEncoder`
+gives q(z|x) over all of them and the top-down network the prior shares.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from tfvae.likelihoods import LIKELIHOOD, SCALE_FLOOR
 tfd = tfp.distributions
 
 
-def _encoder_body(image_shape, config: ModelConfig) -> keras.Sequential:
-    """Image -> 2 * latent numbers (the mean and the raw scale of q(z|x))."""
+def _encoder_body(image_shape, config: ModelConfig, head: bool = True) -> keras.Sequential:
+    """Image -> 2 * latent numbers (the mean and the raw scale of q(z|x));
+    without the `head`, the last hidden layer's features."""
     arch, activation = config.arch, config.activation
     height, width, _ = image_shape
     layers: list[keras.layers.Layer] = []
@@ -32,7 +35,8 @@ def _encoder_body(image_shape, config: ModelConfig) -> keras.Sequential:
         ]
     layers.append(keras.layers.Flatten())
     layers += [keras.layers.Dense(units, activation=activation) for units in config.hidden_units]
-    layers.append(keras.layers.Dense(2 * config.latent_dim))
+    if head:
+        layers.append(keras.layers.Dense(2 * config.latent_dim))
     return keras.Sequential(layers, name="body")
 
 
@@ -67,7 +71,14 @@ def _decoder_body(image_shape, config: ModelConfig) -> keras.Sequential:
     return keras.Sequential(layers, name="body")
 
 
-def diag_normal(loc, scale) -> tfd.Distribution:
+def gaussian_params(raw) -> tuple[tf.Tensor, tf.Tensor]:
+    """A Gaussian's `(mean, stddev)` from 2n raw numbers per row: the mean,
+    and a raw scale that softplus (plus a small floor) makes positive."""
+    mean, raw_scale = tf.split(raw, 2, axis=-1)
+    return tf.cast(mean, tf.float32), tf.cast(tf.nn.softplus(raw_scale) + SCALE_FLOOR, tf.float32)
+
+
+def diag_normal(loc, scale, name: str = "diag_normal") -> tfd.Distribution:
     """N(loc, diag(scale^2)), event shape `[latent]`: the one Gaussian type of
     q(z|x), the prior and the objective.
 
@@ -77,7 +88,16 @@ def diag_normal(loc, scale) -> tfd.Distribution:
     sampling the posterior in a loop, or a process that trains and exports
     repeatedly, would leak memory).
     """
-    return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
+    return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1, name=name)
+
+
+def _on_rows(layer, x):
+    """`layer` (a layer or a function of layers) on the last axis of `x`
+    whatever its leading axes: none, as a joint distribution's event alone
+    has, or several (`[k, batch, n]`)."""
+    x = tf.convert_to_tensor(x)
+    rows = layer(tf.reshape(x, [-1, x.shape[-1]]))
+    return tf.reshape(rows, tf.concat([tf.shape(x)[:-1], tf.shape(rows)[-1:]], axis=0))
 
 
 class _Coder(keras.layers.Layer):
@@ -119,12 +139,152 @@ class GaussianEncoder(_Coder):
 
     def params(self, images):
         """`(z_mean, z_stddev)`, each `[batch, latent]`: the raw tensors for export."""
-        z_mean, raw_scale = tf.split(self.body(images), 2, axis=-1)
-        z_stddev = tf.nn.softplus(raw_scale) + SCALE_FLOOR
-        return tf.cast(z_mean, tf.float32), tf.cast(z_stddev, tf.float32)
+        return gaussian_params(self.body(images))
+
+    def top_params(self, images):
+        """q(z|x)'s parameters, the top (and only) layer's."""
+        return self.params(images)
+
+    def draw(self, images, noise: list):
+        """q's `(mean, stddev)` `[batch, latent]`, no p below it, and codes
+        z = mean + stddev * noise `[k, batch, latent]` for the one layer's
+        `noise` (a list of one, as `TopDownEncoder.draw` takes)."""
+        (noise,) = noise
+        q = self.params(images)
+        return [q], [None], [q[0] + q[1] * noise]
+
+    def log_prob_at(self, images, z: list):
+        """log q(z|x) `[k, batch]` of given codes (a list of one)."""
+        (z,) = z
+        return diag_normal(*self.params(images)).log_prob(z)
 
     def call(self, images):
         return diag_normal(*self.params(images))
+
+
+@keras.saving.register_keras_serializable(package="tfvae")
+class TopDownEncoder(_Coder):
+    """q(z|x) over stochastic layers z_1 (next to x) .. z_L (the top), and the
+    top-down network that inference and the prior share (the Ladder VAE of
+    Sonderby et al. 2016; as in IAF and NVAE).
+
+    A bottom-up deterministic pass over x gives features d_1 .. d_L: d_1 the
+    body's last hidden layer, d_i = act(W d_(i-1)). One top-down pass then
+    serves both: q(z_L | x) = N(head(d_L)) on top, whose prior is the
+    model's; below it the top-down state h_i = act(W z_(i+1)) gives
+    p(z_i | z_(i+1)) = N(head(h_i)), and q(z_i | z_(i+1), x) = N(head([d_i,
+    h_i])) joins it with the bottom-up features. Every upper layer is as
+    wide as the body's last hidden layer.
+
+    `call` returns q over all layers as one `tfd.JointDistributionCoroutine`
+    drawn top first: a sample is a tuple `(z_L, ..., z_1)` (its fields named
+    `z_L` .. `z_1`), each `[batch, n_i]`, and `log_prob` of such a tuple is
+    log q(z|x) `[batch]`, the sum of the layers' conditionals. `prior(top)`
+    is p(z) in the same form, `top` the top layer's prior (its samples
+    `[n_L]` per draw, so `prior(top).sample(n)` gives `[n, n_i]` each).
+    """
+
+    def __init__(self, image_shape, model_config: ModelConfig | None = None, **kwargs):
+        super().__init__(image_shape, model_config, **kwargs)
+        config = self.model_config
+        dims, width, act = config.latent_dims, config.hidden_units[-1], config.activation
+        self.body = _encoder_body(self.image_shape, config, head=False)
+        dense = keras.layers.Dense
+        self.up = [dense(width, activation=act, name=f"up_{i + 1}") for i in range(1, len(dims))]
+        self.down = [
+            dense(width, activation=act, name=f"down_{i + 1}") for i in range(len(dims) - 1)
+        ]
+        self.q_heads = [dense(2 * n, name=f"q_{i + 1}") for i, n in enumerate(dims)]
+        self.p_heads = [dense(2 * n, name=f"p_{i + 1}") for i, n in enumerate(dims[:-1])]
+
+    def build(self, input_shape=None):
+        dims, width = self.model_config.latent_dims, self.model_config.hidden_units[-1]
+        self.body.build((None, *self.image_shape))
+        for layer in self.up + self.p_heads:
+            layer.build((None, width))
+        for i, layer in enumerate(self.down):
+            layer.build((None, dims[i + 1]))
+        for i, layer in enumerate(self.q_heads):
+            layer.build((None, width if i == len(dims) - 1 else 2 * width))
+
+    @property
+    def generative_variables(self) -> list:
+        """The weights of the prior's top-down network (shared with inference)."""
+        return [w for layer in self.down + self.p_heads for w in layer.trainable_weights]
+
+    def features(self, images) -> list[tf.Tensor]:
+        """The bottom-up features `[d_1, ..., d_L]`, each `[batch, width]`."""
+        found = [self.body(images)]
+        for layer in self.up:
+            found.append(layer(found[-1]))
+        return found
+
+    def top_params(self, images):
+        """q(z_L | x)'s `(mean, stddev)` `[batch, n_L]`: from the bottom-up pass alone."""
+        return gaussian_params(self.q_heads[-1](self.features(images)[-1]))
+
+    def prior_params(self, i: int, z_above):
+        """p(z_i | z_(i+1))'s `(mean, stddev)` for layer `i` (0: the bottom),
+        given the layer above's codes `[..., n_(i+1)]`."""
+        return gaussian_params(_on_rows(lambda z: self.p_heads[i](self.down[i](z)), z_above))
+
+    def posterior_params(self, i: int, d_i, z_above):
+        """q(z_i | z_(i+1), x)'s and p(z_i | z_(i+1))'s `(mean, stddev)` for
+        layer `i` below the top, given its bottom-up features `d_i`
+        `[batch, width]` and the layer above's codes `[..., batch, n_(i+1)]`."""
+        h = _on_rows(self.down[i], z_above)
+        d = tf.broadcast_to(tf.cast(d_i, h.dtype), tf.shape(h))
+        q = gaussian_params(self.q_heads[i](tf.concat([d, h], axis=-1)))
+        return q, gaussian_params(self.p_heads[i](h))
+
+    def draw(self, images, noise: list):
+        """z ~ q(z|x) top down from each layer's standard normal `noise`
+        (bottom first, `[k, batch, n_i]`): every layer's q and p as
+        `(mean, stddev)` (p None on top, where it is the model's prior) and
+        its codes `[k, batch, n_i]`, bottom first."""
+        found = self.features(images)
+        last = len(found) - 1
+        q, p, z = [None] * len(found), [None] * len(found), [None] * len(found)
+        q[last] = gaussian_params(self.q_heads[last](found[last]))
+        z[last] = q[last][0] + q[last][1] * noise[last]
+        for i in reversed(range(last)):
+            q[i], p[i] = self.posterior_params(i, found[i], z[i + 1])
+            z[i] = q[i][0] + q[i][1] * noise[i]
+        return q, p, z
+
+    def log_prob_at(self, images, z: list):
+        """log q(z|x) `[k, batch]` of given codes (bottom first), summed over
+        the layers, each given the codes above it."""
+        found = self.features(images)
+        top = gaussian_params(self.q_heads[-1](found[-1]))
+        total = diag_normal(*top).log_prob(z[-1])
+        for i in reversed(range(len(found) - 1)):
+            q_i, _ = self.posterior_params(i, found[i], z[i + 1])
+            total = total + diag_normal(*q_i).log_prob(z[i])
+        return total
+
+    def call(self, images):
+        found = self.features(images)
+        top = gaussian_params(self.q_heads[-1](found[-1]))
+        return self._joint(top, lambda i, z: self.posterior_params(i, found[i], z)[0])
+
+    def prior(self, top: tfd.Distribution) -> tfd.Distribution:
+        return self._joint(top, self.prior_params)
+
+    def _joint(self, top, below) -> tfd.Distribution:
+        """The layers drawn top first: `top` (a distribution, or the
+        `(mean, stddev)` of q's top layer), then each layer i from
+        `below(i, z_(i+1))`'s `(mean, stddev)`."""
+        names = [f"z_{i + 1}" for i in range(len(self.q_heads))]
+        if isinstance(top, tuple):
+            top = diag_normal(*top, name=names[-1])
+
+        def layers():
+            z = yield tfd.JointDistributionCoroutine.Root(top)
+            for i in reversed(range(len(names) - 1)):
+                z = yield diag_normal(*below(i, z), name=names[i])
+
+        return tfd.JointDistributionCoroutine(layers)
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -143,7 +303,7 @@ class ImageDecoder(_Coder):
         self.body = _decoder_body(self.image_shape, self.model_config)
 
     def build(self, input_shape=None):
-        self.body.build((None, self.latent_dim))
+        self.body.build((None, self.model_config.latent_dims[0]))
 
     def outputs(self, z):
         """The body's output for codes `[batch, latent]`: pixel logits

@@ -145,14 +145,32 @@ def _conv_grid(image_shape) -> tuple[int, int]:
     return conv_padded(height), conv_padded(width)
 
 
+def _hierarchy(config: ModelConfig) -> tuple[int, int]:
+    """The weights a stack of stochastic layers adds (`layers.TopDownEncoder`:
+    the bottom-up, top-down and head layers; the one-layer model's head is
+    counted with its body), and its activations per image."""
+    dims, width = config.latent_dims, config.hidden_units[-1]
+    if len(dims) == 1:
+        return 0, 3 * dims[0]
+    upper = len(dims) - 1
+    weights = upper * (width * width + width)  # bottom-up
+    weights += sum(n * width + width for n in dims[1:])  # top-down states
+    weights += (
+        sum(2 * width * 2 * n + 2 * n for n in dims[:-1]) + width * 2 * dims[-1] + 2 * dims[-1]
+    )
+    weights += sum(width * 2 * n + 2 * n for n in dims[:-1])  # the prior's heads
+    return weights - (width * 2 * dims[0] + 2 * dims[0]), 2 * upper * width + 5 * sum(dims)
+
+
 def _parameters(config: ModelConfig, image_shape) -> int:
     """Weights of the encoder and decoder that `tfvae.layers` builds."""
     pixels = math.prod(image_shape)
     per_pixel = pixel_parameters(config.likelihood)
-    hidden, latent = list(config.hidden_units), config.latent_dim
+    hidden, latent = list(config.hidden_units), config.latent_dims[0]
+    extra = _hierarchy(config)[0] + config.pseudo_inputs * pixels
     if config.arch == "mlp":
         decoder = _dense([latent, *hidden[::-1], pixels * per_pixel])
-        return _dense([pixels, *hidden, 2 * latent]) + decoder
+        return _dense([pixels, *hidden, 2 * latent]) + decoder + extra
     channels = image_shape[2]
     out = channels * per_pixel
     height, width = _conv_grid(image_shape)
@@ -160,7 +178,7 @@ def _parameters(config: ModelConfig, image_shape) -> int:
     convs = 9 * channels * 32 + 32 + 9 * 32 * 64 + 64
     transposed = 9 * 64 * 64 + 64 + 9 * 64 * 32 + 32 + 9 * 32 * out + out
     encoder = convs + _dense([flat, *hidden, 2 * latent])
-    return encoder + _dense([latent, *hidden[::-1], flat]) + transposed
+    return encoder + _dense([latent, *hidden[::-1], flat]) + transposed + extra
 
 
 def _step_numbers(config: ModelConfig, image_shape) -> tuple[int, int]:
@@ -169,14 +187,15 @@ def _step_numbers(config: ModelConfig, image_shape) -> tuple[int, int]:
     `MAP_COPIES` of each conv feature map and `PIXEL_COPIES` of each
     pixel-sized tensor (the image itself twice)."""
     pixels = math.prod(image_shape)
-    hidden, latent = sum(config.hidden_units), config.latent_dim
+    hidden, latent = sum(config.hidden_units), config.latent_dims[0]
     encoder_maps = decoder_maps = 0
     if config.arch == "conv":
         height, width = _conv_grid(image_shape)
         quarter = (height // 4) * (width // 4) * 64
         encoder_maps = (height // 2) * (width // 2) * 32 + quarter
         decoder_maps = quarter + (height // 2) * (width // 2) * 64 + height * width * 32
-    encoder = HIDDEN_COPIES * (hidden + 3 * latent) + MAP_COPIES * encoder_maps + 2 * pixels
+    stochastic = _hierarchy(config)[1]
+    encoder = HIDDEN_COPIES * (hidden + stochastic) + MAP_COPIES * encoder_maps + 2 * pixels
     decoder = HIDDEN_COPIES * (latent + hidden) + MAP_COPIES * decoder_maps
     return encoder, decoder + PIXEL_COPIES * pixels * pixel_parameters(config.likelihood)
 

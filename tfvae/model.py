@@ -3,9 +3,16 @@
 Training maximises the evidence lower bound, per image
     ELBO(x) = E_q[ln p(x|z)] - KL(q(z|x) || p(z)),
 with one reparameterized z ~ q(z|x) for the expectation and the analytic KL.
+With several stochastic layers z_1 .. z_L (`latent_dim=(32, 16)`), the KL is
+the sum over layers of the analytic KL between the two Gaussians
+q(z_i | z_(i+1), x) and p(z_i | z_(i+1)) given the parents drawn from q
+(`layers.TopDownEncoder`). Under the VampPrior the top layer's KL has no
+closed form and is estimated from the same draw: log q(z_L|x) - log p(z_L).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import keras
 import numpy as np
@@ -14,7 +21,7 @@ import tensorflow_probability as tfp
 
 from tfvae.config import ModelConfig, ObjectiveConfig
 from tfvae.data.pipelines import array_batches
-from tfvae.layers import GaussianEncoder, ImageDecoder, diag_normal
+from tfvae.layers import GaussianEncoder, ImageDecoder, TopDownEncoder, diag_normal
 from tfvae.metrics import METRICS, MeanTerms
 from tfvae.noise import training_batch
 
@@ -28,14 +35,30 @@ def _stateless_seed(seed):
     return tf.cast(seed, tf.int32)
 
 
+@dataclasses.dataclass
+class Draw:
+    """z drawn from q(z|x) for a batch, layer by layer, bottom (z_1) first:
+    each layer's q and p as `(mean, stddev)` (p given the layer above's z;
+    None for the top layer, whose p is the model's prior), its codes `z`
+    `[k, batch, n_i]`, and log p(x|z_1) `[k, batch]`."""
+
+    q: list[tuple[tf.Tensor, tf.Tensor]]
+    p: list[tuple[tf.Tensor, tf.Tensor] | None]
+    z: list[tf.Tensor]
+    log_px_z: tf.Tensor
+
+
 @keras.saving.register_keras_serializable(package="tfvae")
 class VAE(keras.Model):
-    """Encoder q(z|x), decoder p(x|z) and the prior p(z) = N(0, I).
+    """Encoder q(z|x), decoder p(x|z) and the prior p(z): N(0, I) on the top
+    layer, or the VampPrior.
 
     Images are float32 `[batch, height, width, channels]` in [0, 1] (binary
     pixels for the Bernoulli likelihood as trained; see `tfvae.likelihoods`
     for the others); all metrics are in nats per image. `k` is the number of z
-    drawn per image in training (IWAE's k; 1 for the ELBO).
+    drawn per image in training (IWAE's k; 1 for the ELBO). Codes `z` of one
+    layer are `[batch, latent]`; with several layers, the decoder reads z_1
+    and pictures and exports decode the top layer's codes (`code_dim`).
     """
 
     def __init__(
@@ -56,13 +79,23 @@ class VAE(keras.Model):
         super().__init__(**kwargs)
         self.model_config = model_config or model_settings or ModelConfig()
         self.objective_config = objective_config or objective_settings or ObjectiveConfig()
-        self.encoder = GaussianEncoder(image_shape, self.model_config, name="encoder")
+        hierarchical = len(self.model_config.latent_dims) > 1
+        encoder = TopDownEncoder if hierarchical else GaussianEncoder
+        self.encoder = encoder(image_shape, self.model_config, name="encoder")
         self.decoder = ImageDecoder(image_shape, self.model_config, name="decoder")
         self.image_shape = self.encoder.image_shape
         self.latent_dim = self.model_config.latent_dim
+        self.latent_dims = self.model_config.latent_dims
+        self.code_dim = self.model_config.code_dim
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
         self.terms = MeanTerms(METRICS)
+        if self.model_config.pseudo_inputs:
+            self.pseudo_inputs = self.add_weight(
+                shape=(self.model_config.pseudo_inputs, *self.image_shape),
+                initializer=keras.initializers.RandomUniform(0.0, 1.0, seed=seed),
+                name="pseudo_inputs",
+            )
         self.build()
 
     @property
@@ -89,16 +122,35 @@ class VAE(keras.Model):
     # --- distributions ------------------------------------------------------
 
     @property
+    def noise_dim(self) -> int:
+        """The N(0, 1) numbers one draw of z takes: every layer's, bottom first."""
+        return sum(self.latent_dims)
+
+    def top_prior(self) -> tfd.Distribution:
+        """p(z_L), event shape `[code_dim]`: N(0, I), or the VampPrior
+        (Tomczak & Welling, 2018), the equal mixture of q(z_L | u_k) at the K
+        pseudo-inputs u_k (learned images, clipped to [0, 1])."""
+        if not self.model_config.pseudo_inputs:
+            return diag_normal(tf.zeros([self.code_dim]), tf.ones([self.code_dim]))
+        pseudo_inputs = tf.clip_by_value(self.pseudo_inputs, 0.0, 1.0)
+        components = diag_normal(*self.encoder.top_params(pseudo_inputs))  # batch [K]
+        mix = tfd.Categorical(logits=tf.zeros([self.model_config.pseudo_inputs]))
+        return tfd.MixtureSameFamily(mix, components)
+
+    @property
     def prior(self) -> tfd.Distribution:
-        """p(z) = N(0, I), event shape `[latent]`."""
-        return diag_normal(tf.zeros([self.latent_dim]), tf.ones([self.latent_dim]))
+        """p(z): for one layer, event shape `[latent]`; with several, one
+        joint distribution drawn top first (`TopDownEncoder.prior`)."""
+        top = self.top_prior()
+        return top if len(self.latent_dims) == 1 else self.encoder.prior(top)
 
     def encode(self, images) -> tfd.Distribution:
-        """q(z|x): batch shape `[batch]`, event shape `[latent]`."""
+        """q(z|x): batch shape `[batch]`, event shape `[latent]`; with several
+        layers, one joint distribution drawn top first (`TopDownEncoder`)."""
         return self.encoder(images)
 
     def decode(self, z) -> tfd.Distribution:
-        """p(x|z): batch shape `[batch]`, event shape `[height, width, channels]`."""
+        """p(x|z_1): batch shape `[batch]`, event shape `[height, width, channels]`."""
         return self.decoder(z)
 
     def build(self, input_shape=None):
@@ -117,14 +169,37 @@ class VAE(keras.Model):
             self._symbolic_build()
 
     def call(self, images):
-        """Deterministic reconstruction: the pixel means of p(x | z = E[q(z|x)]),
-        as intensities in [0, 1] (for the Bernoulli, its probabilities)."""
-        return self.decoder.mean(self.encode(images).mean())
+        """Deterministic reconstruction: the pixel means of p(x | z) at the
+        posterior means (layer by layer, each given the means above), as
+        intensities in [0, 1] (for the Bernoulli, its probabilities)."""
+        if len(self.latent_dims) == 1:
+            return self.decoder.mean(self.encode(images).mean())
+        noise = tf.zeros([1, tf.shape(images)[0], self.noise_dim])
+        return self.decoder.mean(self.encoder.draw(images, self._noise_by_layer(noise))[2][0][0])
+
+    def layer_means(self, images, batch_size: int = DECODE_BATCH) -> list[np.ndarray]:
+        """E_q[z_i | x] of every layer, bottom first, each `[n, n_i]`, for every
+        image of an array or streamed split (below the top, given the means
+        of the layers above)."""
+        parts = []
+        for _, x in array_batches(images, batch_size):
+            noise = tf.zeros([1, len(x), self.noise_dim])
+            parts.append(
+                [
+                    np.asarray(q[0]).reshape(len(x), -1)
+                    for q in self.encoder.draw(x, self._noise_by_layer(noise))[0]
+                ]
+            )
+        return [np.concatenate(layer) for layer in zip(*parts, strict=True)]
 
     def posterior_means(self, images, batch_size: int = DECODE_BATCH) -> np.ndarray:
-        """E_q[z | x] for every image of an array or streamed split, `[n, latent]`."""
+        """E_q[z_L | x], the top layer's codes, for every image of an array or
+        streamed split, `[n, code_dim]`."""
         return np.concatenate(
-            [np.asarray(self.encoder.params(x)[0]) for _, x in array_batches(images, batch_size)]
+            [
+                np.asarray(self.encoder.top_params(x)[0])
+                for _, x in array_batches(images, batch_size)
+            ]
         )
 
     def reconstruct(self, images):
@@ -133,9 +208,37 @@ class VAE(keras.Model):
         parts = [self(images[i : i + DECODE_BATCH]) for i in range(0, len(images), DECODE_BATCH)]
         return tf.concat(parts, axis=0)
 
+    def descend(self, codes, seed=None):
+        """z_1 `[batch, n_1]` from top-layer `codes` `[batch, code_dim]` down the
+        prior: each layer drawn from p(z_i | z_(i+1)) with stateless `seed`,
+        or without one its mean. One layer: the codes themselves."""
+        z = codes
+        for i in reversed(range(len(self.latent_dims) - 1)):
+            mean, stddev = self.encoder.prior_params(i, z)
+            if seed is None:
+                z = mean
+            else:
+                layer_seed = tf.random.experimental.stateless_fold_in(seed, i)
+                z = mean + stddev * tf.random.stateless_normal(
+                    tf.shape(mean), layer_seed, alg="philox"
+                )
+        return z
+
+    def exported_decode(self, codes):
+        """The exported decoders' outputs (`Likelihood.exported`) for top-layer
+        `codes` `[batch, code_dim]`, the layers below at the prior's means."""
+        return self.decoder.exported(self.descend(codes))
+
+    def decoded_means(self, codes):
+        """E[x | z_L] as intensities `[batch, h, w, c]` for top-layer `codes`,
+        the layers below at the prior's means (`descend`)."""
+        return self.decoder.mean(self.descend(codes))
+
     def sample(self, n: int, seed: int | None = None, binary: bool = False):
         """`n` images from the prior as intensities in [0, 1]: pixel means, or
         draws from p(x|z) if `binary` (Bernoulli pixels for the Bernoulli).
+        Ancestral: the top layer from its prior, each layer below from
+        p(z_i | z_(i+1)).
 
         The same `seed` always gives the same images; without one the model's
         seed generator advances. A Python `n` is decoded `DECODE_BATCH` codes
@@ -146,12 +249,17 @@ class VAE(keras.Model):
         z_seed, x_seed = tf.unstack(
             tf.random.experimental.stateless_split(_stateless_seed(draw), 2)
         )
-        z = tf.random.stateless_normal([n, self.latent_dim], seed=z_seed, alg="philox")
+        if self.model_config.pseudo_inputs:
+            z = self.top_prior().sample(n, seed=z_seed)
+        else:
+            z = tf.random.stateless_normal([n, self.code_dim], seed=z_seed, alg="philox")
+        if len(self.latent_dims) > 1:
+            z = self.descend(z, tf.random.experimental.stateless_fold_in(z_seed, 1))
         eager = isinstance(n, int | np.integer)
         step = DECODE_BATCH if eager else n
         likelihood, parts = self.decoder.likelihood, []
         for chunk, start in enumerate(range(0, n, step) if eager else [0]):
-            outputs = self.decoder.outputs(z[start : start + step])  # z ~ p(z) = N(0, I)
+            outputs = self.decoder.outputs(z[start : start + step])  # z ~ p(z)
             pixel_seed = tf.random.experimental.stateless_fold_in(x_seed, chunk)
             parts.append(
                 likelihood.draw(outputs, pixel_seed) if binary else likelihood.mean(outputs)
@@ -160,56 +268,80 @@ class VAE(keras.Model):
 
     # --- objective ----------------------------------------------------------
 
-    def log_weights(self, images, q_z, z, log_px_z=None):
-        """Importance log-weights log p(x|z) + log p(z) - log q(z|x), `[samples, batch]`,
-        for codes `z` `[samples, batch, latent]` drawn from `q_z` = q(z|x);
-        the one implementation behind the IWAE bound and the NLL estimate.
-        `log_px_z` is log p(x|z) when the caller has it already."""
-        if log_px_z is None:
-            log_px_z = self.log_likelihood(images, z)
-        return log_px_z + self.prior.log_prob(z) - q_z.log_prob(z)
+    def _noise_by_layer(self, noise) -> list[tf.Tensor]:
+        """`noise` `[..., noise_dim]` split into each layer's, bottom first."""
+        if len(self.latent_dims) == 1:
+            return [noise]
+        return tf.split(noise, list(self.latent_dims), axis=-1)
+
+    def draw(self, images, noise) -> Draw:
+        """z ~ q(z|x) for `images` from standard normal `noise` `[k, batch,
+        noise_dim]`: z = mean + stddev * noise layer by layer, the
+        reparameterization written out (the distributions' bijectors keep
+        every traced graph alive in a global cache), and log p(x|z_1)."""
+        q, p, z = self.encoder.draw(images, self._noise_by_layer(noise))
+        return Draw(q, p, z, self.log_likelihood(images, z[0]))
+
+    def log_weights(self, draw: Draw):
+        """Importance log-weights log p(x|z) + log p(z) - log q(z|x), `[k, batch]`,
+        summed over the layers: the one implementation behind the IWAE bound
+        and the NLL estimate."""
+        log_w, top = draw.log_px_z, self.top_prior()
+        for q_i, p_i, z_i in zip(draw.q, draw.p, draw.z, strict=True):
+            p_z = top if p_i is None else diag_normal(*p_i)
+            log_w = log_w + p_z.log_prob(z_i) - diag_normal(*q_i).log_prob(z_i)
+        return log_w
 
     def log_likelihood(self, images, z):
-        """log p(x|z) `[samples, batch]` for codes `z` `[samples, batch, latent]`."""
+        """log p(x|z_1) `[samples, batch]` for codes `z` `[samples, batch, n_1]`."""
         shape = tf.shape(z)
-        outputs = self.decoder.outputs(tf.reshape(z, [-1, self.latent_dim]))
+        outputs = self.decoder.outputs(tf.reshape(z, [-1, self.latent_dims[0]]))
         outputs = tf.reshape(outputs, tf.concat([shape[:2], tf.shape(outputs)[1:]], 0))
         return self.decoder.likelihood.log_prob(images, outputs)
+
+    def kl_divergences(self, draw: Draw) -> list[tf.Tensor]:
+        """KL(q(z_i | z_(i+1), x) || p(z_i | z_(i+1))) per layer, bottom first,
+        each `[batch]`: analytic between the two Gaussians given the parents
+        drawn (averaged over the k draws); under the VampPrior the top
+        layer's is estimated from its draws, log q(z_L|x) - log p(z_L)."""
+        found = []
+        for q_i, p_i, z_i in zip(draw.q, draw.p, draw.z, strict=True):
+            q_z = diag_normal(*q_i)
+            if p_i is not None:
+                found.append(tf.reduce_mean(tfd.kl_divergence(q_z, diag_normal(*p_i)), axis=0))
+            elif self.model_config.pseudo_inputs:
+                found.append(tf.reduce_mean(q_z.log_prob(z_i) - self.top_prior().log_prob(z_i), 0))
+            else:
+                found.append(tfd.kl_divergence(q_z, self.top_prior()))
+        return found
 
     def elbo_terms(self, images, noise=None, seed=None) -> dict[str, tf.Tensor]:
         """Per-image terms of the objective, each `[batch]`, in nats.
 
         z = z_mean + z_stddev * noise, the reparameterization, with noise ~ N(0, I)
-        `[batch, latent]` or `[batch, k, latent]` for k samples per image (given,
-        or one sample drawn from `seed` / the model's seed generator).
+        `[batch, noise_dim]` or `[batch, k, noise_dim]` for k samples per image
+        (given, or one sample drawn from `seed` / the model's seed generator).
         `log_likelihood` is E_q[ln p(x|z)] averaged over the samples, `kl` the
-        analytic KL(q(z|x) || p(z)), `elbo` their difference, and `iw_bound`
-        the importance-weighted bound ln (1/k) sum_k p(x, z_k) / q(z_k|x)
-        (Burda et al.), which equals a one-sample ELBO estimate for k = 1.
+        sum of the layers' KLs (`kl_divergences`), `elbo` their difference,
+        and `iw_bound` the importance-weighted bound
+        ln (1/k) sum_k p(x, z_k) / q(z_k|x) (Burda et al.), which equals a
+        one-sample ELBO estimate for k = 1.
         """
-        return self._terms(*self._sampled(images, noise, seed))
+        return self._terms(self._drawn(images, noise, seed))
 
-    def _sampled(self, images, noise=None, seed=None):
-        """q(z|x)'s `z_mean`, `z_stddev` `[batch, latent]`, codes `z`
-        `[k, batch, latent]` drawn from it, and log p(x|z) `[k, batch]`."""
-        z_mean, z_stddev = self.encoder.params(images)
+    def _drawn(self, images, noise=None, seed=None) -> Draw:
         if noise is None:
-            noise = self._standard_normal([tf.shape(images)[0], self.latent_dim], seed)
+            noise = self._standard_normal([tf.shape(images)[0], self.noise_dim], seed)
         noise = tf.convert_to_tensor(noise, tf.float32)
         if noise.shape.rank == 2:
             noise = noise[:, tf.newaxis, :]
-        # The reparameterization, written out rather than through the
-        # distribution's bijector, whose global cache would keep every traced
-        # graph alive.
-        z = z_mean + z_stddev * tf.transpose(noise, [1, 0, 2])  # [k, batch, latent]
-        return z_mean, z_stddev, z, self.log_likelihood(images, z)
+        return self.draw(images, tf.transpose(noise, [1, 0, 2]))  # [k, batch, noise_dim]
 
-    def _terms(self, z_mean, z_stddev, z, log_px_z) -> dict[str, tf.Tensor]:
-        q_z = diag_normal(z_mean, z_stddev)
-        log_w = self.log_weights(None, q_z, z, log_px_z)
-        k = tf.cast(tf.shape(z)[0], tf.float32)
-        log_likelihood = tf.reduce_mean(log_px_z, axis=0)
-        kl = tfd.kl_divergence(q_z, self.prior)
+    def _terms(self, draw: Draw) -> dict[str, tf.Tensor]:
+        log_w = self.log_weights(draw)
+        k = tf.cast(tf.shape(draw.log_px_z)[0], tf.float32)
+        log_likelihood = tf.reduce_mean(draw.log_px_z, axis=0)
+        kl = tf.add_n(self.kl_divergences(draw))
         return {
             "elbo": log_likelihood - kl,
             "kl": kl,
@@ -217,18 +349,30 @@ class VAE(keras.Model):
             "iw_bound": tf.reduce_logsumexp(log_w, axis=0) - tf.math.log(k),
         }
 
-    def dreg_surrogate(self, z_mean, z_stddev, z, log_px_z):
-        """Per image `[batch]`, sum_i stop(w~_i^2) log w_i with q's parameters
-        held fixed inside log q(z_i|x), w~ the normalised importance weights.
+    def dreg_surrogate(self, images, draw: Draw):
+        """Per image `[batch]`, sum_i stop(w~_i^2) (log w_i + log q(stop z_i)),
+        w~ the normalised importance weights, log q(stop z) evaluated with
+        every z (parents included) held fixed.
 
         Its encoder gradient is the doubly reparameterized estimate of the
         IWAE bound's (Tucker et al. 2018, DReG): sum_i w~_i^2 (d log w_i / d z_i)
-        (d z_i / d phi). The score term that makes the bound's own estimate
-        noisy as k grows is gone; the expectation is unchanged."""
-        q_fixed = diag_normal(tf.stop_gradient(z_mean), tf.stop_gradient(z_stddev))
-        log_w = self.log_weights(None, q_fixed, z, log_px_z)
+        (d z_i / d phi). The added term cancels log q's direct dependence on
+        phi, the score term that makes the bound's own estimate noisy as k
+        grows; the expectation is unchanged."""
+        log_w = self.log_weights(draw)
+        fixed = [tf.stop_gradient(z) for z in draw.z]
+        log_q = self.encoder.log_prob_at(images, fixed)
         weights = tf.stop_gradient(tf.nn.softmax(log_w, axis=0))
-        return tf.reduce_sum(tf.square(weights) * log_w, axis=0)
+        return tf.reduce_sum(tf.square(weights) * (log_w + log_q), axis=0)
+
+    def _inference_and_generative_variables(self) -> tuple[list, list]:
+        """q's own weights (the encoder's but its top-down network's), and the
+        generative model's: the decoder's, the prior's top-down network's
+        (shared with inference) and the VampPrior's pseudo-inputs."""
+        shared = {id(w) for w in getattr(self.encoder, "generative_variables", [])}
+        inference = [w for w in self.encoder.trainable_variables if id(w) not in shared]
+        generative = [w for w in self.trainable_variables if all(w is not v for v in inference)]
+        return inference, generative
 
     def kl_weight(self):
         """beta, ramped up linearly from 0 over the first `kl_warmup_steps` steps."""
@@ -274,7 +418,7 @@ class VAE(keras.Model):
         scores grey levels as targets, and the figures vary from call to call
         (`tfvae.evaluate_elbo` gives the fixed ones)."""
         if isinstance(batch, dict) and "keys" in batch:
-            return training_batch(batch, [self.k, self.latent_dim])
+            return training_batch(batch, [self.k, self.noise_dim])
         images = batch[0] if isinstance(batch, tuple | list) else batch
         if isinstance(images, dict) or images is None:
             raise TypeError(
@@ -284,7 +428,7 @@ class VAE(keras.Model):
         images = tf.convert_to_tensor(images)
         scale = 255.0 if images.dtype == tf.uint8 else 1.0
         images = tf.cast(images, tf.float32) / scale
-        noise = self._standard_normal([tf.shape(images)[0], self.k, self.latent_dim])
+        noise = self._standard_normal([tf.shape(images)[0], self.k, self.noise_dim])
         return images, noise
 
     # tfvae's steps branch on Python values only, so AutoGraph has nothing to
@@ -294,8 +438,8 @@ class VAE(keras.Model):
         images, noise = self._unpack(data)
         dreg = self.gradient_estimator == "dreg"
         with tf.GradientTape(persistent=dreg) as tape:
-            sampled = self._sampled(images, noise)
-            terms = self._terms(*sampled)
+            drawn = self._drawn(images, noise)
+            terms = self._terms(drawn)
             per_example = self.per_example_loss(terms)
             # Divide by the *global* batch: Keras sums replica gradients, so
             # this gives the same update on 1 or N replicas. Under mixed
@@ -303,13 +447,13 @@ class VAE(keras.Model):
             # underflow (and unscales the gradients in `apply`).
             scaled_loss = self.optimizer.scale_loss(tf.nn.compute_average_loss(per_example))
             if dreg:
-                surrogate = tf.nn.compute_average_loss(-self.dreg_surrogate(*sampled))
+                surrogate = tf.nn.compute_average_loss(-self.dreg_surrogate(images, drawn))
                 scaled_surrogate = self.optimizer.scale_loss(surrogate)
-        if dreg:  # the bound's own gradient for the decoder, DReG's for the encoder
-            encoder, decoder = self.encoder.trainable_variables, self.decoder.trainable_variables
-            variables = encoder + decoder
-            gradients = tape.gradient(scaled_surrogate, encoder) + tape.gradient(
-                scaled_loss, decoder
+        if dreg:  # the bound's own gradient for the generative side, DReG's for inference
+            inference, generative = self._inference_and_generative_variables()
+            variables = inference + generative
+            gradients = tape.gradient(scaled_surrogate, inference) + tape.gradient(
+                scaled_loss, generative
             )
         else:
             variables = self.trainable_variables

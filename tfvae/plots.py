@@ -126,7 +126,7 @@ def run_pictures(model, images: np.ndarray) -> dict[str, Image.Image]:
         "reconstructions": reconstructions(model, images),
         "samples": samples(model, 64, seed=0),
     }
-    if model.latent_dim == 2:
+    if model.code_dim == 2:
         pictures["manifold"] = manifold(model)
     return pictures
 
@@ -148,9 +148,10 @@ def latent_path(z_from: np.ndarray, z_to: np.ndarray, n: int, spherical: bool = 
 
 def interpolate(model, image_from, image_to, n: int = 10, spherical: bool = False):
     """The decoder's means `[n, h, w, c]` along `latent_path` between the
-    posterior means of two images `[h, w, c]`."""
+    posterior means of two images `[h, w, c]`: in the top layer's codes,
+    the layers below at the prior's means (`VAE.decoded_means`)."""
     z_mean = model.posterior_means(np.stack([image_from, image_to]))
-    return np.asarray(model.decoder.mean(latent_path(z_mean[0], z_mean[1], n, spherical)))
+    return np.asarray(model.decoded_means(latent_path(z_mean[0], z_mean[1], n, spherical)))
 
 
 def interpolation(model, image_from, image_to, n: int = 10, spherical: bool = False):
@@ -163,13 +164,14 @@ def interpolation(model, image_from, image_to, n: int = 10, spherical: bool = Fa
 
 
 def manifold(model, steps: int = 20) -> Image.Image:
-    """The decoder over a grid of the 2-D latent space, at the normal quantiles
-    (Kingma & Welling, fig. 4): equal steps in probability, not in z."""
-    if model.latent_dim != 2:
+    """The decoder over a grid of the 2-D latent space (the top layer's, the
+    layers below at the prior's means), at the normal quantiles (Kingma &
+    Welling, fig. 4): equal steps in probability, not in z."""
+    if model.code_dim != 2:
         raise ValueError("the manifold picture needs a 2-D latent space")
     quantiles = [NormalDist().inv_cdf((i + 0.5) / steps) for i in range(steps)]
     grid = np.array([(x, y) for y in reversed(quantiles) for x in quantiles], np.float32)
-    images = np.asarray(model.decoder.mean(grid))
+    images = np.asarray(model.decoded_means(grid))
     return image_grid(images, columns=steps, scale=1, gap=0)
 
 

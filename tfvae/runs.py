@@ -39,7 +39,7 @@ from tfvae.data.run_data import RunData
 from tfvae.distribute import Placement
 from tfvae.durable import write_atomic
 from tfvae.errors import RunError
-from tfvae.evaluation import active_units, evaluate_elbo, iw_log_likelihood
+from tfvae.evaluation import active_units_per_layer, evaluate_elbo, iw_log_likelihood
 from tfvae.likelihoods import bits_per_dim
 from tfvae.model import VAE
 from tfvae.progress import Progress
@@ -427,7 +427,7 @@ class RunFolder:
             plots.save_picture(picture, self.path / f"{name}.png")
             for name, picture in plots.run_pictures(model, shown).items()
         ]
-        if model.latent_dim == 2:
+        if model.code_dim == 2:
             plotted = np.asarray(images[:LATENT_PLOT_IMAGES])
             labels = None if labels is None else labels[:LATENT_PLOT_IMAGES]
             paths.append(plots.latent_scatter(model, plotted, labels, self.path / "latent.png"))
@@ -446,6 +446,7 @@ class RunFolder:
         resumes = not replace and bool(self.checkpoints.epochs())
         source = None if resumes or config.init_from is None else starting_weights(config, model)
         record = {
+            "kl_terms": config.kl_terms(),
             **placement.describe(),
             "jit_compile": bool(model.jit_compile),
             "steps_per_execution": int(model.steps_per_execution),
@@ -586,7 +587,7 @@ class RunFolder:
         model = run.model
         with progress.stage(f"Scoring the {len(images):,} {split} images: ELBO, active units"):
             scores = evaluate_elbo(model, images)
-            units = active_units(model, images)
+            units = active_units_per_layer(model, images)
         what = f"Importance-weighted NLL, K={k:,}: {len(images) * k:,} samples of z"
         with progress.stage(what, total=len(images) * k) as advance:
             nll = float(-np.mean(iw_log_likelihood(model, images, k=k, progress=advance)))
@@ -598,7 +599,8 @@ class RunFolder:
             **scores,
             "nll": nll,
             "bits_per_dim": bits_per_dim(nll, model.image_shape) if per_level else None,
-            "active_units": units,
+            "active_units": sum(units),
+            "active_units_per_layer": units,
             "latent_dim": model.latent_dim,
         }
 

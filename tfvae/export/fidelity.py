@@ -97,10 +97,10 @@ def check_inputs(
 def keras_reference(model: VAE, images: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
     """Inputs and Keras outputs of each file: the encoder on `images`, the
     decoder on their posterior means and on as many draws from the prior."""
-    z_mean, z_stddev = model.encoder.params(tf.constant(images))
+    z_mean, z_stddev = model.encoder.top_params(tf.constant(images))
     prior_z = tf.random.stateless_normal(tf.shape(z_mean), seed=(0, 1), alg="philox")
     z = tf.concat([z_mean, prior_z], axis=0)
-    decoded = {key: value.numpy() for key, value in model.decoder.exported(z).items()}
+    decoded = {key: value.numpy() for key, value in model.exported_decode(z).items()}
     return {
         "encoder": {"images": images, "z_mean": z_mean.numpy(), "z_stddev": z_stddev.numpy()},
         "decoder": {"z": z.numpy(), **decoded},

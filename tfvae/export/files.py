@@ -67,11 +67,11 @@ def _deterministic_endpoints(
     with a dynamic batch dimension or a fixed one."""
 
     def encode(images):
-        z_mean, z_stddev = model.encoder.params(tf.clip_by_value(images, 0.0, 1.0))
+        z_mean, z_stddev = model.encoder.top_params(tf.clip_by_value(images, 0.0, 1.0))
         return {"z_mean": z_mean, "z_stddev": z_stddev}
 
     def decode(z):
-        return model.decoder.exported(z)
+        return model.exported_decode(z)
 
     return {
         "encode": (encode, [images_spec(model, batch)]),
@@ -150,7 +150,7 @@ def _export_pair(
             **manifest,
             "model": name,
             "image_shape": list(model.image_shape),
-            "latent_dim": int(model.latent_dim),
+            "latent_dim": int(model.code_dim),
             "checked_on": f"{images_note}; the decoder on their posterior means and on "
             f"{len(images)} codes from the prior",
             **_FIDELITY_NOTE,
@@ -206,7 +206,7 @@ def _representative_sets(
     on their posterior means. Not on prior draws too: their rarer, wider
     activations stretch the min/max ranges, and codes from the prior then
     come out worse, not better (benchmarks/RESULTS.md)."""
-    z_mean = model.encoder.params(tf.constant(images))[0].numpy()
+    z_mean = model.encoder.top_params(tf.constant(images))[0].numpy()
     inputs = {"encode": ("images", images), "decode": ("z", z_mean)}
     # A static batch takes whole batches of its size only (the rest is dropped).
     size = batch or _CALIBRATION_BATCH

@@ -48,8 +48,8 @@ def images_spec(model: VAE, batch: int | None = None) -> tf.TensorSpec:
 
 
 def z_spec(model: VAE, batch: int | None = None) -> tf.TensorSpec:
-    """`[batch, latent]` float32 codes; a None batch is dynamic."""
-    return tf.TensorSpec([batch, model.latent_dim], tf.float32, name="z")
+    """`[batch, code_dim]` float32 codes (the top layer's); a None batch is dynamic."""
+    return tf.TensorSpec([batch, model.code_dim], tf.float32, name="z")
 
 
 def _checked_images(model: VAE, images: tf.Tensor) -> tf.Tensor:
@@ -60,7 +60,7 @@ def _checked_images(model: VAE, images: tf.Tensor) -> tf.Tensor:
 
 
 def _checked_z(model: VAE, z: tf.Tensor) -> tf.Tensor:
-    z = tf.ensure_shape(z, [None, model.latent_dim])
+    z = tf.ensure_shape(z, [None, model.code_dim])
     return tf.debugging.check_numerics(z, "z must be finite")
 
 
@@ -73,11 +73,11 @@ def _serving_endpoints(model: VAE) -> dict[str, tuple[Callable, list[tf.TensorSp
         return {mean_name: model(_checked_images(model, images))}
 
     def encode(images):
-        z_mean, z_stddev = model.encoder.params(_checked_images(model, images))
+        z_mean, z_stddev = model.encoder.top_params(_checked_images(model, images))
         return {"z_mean": z_mean, "z_stddev": z_stddev}
 
     def decode(z):
-        return model.decoder.exported(_checked_z(model, z))
+        return model.exported_decode(_checked_z(model, z))
 
     def sample(count, seed):
         with tf.control_dependencies(
@@ -129,7 +129,7 @@ def _warmup_requests(
                 f"{', '.join(map(str, model.image_shape))}] array of finite pixels, "
                 f"got shape {given.shape}"
             )
-    z = model.encoder.params(tf.constant(image))[0].numpy()
+    z = model.encoder.top_params(tf.constant(image))[0].numpy()
     feeds = {"images": image, "z": z, "count": np.int32(1), "seed": np.int32(0)}
     return {
         name: {spec.name: feeds[spec.name] for spec in specs}

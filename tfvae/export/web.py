@@ -68,7 +68,7 @@ def _static_files(model: VAE, scratch: Path, images: np.ndarray) -> dict[str, li
             model, scratch / "tflite", f"b{batch}", check_images=images, batch=batch
         )
         manifest = json.loads((folder / "manifest.json").read_text())
-        for part, shape in (("decoder", [model.latent_dim]), ("encoder", list(model.image_shape))):
+        for part, shape in (("decoder", [model.code_dim]), ("encoder", list(model.image_shape))):
             if part == "encoder" and batch != 1:
                 continue  # the page encodes a handful of images, one at a time
             name = f"{part}-b{batch}.tflite"
@@ -86,7 +86,7 @@ def _explore(model: VAE, images: np.ndarray) -> dict[str, Any]:
     """The units the sliders move: those whose posterior means spread most
     over the images (for a 2-D space, both, shown as the manifold)."""
     spread = model.posterior_means(images).std(axis=0)
-    units = [int(u) for u in np.argsort(-spread)[: min(SLIDERS, model.latent_dim)]]
+    units = [int(u) for u in np.argsort(-spread)[: min(SLIDERS, model.code_dim)]]
     return {"units": units, "spread": [round(float(spread[u]), 4) for u in units]}
 
 
@@ -123,7 +123,7 @@ def export_web(
         info = {
             "name": name,
             "image_shape": list(model.image_shape),
-            "latent_dim": int(model.latent_dim),
+            "latent_dim": int(model.code_dim),
             # The decoder output the page draws: E[x|z] as intensities.
             "mean_output": model.decoder.likelihood.mean_name,
             **files,
