@@ -9,6 +9,8 @@ gives q(z|x) over all of them and the top-down network the prior shares.
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -89,6 +91,10 @@ def diag_normal(loc, scale, name: str = "diag_normal") -> tfd.Distribution:
     repeatedly, would leak memory).
     """
     return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1, name=name)
+
+
+# softplus^-1(1): a fresh q's stddev is its prior's.
+_SOFTPLUS_OF_ONE = math.log(math.e - 1)
 
 
 def _on_rows(layer, x):
@@ -172,9 +178,13 @@ class TopDownEncoder(_Coder):
     body's last hidden layer, d_i = act(W d_(i-1)). One top-down pass then
     serves both: q(z_L | x) = N(head(d_L)) on top, whose prior is the
     model's; below it the top-down state h_i = act(W z_(i+1)) gives
-    p(z_i | z_(i+1)) = N(head(h_i)), and q(z_i | z_(i+1), x) = N(head([d_i,
-    h_i])) joins it with the bottom-up features. Every upper layer is as
-    wide as the body's last hidden layer.
+    p(z_i | z_(i+1)) = N(mu_p, sigma_p) = N(head(h_i)), and q joins it with
+    the bottom-up features as NVAE's residual normal (Vahdat & Kautz,
+    2020): q(z_i | z_(i+1), x) = N(mu_p + dmu, sigma_p r) with (dmu, r) from
+    [d_i, h_i], so a fresh q is its prior and the KL measures only what x
+    adds. Every upper layer is as wide as the body's last hidden layer.
+    (With tanh, the learned priors' scales drift up and saturate the
+    decoder: deep models want relu or elu, benchmarks/RESULTS.md.)
 
     `call` returns q over all layers as one `tfd.JointDistributionCoroutine`
     drawn top first: a sample is a tuple `(z_L, ..., z_1)` (its fields named
@@ -234,8 +244,10 @@ class TopDownEncoder(_Coder):
         `[batch, width]` and the layer above's codes `[..., batch, n_(i+1)]`."""
         h = _on_rows(self.down[i], z_above)
         d = tf.broadcast_to(tf.cast(d_i, h.dtype), tf.shape(h))
-        q = gaussian_params(self.q_heads[i](tf.concat([d, h], axis=-1)))
-        return q, gaussian_params(self.p_heads[i](h))
+        p_mean, p_stddev = gaussian_params(self.p_heads[i](h))
+        shift, raw_ratio = tf.split(self.q_heads[i](tf.concat([d, h], axis=-1)), 2, axis=-1)
+        ratio = tf.nn.softplus(tf.cast(raw_ratio, tf.float32) + _SOFTPLUS_OF_ONE) + SCALE_FLOOR
+        return (p_mean + tf.cast(shift, tf.float32), p_stddev * ratio), (p_mean, p_stddev)
 
     def draw(self, images, noise: list):
         """z ~ q(z|x) top down from each layer's standard normal `noise`
