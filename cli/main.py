@@ -364,6 +364,23 @@ def main():
     show_default=True,
     help="Epochs over which the KL weight ramps linearly from 0 to --beta.",
 )
+@click.option(
+    "--free-bits",
+    type=FiniteFloatRange(min=0, max=1000),
+    default=DEFAULTS.free_bits,
+    show_default=True,
+    metavar="NATS",
+    help="Count each stochastic layer's KL as at least NATS over the batch, with no "
+    "gradient below (free bits, against posterior collapse); 0: none.",
+)
+@click.option(
+    "--clip-norm",
+    type=FiniteFloatRange(min=0, min_open=True, max=1e6),
+    default=None,
+    metavar="NORM",
+    help="Clip the gradient's global norm to NORM before each update (against the "
+    "exploding gradients of deep VAEs) [default: none].",
+)
 @click.option("--seed", type=SEED, default=DEFAULTS.seed, show_default=True)
 @click.option(
     "--strategy",

@@ -163,6 +163,16 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
             Bad(("--beta", "nan"), r"0<=x<=1000"),
         ],
         "kl_warmup": non_negative_int("--kl-warmup"),
+        "free_bits": [
+            Bad(("--free-bits", "-1"), r"0<=x<=1000"),
+            Bad(("--free-bits", "nan"), r"0<=x<=1000"),
+            Bad(("--free-bits", "many"), "not a valid float"),
+        ],
+        "clip_norm": [
+            Bad(("--clip-norm", "0"), r"0<x<=1000000"),
+            Bad(("--clip-norm", "inf"), r"0<x<=1000000"),
+            Bad(("--clip-norm", "big"), "not a valid float"),
+        ],
         "seed": [
             *non_negative_int("--seed"),
             Bad(("--seed", str(2**32)), r"x<="),

@@ -152,7 +152,7 @@ class Settings:
         for field in ("hidden_units", "resize", "latent_dim"):
             if isinstance(values.get(field), list):
                 values[field] = tuple(values[field])
-        for field in ("learning_rate", "adam_epsilon", "beta"):
+        for field in ("learning_rate", "adam_epsilon", "beta", "free_bits", "clip_norm"):
             if is_int(values.get(field)):
                 values[field] = float(values[field])
         return cls(**values)
@@ -179,6 +179,7 @@ _OBJECTIVE_RULES: dict[str, Rule] = {
     "gradient_estimator": _one_of(GRADIENT_ESTIMATORS),
     "k": _POSITIVE,
     "beta": _number(0, 1000, "a number in [0, 1000]"),
+    "free_bits": _number(0, 1000, "nats in [0, 1000] per layer"),
 }
 
 
@@ -261,16 +262,19 @@ class ModelConfig(Settings):
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig(Settings):
     """What training minimises per image: the negative ELBO, with its KL
-    weighted by `beta` and ramped up from 0 over `kl_warmup_steps` steps, or
-    the negative importance-weighted bound of `k` samples (`iwae`), whose
-    encoder gradient is the bound's own or DReG's (`gradient_estimator`).
-    With the image shape and the `ModelConfig`, all a VAE is built from."""
+    weighted by `beta` and ramped up from 0 over `kl_warmup_steps` steps, and
+    each layer's KL counted as at least `free_bits` nats over the batch (no
+    gradient below: Kingma et al. 2016); or the negative importance-weighted
+    bound of `k` samples (`iwae`), whose encoder gradient is the bound's own
+    or DReG's (`gradient_estimator`). With the image shape and the
+    `ModelConfig`, all a VAE is built from."""
 
     objective: str = "elbo"
     k: int = 1
     beta: float = 1.0
     kl_warmup_steps: int = 0
     gradient_estimator: str = "standard"
+    free_bits: float = 0.0
 
     RULES: ClassVar[dict[str, Rule]] = {
         **_OBJECTIVE_RULES,
@@ -291,6 +295,8 @@ class ObjectiveConfig(Settings):
         settings = self.to_dict()
         if settings["gradient_estimator"] == "standard":
             del settings["gradient_estimator"]
+        if not settings["free_bits"]:
+            del settings["free_bits"]
         return settings
 
 
@@ -323,6 +329,8 @@ class TrainConfig(ModelConfig):
     k: int = 1
     beta: float = 1.0
     kl_warmup: int = 0
+    free_bits: float = 0.0
+    clip_norm: float | None = None
     seed: int = 0
     strategy: str = "auto"
     jit_compile: bool | None = None
@@ -358,6 +366,10 @@ class TrainConfig(ModelConfig):
         "seed": (lambda v: is_int(v) and 0 <= v <= MAX_SEED, f"an integer in 0..{MAX_SEED}"),
         "strategy": _one_of(STRATEGIES),
         "kl_warmup": (lambda v: is_int(v) and v >= 0, "epochs >= 0"),
+        "clip_norm": (
+            lambda v: v is None or (isinstance(v, float) and 0 < v <= 1e6),
+            "a gradient norm in (0, 1e6] or null (none)",
+        ),
         "jit_compile": (lambda v: v is None or isinstance(v, bool), "true, false or null (auto)"),
         "steps_per_execution": _OPTIONAL_POSITIVE,
         "mixed_precision": (lambda v: isinstance(v, bool), "true or false"),
@@ -383,6 +395,7 @@ class TrainConfig(ModelConfig):
             beta=self.beta,
             kl_warmup_steps=self.kl_warmup * steps_per_epoch,
             gradient_estimator=self.gradient_estimator,
+            free_bits=self.free_bits,
         )
 
     def _resolve_likelihood(self) -> None:

@@ -48,7 +48,9 @@ def compiled_vae(config: TrainConfig, data: RunData, placement: Placement) -> VA
                 config.lr_schedule, config.learning_rate, config.epochs, steps_per_epoch
             )
             model.compile(
-                optimizer=keras.optimizers.Adam(rate, epsilon=config.adam_epsilon),
+                optimizer=keras.optimizers.Adam(
+                    rate, epsilon=config.adam_epsilon, global_clipnorm=config.clip_norm
+                ),
                 # XLA on by default, CPU included: the step's random numbers
                 # are integer hashes (`tfvae.noise`), and fused the step runs
                 # faster (benchmarks/RESULTS.md).

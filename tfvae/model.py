@@ -119,6 +119,10 @@ class VAE(keras.Model):
     def gradient_estimator(self) -> str:
         return self.objective_config.gradient_estimator
 
+    @property
+    def free_bits(self) -> float:
+        return self.objective_config.free_bits
+
     # --- distributions ------------------------------------------------------
 
     @property
@@ -341,10 +345,12 @@ class VAE(keras.Model):
         log_w = self.log_weights(draw)
         k = tf.cast(tf.shape(draw.log_px_z)[0], tf.float32)
         log_likelihood = tf.reduce_mean(draw.log_px_z, axis=0)
-        kl = tf.add_n(self.kl_divergences(draw))
+        kls = self.kl_divergences(draw)
+        kl = tf.add_n(kls)
         return {
             "elbo": log_likelihood - kl,
             "kl": kl,
+            "trained_kl": self._with_free_bits(kls),
             "log_likelihood": log_likelihood,
             "iw_bound": tf.reduce_logsumexp(log_w, axis=0) - tf.math.log(k),
         }
@@ -374,6 +380,15 @@ class VAE(keras.Model):
         generative = [w for w in self.trainable_variables if all(w is not v for v in inference)]
         return inference, generative
 
+    def _with_free_bits(self, kls: list[tf.Tensor]) -> tf.Tensor:
+        """The KL the ELBO objective minimises, `[batch]`: each layer's counted
+        as `free_bits` nats wherever its mean over the batch is below that,
+        where it gets no gradient (free bits, Kingma et al. 2016)."""
+        if not self.free_bits:
+            return tf.add_n(kls)
+        floor = tf.constant(self.free_bits, tf.float32)
+        return tf.add_n([tf.where(tf.reduce_mean(kl) > floor, kl, floor) for kl in kls])
+
     def kl_weight(self):
         """beta, ramped up linearly from 0 over the first `kl_warmup_steps` steps."""
         if self.kl_warmup_steps <= 0:
@@ -386,7 +401,7 @@ class VAE(keras.Model):
         -(E_q[ln p(x|z)] - weight * KL) (the negative ELBO when the weight is 1)."""
         if self.objective == "iwae":
             return -terms["iw_bound"]
-        return -(terms["log_likelihood"] - self.kl_weight() * terms["kl"])
+        return -(terms["log_likelihood"] - self.kl_weight() * terms["trained_kl"])
 
     def _standard_normal(self, shape, seed=None):
         seed = self.seed_generator.next() if seed is None else seed
