@@ -55,6 +55,7 @@ def main() -> None:
         "run_dir", nargs="?", default=str(ROOT / "tests/fixtures/runs/mnist-default-0.1.0")
     )
     parser.add_argument("--screenshot", type=Path, default=None)
+    parser.add_argument("--name", default="web_page", help="names the results file")
     args = parser.parse_args()
     run, images = run_images(args.run_dir, "test", limit=256)
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,7 +73,7 @@ def main() -> None:
                 ready.append(page.evaluate("tfvaeInfo.loadMs"))
             timing = page.evaluate(LATENCY % CALLS, timeout=300)
             if args.screenshot:
-                if run.model.latent_dim == 2:
+                if run.model.code_dim == 2:
                     page.evaluate("tfvaeMoveTo(0.3, 0.35)")
                 args.screenshot.write_bytes(page.screenshot())
             errors = page.errors
@@ -90,7 +91,7 @@ def main() -> None:
         "page_errors": errors,
     }
     print(json.dumps(result, indent=1))
-    write_results("web_page", result)
+    write_results(args.name, result)
 
 
 if __name__ == "__main__":
