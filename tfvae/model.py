@@ -39,13 +39,15 @@ def _stateless_seed(seed):
 class Draw:
     """z drawn from q(z|x) for a batch, layer by layer, bottom (z_1) first:
     each layer's q and p as `(mean, stddev)` (p given the layer above's z;
-    None for the top layer, whose p is the model's prior), its codes `z`
-    `[k, batch, n_i]`, and log p(x|z_1) `[k, batch]`."""
+    None for the top layer, whose p is `top_prior`, the model's prior, made
+    once per draw), its codes `z` `[k, batch, n_i]`, and log p(x|z_1)
+    `[k, batch]`."""
 
     q: list[tuple[tf.Tensor, tf.Tensor]]
     p: list[tuple[tf.Tensor, tf.Tensor] | None]
     z: list[tf.Tensor]
     log_px_z: tf.Tensor
+    top_prior: tfd.Distribution
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -178,23 +180,24 @@ class VAE(keras.Model):
         intensities in [0, 1] (for the Bernoulli, its probabilities)."""
         if len(self.latent_dims) == 1:
             return self.decoder.mean(self.encode(images).mean())
+        _, _, z = self._mean_path(images)
+        return self.decoder.mean(z[0][0])
+
+    def _mean_path(self, images):
+        """q's and p's `(mean, stddev)` and z of every layer for zero noise:
+        each layer at its posterior mean given the means above, `[1, batch, n_i]`."""
         noise = tf.zeros([1, tf.shape(images)[0], self.noise_dim])
-        return self.decoder.mean(self.encoder.draw(images, self._noise_by_layer(noise))[2][0][0])
+        return self.encoder.draw(images, self._noise_by_layer(noise))
 
     def layer_means(self, images, batch_size: int = DECODE_BATCH) -> list[np.ndarray]:
         """E_q[z_i | x] of every layer, bottom first, each `[n, n_i]`, for every
         image of an array or streamed split (below the top, given the means
         of the layers above)."""
-        parts = []
+        batches = []
         for _, x in array_batches(images, batch_size):
-            noise = tf.zeros([1, len(x), self.noise_dim])
-            parts.append(
-                [
-                    np.asarray(q[0]).reshape(len(x), -1)
-                    for q in self.encoder.draw(x, self._noise_by_layer(noise))[0]
-                ]
-            )
-        return [np.concatenate(layer) for layer in zip(*parts, strict=True)]
+            q, _, _ = self._mean_path(x)
+            batches.append([np.asarray(mean).reshape(len(x), -1) for mean, _ in q])
+        return [np.concatenate(layer) for layer in zip(*batches, strict=True)]
 
     def posterior_means(self, images, batch_size: int = DECODE_BATCH) -> np.ndarray:
         """E_q[z_L | x], the top layer's codes, for every image of an array or
@@ -284,15 +287,15 @@ class VAE(keras.Model):
         reparameterization written out (the distributions' bijectors keep
         every traced graph alive in a global cache), and log p(x|z_1)."""
         q, p, z = self.encoder.draw(images, self._noise_by_layer(noise))
-        return Draw(q, p, z, self.log_likelihood(images, z[0]))
+        return Draw(q, p, z, self.log_likelihood(images, z[0]), self.top_prior())
 
     def log_weights(self, draw: Draw):
         """Importance log-weights log p(x|z) + log p(z) - log q(z|x), `[k, batch]`,
         summed over the layers: the one implementation behind the IWAE bound
         and the NLL estimate."""
-        log_w, top = draw.log_px_z, self.top_prior()
+        log_w = draw.log_px_z
         for q_i, p_i, z_i in zip(draw.q, draw.p, draw.z, strict=True):
-            p_z = top if p_i is None else diag_normal(*p_i)
+            p_z = draw.top_prior if p_i is None else diag_normal(*p_i)
             log_w = log_w + p_z.log_prob(z_i) - diag_normal(*q_i).log_prob(z_i)
         return log_w
 
@@ -314,9 +317,9 @@ class VAE(keras.Model):
             if p_i is not None:
                 found.append(tf.reduce_mean(tfd.kl_divergence(q_z, diag_normal(*p_i)), axis=0))
             elif self.model_config.pseudo_inputs:
-                found.append(tf.reduce_mean(q_z.log_prob(z_i) - self.top_prior().log_prob(z_i), 0))
+                found.append(tf.reduce_mean(q_z.log_prob(z_i) - draw.top_prior.log_prob(z_i), 0))
             else:
-                found.append(tfd.kl_divergence(q_z, self.top_prior()))
+                found.append(tfd.kl_divergence(q_z, draw.top_prior))
         return found
 
     def elbo_terms(self, images, noise=None, seed=None) -> dict[str, tf.Tensor]:
