@@ -66,15 +66,16 @@ def test_the_log_first_says_what_it_found(trained):
     """Before training, `tfvae train` says what it found, as Keras' "Found N
     files belonging to C classes" does: the data set with its image count
     per split, shape and classes, the likelihood (chosen for the user here),
-    and where it trains in the words config.json records (`placement`:
+    the objective with its KL terms and prior, and where it trains in the words config.json records (`placement`:
     one CPU is what `--strategy auto` gives on this machine)."""
     lines = (trained.parent / "small.log").read_text().splitlines()
     state = json.loads((trained / "config.json").read_text())
     assert state["placement"] == "one CPU" and state["replicas"] == 1
-    assert lines[:3] == [
+    assert lines[:4] == [
         "Data: mnist: 1,000 training and 1,000 test images, 28x28 grey, 10 classes",
         "Likelihood: Bernoulli pixels, binarized afresh every pass (the default here; "
         "--likelihood changes it)",
+        "Objective: ELBO, KL analytic; z of 2, prior N(0, I)",
         f"Training on one CPU, in {trained}",
     ]
 

@@ -252,9 +252,10 @@ def test_train_and_export_json_and_a_log_a_person_reads(tmp_path):
     result = tfvae("train", *TINY, "--epochs", "3", "--run-dir", run, "--json")
     lines = result.stderr.strip().splitlines()
     epoch = r"Epoch {}/3: loss \d+\.\d\d, test -ELBO \d+\.\d\d \(KL \d+\.\d\d\), \d+\.\d s"
-    assert re.fullmatch(epoch.format(1), lines[3]), lines[3]
-    assert re.fullmatch(epoch.format(2) + r"(, about \d+ s left)?", lines[4]), lines[4]
-    assert re.fullmatch(epoch.format(3), lines[5]), lines[5]
+    assert lines[2].startswith("Objective: ELBO") and lines[3].startswith("Training on ")
+    assert re.fullmatch(epoch.format(1), lines[4]), lines[4]
+    assert re.fullmatch(epoch.format(2) + r"(, about \d+ s left)?", lines[5]), lines[5]
+    assert re.fullmatch(epoch.format(3), lines[6]), lines[6]
     assert "e+0" not in result.stderr and "━" not in result.stderr and "\r" not in result.stderr
     summary = json.loads(result.stdout)
     state = json.loads((run / "config.json").read_text())

@@ -34,11 +34,12 @@ def test_training_shows_a_live_line_per_epoch_then_one_line_that_stays(tmp_path)
     assert session.returncode == 0, session.raw
     lines = session.lines
     assert lines[0].startswith("Data: mnist: 2,000 training and 2,000 test images")
-    assert lines[2] == f"Training on one CPU, in {run}"
-    assert re.fullmatch(EPOCH.format(1), lines[3]), lines
-    assert re.fullmatch(EPOCH.format(2), lines[4]), lines
-    assert lines[5:7] == [f"Run folder: {run}", lines[6]] and lines[6].startswith("Test ELBO: ")
-    assert len(lines) == 7, lines
+    assert lines[2] == "Objective: ELBO, KL analytic; z of 20, prior N(0, I)"
+    assert lines[3] == f"Training on one CPU, in {run}"
+    assert re.fullmatch(EPOCH.format(1), lines[4]), lines
+    assert re.fullmatch(EPOCH.format(2), lines[5]), lines
+    assert lines[6:8] == [f"Run folder: {run}", lines[7]] and lines[7].startswith("Test ELBO: ")
+    assert len(lines) == 8, lines
     assert "Epoch 1/2 [" in session.raw and "16/16" in session.raw  # the live line
     assert all(done <= total for done, total in counts(session.raw)), counts(session.raw)
     assert "val_" not in session.raw and "━" not in session.raw
