@@ -53,6 +53,7 @@ _KERAS_CLASSES = {
     "VAE": "tfvae.model",
     "GaussianEncoder": "tfvae.layers",
     "ImageDecoder": "tfvae.layers",
+    "TopDownEncoder": "tfvae.layers",
     "MeanTerms": "tfvae.metrics",
 }
 

@@ -288,8 +288,13 @@ class TopDownEncoder(_Coder):
         `(mean, stddev)` of q's top layer), then each layer i from
         `below(i, z_(i+1))`'s `(mean, stddev)`."""
         names = [f"z_{i + 1}" for i in range(len(self.q_heads))]
-        if isinstance(top, tuple):
-            top = diag_normal(*top, name=names[-1])
+        # The top layer is named z_L in q and p alike, so a draw of one is a
+        # value of the other by name (`p.log_prob(**q_draw._asdict())`).
+        top = (
+            diag_normal(*top, name=names[-1])
+            if isinstance(top, tuple)
+            else top.copy(name=names[-1])
+        )
 
         def layers():
             z = yield tfd.JointDistributionCoroutine.Root(top)
