@@ -47,3 +47,34 @@ def mnist():
     from tfvae.data import load_dataset
 
     return load_dataset("mnist")
+
+
+@pytest.fixture(scope="session")
+def tiny_finished_run(tmp_path_factory):
+    """A finished run of the tiny settings (256 images, one epoch), trained in this process."""
+    from harness import TINY_SETTINGS, quiet
+
+    import tfvae
+    from tfvae.config import TrainConfig
+
+    run = tmp_path_factory.mktemp("finished") / "run"
+    tfvae.train(TrainConfig(**TINY_SETTINGS), run, verbose=0, echo=quiet)
+    return run
+
+
+@pytest.fixture
+def copy_of_tiny_run(tiny_finished_run, tmp_path):
+    """The tiny finished run copied into this test's folder, to damage at will."""
+    import shutil
+
+    return shutil.copytree(tiny_finished_run, tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def untrained_tiny_vae():
+    """A built, untrained VAE (784-16-2): what export and serving tests need."""
+    from tfvae.model import VAE
+
+    vae = VAE(latent_dim=2, hidden_units=(16,), seed=0)
+    vae.build()
+    return vae

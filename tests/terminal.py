@@ -11,15 +11,11 @@ import pty
 import select
 import struct
 import subprocess
-import sys
 import termios
 import time
 
 import pyte
-
-TFVAE = [sys.executable, "-m", "tfvae"]
-# As users run it: the command line then silences TensorFlow's start-up lines.
-ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+from harness import TFVAE, USER_ENV
 
 
 @dataclasses.dataclass
@@ -49,7 +45,7 @@ def run_in_terminal(
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     size = {"TERM": "xterm-256color", "COLUMNS": str(columns), "LINES": str(rows)}
-    env = {**ENV, **size, **(env or {})}
+    env = {**USER_ENV, **size, **(env or {})}
     process = subprocess.Popen(
         [*TFVAE, *map(str, args)],
         stdin=follower,

@@ -11,33 +11,23 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from harness import FINISHED_RUN_0_1_0, SMALL_2D_OPTIONS, TFVAE, invoke, tfvae
 from PIL import Image
 
 from tfvae.cli.main import main
 
-TFVAE = [sys.executable, "-m", "tfvae"]
-SMALL = ["--limit", "1000", "--hidden", "64", "--latent-dim", "2"]
-
-
-def tfvae(*args, check=True) -> subprocess.CompletedProcess:
-    result = subprocess.run([*TFVAE, *map(str, args)], capture_output=True, text=True, timeout=300)
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def run_2d_2_epochs(tmp_path_factory) -> Path:
     """A real 2-epoch run on 1000 images with a 2-D latent space."""
     run = tmp_path_factory.mktemp("runs") / "small"
-    result = tfvae("train", *SMALL, "--epochs", "2", "--run-dir", run)
+    result = tfvae("train", *SMALL_2D_OPTIONS, "--epochs", "2", "--run-dir", run)
     assert f"Run folder: {run}" in result.stdout
     (run.parent / "small.log").write_text(result.stdout)  # beside the run, not in it
     return run
 
 
-def test_train_writes_a_complete_run_folder(trained):
+def test_train_writes_a_complete_run_folder(run_2d_2_epochs):
     """Every file the CLI contract names is there and readable."""
     for name in (
         "config.json",
@@ -48,58 +38,59 @@ def test_train_writes_a_complete_run_folder(trained):
         "manifold.png",
         "latent.png",
     ):
-        assert (trained / name).is_file(), name
-    assert any((trained / "logs").rglob("events.out.tfevents.*"))
-    assert not (trained / "backup").exists()
-    state = json.loads((trained / "config.json").read_text())
+        assert (run_2d_2_epochs / name).is_file(), name
+    assert any((run_2d_2_epochs / "logs").rglob("events.out.tfevents.*"))
+    assert not (run_2d_2_epochs / "backup").exists()
+    state = json.loads((run_2d_2_epochs / "config.json").read_text())
     assert state["status"] == "finished"
     assert state["config"]["latent_dim"] == 2 and state["config"]["hidden_units"] == [64]
     assert state["versions"]["tensorflow"].startswith("2.")
-    rows = (trained / "metrics.csv").read_text().splitlines()
+    rows = (run_2d_2_epochs / "metrics.csv").read_text().splitlines()
     assert rows[0].split(",")[:2] == ["epoch", "train_loss"] and len(rows) == 3
     last = dict(zip(rows[0].split(","), rows[-1].split(","), strict=True))
     assert float(last["test_loss"]) == pytest.approx(-float(last["test_elbo"]))
     assert 0 < float(last["seconds"]) < 120
 
 
-def test_the_log_first_says_what_it_found(trained):
+def test_the_log_first_says_what_it_found(run_2d_2_epochs):
     """Before training, `tfvae train` says what it found, as Keras' "Found N
     files belonging to C classes" does: the data set with its image count
     per split, shape and classes, the likelihood (chosen for the user here),
-    the objective with its KL terms and prior, and where it trains in the words config.json records (`placement`:
-    one CPU is what `--strategy auto` gives on this machine)."""
-    lines = (trained.parent / "small.log").read_text().splitlines()
-    state = json.loads((trained / "config.json").read_text())
+    the objective with its KL terms and prior, and where it trains in the
+    words config.json records (`placement`: one CPU is what `--strategy auto`
+    gives on this machine)."""
+    lines = (run_2d_2_epochs.parent / "small.log").read_text().splitlines()
+    state = json.loads((run_2d_2_epochs / "config.json").read_text())
     assert state["placement"] == "one CPU" and state["replicas"] == 1
     assert lines[:4] == [
         "Data: mnist: 1,000 training and 1,000 test images, 28x28 grey, 10 classes",
         "Likelihood: Bernoulli pixels, binarized afresh every pass (the default here; "
         "--likelihood changes it)",
         "Objective: ELBO, KL analytic; z of 2, prior N(0, I)",
-        f"Training on one CPU, in {trained}",
+        f"Training on one CPU, in {run_2d_2_epochs}",
     ]
 
 
-def test_evaluate_json_matches_training_and_bounds(trained):
+def test_evaluate_json_matches_training_and_bounds(run_2d_2_epochs):
     """The JSON line has the contract's keys; the IW NLL is at most -ELBO (plus noise)
     and the ELBO equals the one training reported on the same fixed binarization."""
-    out = tfvae("evaluate", trained, "--k", "50", "--json").stdout.strip().splitlines()[-1]
+    out = tfvae("evaluate", run_2d_2_epochs, "--k", "50", "--json").stdout.strip().splitlines()[-1]
     scores = json.loads(out)
     assert {"split", "n_images", "k", "elbo", "kl", "log_likelihood", "nll"} <= set(scores)
     assert scores["split"] == "test" and scores["n_images"] == 1000 and scores["k"] == 50
     assert scores["elbo"] == pytest.approx(scores["log_likelihood"] - scores["kl"], abs=1e-6)
     assert scores["nll"] <= -scores["elbo"] + 0.5
-    trained_test = json.loads((trained / "config.json").read_text())["test"]
+    trained_test = json.loads((run_2d_2_epochs / "config.json").read_text())["test"]
     assert scores["elbo"] == pytest.approx(trained_test["elbo"], abs=1e-4)
 
 
-def test_sample_png_is_a_seeded_grid(trained, tmp_path):
+def test_sample_png_is_a_seeded_grid(run_2d_2_epochs, tmp_path):
     """-n 9 gives a 3x3 grid of 56-pixel cells (2x scale, 2-pixel gaps); the
     same seed gives the same picture, another seed another one."""
     a, b, c = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
-    tfvae("sample", trained, "-n", "9", "--seed", "4", "-o", a)
-    tfvae("sample", trained, "-n", "9", "--seed", "4", "-o", b)
-    tfvae("sample", trained, "-n", "9", "--seed", "5", "-o", c)
+    tfvae("sample", run_2d_2_epochs, "-n", "9", "--seed", "4", "-o", a)
+    tfvae("sample", run_2d_2_epochs, "-n", "9", "--seed", "4", "-o", b)
+    tfvae("sample", run_2d_2_epochs, "-n", "9", "--seed", "5", "-o", c)
     pictures = [np.asarray(Image.open(p)) for p in (a, b, c)]
     assert pictures[0].shape == (3 * 58 + 2, 3 * 58 + 2)
     np.testing.assert_array_equal(pictures[0], pictures[1])
@@ -139,9 +130,6 @@ def assert_pairs_stacked(picture: np.ndarray, originals, reconstructions, column
         assert (cell(2 * row, column) == 255).all() and (cell(2 * row + 1, column) == 255).all()
 
 
-TRAINED_0_1_0 = Path(__file__).parent / "fixtures" / "runs" / "mnist-default-0.1.0"
-
-
 @pytest.mark.parametrize("n", [5, 20])
 def test_reconstruct_keeps_each_original_above_its_reconstruction(n, tmp_path):
     """The fully trained run: 5 images in one pair of rows; 20 in two pairs,
@@ -149,8 +137,8 @@ def test_reconstruct_keeps_each_original_above_its_reconstruction(n, tmp_path):
     from tfvae.runs import run_images
 
     path = tmp_path / "r.png"
-    tfvae("reconstruct", TRAINED_0_1_0, "-n", n, "-o", path)
-    run, images = run_images(TRAINED_0_1_0, "test", limit=n)
+    tfvae("reconstruct", FINISHED_RUN_0_1_0, "-n", n, "-o", path)
+    run, images = run_images(FINISHED_RUN_0_1_0, "test", limit=n)
     reconstructions = np.asarray(run.model.reconstruct(images))
     assert_pairs_stacked(np.asarray(Image.open(path)), images, reconstructions)
 
@@ -176,8 +164,10 @@ def test_a_runs_reconstructions_of_a_small_test_split_stay_paired(tmp_path, writ
     assert_pairs_stacked(picture, images, reconstructions)
 
 
-def test_finished_run_is_not_overwritten_without_flag(trained):
-    result = tfvae("train", *SMALL, "--epochs", "2", "--run-dir", trained, check=False)
+def test_finished_run_is_not_overwritten_without_flag(run_2d_2_epochs):
+    result = tfvae(
+        "train", *SMALL_2D_OPTIONS, "--epochs", "2", "--run-dir", run_2d_2_epochs, check=False
+    )
     assert result.returncode == 1
     assert "already finished" in result.stderr and "--overwrite" in result.stderr
     assert "Traceback" not in result.stderr
@@ -208,41 +198,38 @@ def test_finished_run_is_not_overwritten_without_flag(trained):
 )
 def test_bad_option_values_are_usage_errors(args, option):
     """One message naming the option, exit code 2, no traceback."""
-    result = CliRunner().invoke(main, args)
+    result = invoke(*args)
     assert result.exit_code == 2, result.output
     assert option in result.output
     assert "Traceback" not in result.output
 
 
 def test_run_folder_errors_name_the_folder_and_fix(tmp_path):
-    runner = CliRunner()
-    result = runner.invoke(main, ["evaluate", str(tmp_path)])
+    result = invoke("evaluate", str(tmp_path))
     assert result.exit_code == 1 and "not a run folder" in result.output
 
     (tmp_path / "config.json").write_text("{not json")
-    result = runner.invoke(main, ["sample", str(tmp_path)])
+    result = invoke("sample", str(tmp_path))
     assert result.exit_code == 1 and "unreadable" in result.output
 
     (tmp_path / "config.json").write_text(
         json.dumps({"config": {}, "image_shape": [28, 28, 1], "status": "running"})
     )
-    result = runner.invoke(main, ["evaluate", str(tmp_path)])
+    result = invoke("evaluate", str(tmp_path))
     assert result.exit_code == 1
     assert "has not finished" in result.output and "resume" in result.output
 
 
 def test_bad_dataset_leaves_no_run_folder(tmp_path):
     run = tmp_path / "run"
-    result = CliRunner().invoke(
-        main, ["train", "--dataset", f"idx:{tmp_path / 'nowhere'}", "--run-dir", str(run)]
-    )
+    result = invoke("train", "--dataset", f"idx:{tmp_path / 'nowhere'}", "--run-dir", str(run))
     assert result.exit_code == 1 and "no such folder" in result.output
     assert not run.exists()
 
 
 def test_foreign_folder_is_never_used_as_run_dir(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    result = CliRunner().invoke(main, ["train", "--run-dir", str(tmp_path), "--overwrite"])
+    result = invoke("train", "--run-dir", str(tmp_path), "--overwrite")
     assert result.exit_code == 1 and "not a tfvae run folder" in result.output
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
@@ -267,7 +254,7 @@ def test_every_commands_help_has_examples_of_that_command():
     an "Example" heading followed by a line that runs that very command."""
     assert set(main.commands) >= {"train", "resume", "evaluate", "sample", "export"}
     for name in main.commands:
-        result = CliRunner().invoke(main, [name, "--help"])
+        result = invoke(name, "--help")
         assert result.exit_code == 0, result.output
         lines = [line.strip() for line in result.output.splitlines()]
         heading = next((i for i, line in enumerate(lines) if line.startswith("Example")), None)
@@ -343,15 +330,16 @@ def test_sigkilled_training_resumes_to_the_requested_epochs(tmp_path):
     assert json.loads((run / "config.json").read_text())["status"] == "finished"
 
 
-def test_export_versions_and_formats(trained, tmp_path):
+@pytest.mark.slow
+def test_export_versions_and_formats(run_2d_2_epochs, tmp_path):
     """SavedModel versions count up; TFLite files carry a manifest measured on
     real test images; an existing version is refused with exit code 1."""
     out = tmp_path / "exports"
-    first = tfvae("export", trained, "--out", out, "--name", "vae")
+    first = tfvae("export", run_2d_2_epochs, "--out", out, "--name", "vae")
     assert f"{out / 'vae' / '1'}" in first.stdout
     tfvae(
         "export",
-        trained,
+        run_2d_2_epochs,
         "--out",
         out,
         "--name",
@@ -361,16 +349,18 @@ def test_export_versions_and_formats(trained, tmp_path):
         "--quantize",
         "dynamic",
     )
-    tfvae("export", trained, "--out", out, "--name", "vae")
+    tfvae("export", run_2d_2_epochs, "--out", out, "--name", "vae")
     assert sorted(p.name for p in (out / "vae").iterdir()) == ["1", "2", "tflite"]
     assert (out / "vae" / "2" / "saved_model.pb").is_file()
     manifest = json.loads((out / "vae" / "tflite" / "manifest.json").read_text())
     assert manifest["quantization"] == "dynamic"
     assert manifest["checked_on"].startswith("256 given images")
-    again = tfvae("export", trained, "--out", out, "--name", "vae", "--version", "1", check=False)
+    again = tfvae(
+        "export", run_2d_2_epochs, "--out", out, "--name", "vae", "--version", "1", check=False
+    )
     assert again.returncode == 1 and "already exists" in again.stderr
     assert "Traceback" not in again.stderr
-    replaced = tfvae("export", trained, "-o", out, "--name", "vae", "--format", "tflite")
+    replaced = tfvae("export", run_2d_2_epochs, "-o", out, "--name", "vae", "--format", "tflite")
     assert (
         f"Replacing {out}/vae/tflite (quantization dynamic, batch dynamic) with "
         "quantization none, batch dynamic"
@@ -389,7 +379,7 @@ def test_export_versions_and_formats(trained, tmp_path):
 def test_export_refuses_options_that_shape_nothing_it_writes(options, said, tmp_path):
     """Before anything is loaded or written: one line, exit 1."""
     out = tmp_path / "exports"
-    result = CliRunner().invoke(main, ["export", str(TRAINED_0_1_0), "-o", str(out), *options])
+    result = invoke("export", str(FINISHED_RUN_0_1_0), "-o", str(out), *options)
     assert result.exit_code == 1 and said in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and not out.exists()
 
@@ -398,13 +388,13 @@ def test_export_refuses_options_that_shape_nothing_it_writes(options, said, tmp_
     ("suffix", "kind"), [(".png", "PNG"), (".jpg", "JPEG"), (".JPEG", "JPEG"), (".webp", "WEBP")]
 )
 def test_pictures_are_written_as_their_suffix_says_and_json_lists_them(
-    trained, tmp_path, suffix, kind
+    run_2d_2_epochs, tmp_path, suffix, kind
 ):
     """`-o` picks the format; --json prints one object naming the file, its
     size and what it shows, and the line for people goes to stderr."""
     out = tmp_path / f"samples{suffix}"
-    result = CliRunner().invoke(
-        main, ["sample", str(trained), "-n", "4", "--seed", "2", "-o", str(out), "--json"]
+    result = invoke(
+        "sample", str(run_2d_2_epochs), "-n", "4", "--seed", "2", "-o", str(out), "--json"
     )
     assert result.exit_code == 0, result.output
     picture = Image.open(out)
@@ -420,9 +410,9 @@ def test_pictures_are_written_as_their_suffix_says_and_json_lists_them(
 
 
 @pytest.mark.parametrize("command", ["sample", "reconstruct", "interpolate"])
-def test_a_picture_suffix_nothing_writes_is_refused_first(trained, tmp_path, command):
+def test_a_picture_suffix_nothing_writes_is_refused_first(run_2d_2_epochs, tmp_path, command):
     out = tmp_path / "p.gif"
-    result = CliRunner().invoke(main, [command, str(trained), "-o", str(out)])
+    result = invoke(command, str(run_2d_2_epochs), "-o", str(out))
     assert result.exit_code == 1 and not out.exists()
     assert result.output == (
         f"Error: {out}: tfvae writes pictures as .png, .jpg (.jpeg) or .webp files; "
@@ -430,26 +420,24 @@ def test_a_picture_suffix_nothing_writes_is_refused_first(trained, tmp_path, com
     )
 
 
-def test_reconstruct_and_interpolate_json_say_what_they_drew(trained, tmp_path):
+def test_reconstruct_and_interpolate_json_say_what_they_drew(run_2d_2_epochs, tmp_path):
     out = tmp_path / "r.png"
-    shown = CliRunner().invoke(
-        main, ["reconstruct", str(trained), "-n", "3", "-o", str(out), "--json"]
-    )
+    shown = invoke("reconstruct", str(run_2d_2_epochs), "-n", "3", "-o", str(out), "--json")
     assert json.loads(shown.stdout)["images"] == 3 and Image.open(out).size == (
         3 * 58 + 2,
         2 * 58 + 2,
     )
     out = tmp_path / "i.png"
-    path = CliRunner().invoke(
-        main, ["interpolate", str(trained), "--to", "5", "-n", "4", "-o", str(out), "--json"]
+    path = invoke(
+        "interpolate", str(run_2d_2_epochs), "--to", "5", "-n", "4", "-o", str(out), "--json"
     )
     drawn = json.loads(path.stdout)
     assert (drawn["steps"], drawn["indices"], drawn["split"]) == (4, [0, 5], "test")
     assert drawn["files"] == [{"path": str(out), "width": 6 * 58 + 2, "height": 60}]
 
 
-def test_export_into_a_file_is_refused(trained, tmp_path):
+def test_export_into_a_file_is_refused(run_2d_2_epochs, tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
-    result = tfvae("export", trained, "--out", target / "sub", check=False)
+    result = tfvae("export", run_2d_2_epochs, "--out", target / "sub", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr

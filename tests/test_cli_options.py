@@ -17,7 +17,7 @@ import re
 
 import click
 import pytest
-from click.testing import CliRunner
+from harness import invoke
 
 import tfvae.cli.main
 from tfvae.cli.main import main
@@ -75,6 +75,16 @@ def non_negative_int(option: str) -> list[Bad]:
     ]
 
 
+def positive_list(option: str, good: str) -> list[Bad]:
+    """What every comma-separated list of positive integers refuses."""
+    not_a_list = "comma-separated list of integers"
+    return [
+        Bad((option, "0"), "positive integer"),
+        Bad((option, f"{good},-1"), "positive integer"),
+        *(Bad((option, value), not_a_list) for value in (f"{good},x", ",", "2.5", "ten", "")),
+    ]
+
+
 def choice(option: str, allowed, bad=("bogus", "", "MLP ")) -> list[Bad]:
     return [Bad((option, value), choices(allowed)) for value in bad]
 
@@ -113,27 +123,14 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
             Bad(("--resize", "28"), "requires 2 arguments"),
         ],
         "arch": choice("--arch", ARCHS, bad=("resnet", "", "MLP")),
-        "latent_dim": [
-            Bad(("--latent-dim", "0"), "positive integer"),
-            Bad(("--latent-dim", "32,-1"), "positive integer"),
-            Bad(("--latent-dim", "ten"), "comma-separated list of integers"),
-            Bad(("--latent-dim", "2.5"), "comma-separated list of integers"),
-            Bad(("--latent-dim", ""), "comma-separated list of integers"),
-        ],
+        "latent_dim": positive_list("--latent-dim", "32"),
         "prior": [
             Bad(("--prior", "gaussian"), r"normal, or vamp:K"),
             Bad(("--prior", "vamp:0"), r"normal, or vamp:K"),
             Bad(("--prior", "vamp:"), r"normal, or vamp:K"),
             Bad(("--prior", "vamp:20000"), r"K pseudo-inputs in 1\.\.10000"),
         ],
-        "hidden": [
-            Bad(("--hidden", "0"), "positive integer"),
-            Bad(("--hidden", "400,-1"), "positive integer"),
-            Bad(("--hidden", "4,x"), "comma-separated list of integers"),
-            Bad(("--hidden", ","), "comma-separated list of integers"),
-            Bad(("--hidden", "1.5"), "comma-separated list of integers"),
-            Bad(("--hidden", ""), "comma-separated list of integers"),
-        ],
+        "hidden": positive_list("--hidden", "400"),
         "activation": choice("--activation", ACTIVATIONS, bad=("sigmoid", "")),
         "epochs": positive_int("--epochs"),
         "batch_size": positive_int("--batch-size"),
@@ -341,30 +338,30 @@ def test_invalid_value_is_a_usage_error(command, param_name, bad, places):
         needs_run = any(isinstance(p, click.Argument) for p in params.values())
         invocation = [command, *([places["tmp"]] if needs_run else []), *args]
         labels = [*param.opts, *param.secondary_opts]
-    result = CliRunner().invoke(main, invocation)
+    result = invoke(*invocation)
     _check_usage_error(result, labels, bad.allowed)
 
 
 @pytest.mark.parametrize("bad", GROUP_TABLE["version"], ids=lambda b: b.args[0])
 def test_group_options(bad):
-    result = CliRunner().invoke(main, list(bad.args))
+    result = invoke(*bad.args)
     _check_usage_error(result, ["--version"], bad.allowed)
 
 
 @pytest.mark.parametrize("command", sorted(main.commands))
 def test_unknown_option_is_a_usage_error(command, places):
     """A misspelt option is refused by name (and click suggests the real one)."""
-    result = CliRunner().invoke(main, [command, "--epoch", "3"])
+    result = invoke(command, "--epoch", "3")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "No such option '--epoch'" in result.output
 
 
 def test_unknown_command_is_a_usage_error():
-    result = CliRunner().invoke(main, ["trian"])
+    result = invoke("trian")
     assert result.exit_code == 2 and "No such command 'trian'" in result.output
 
 
 def test_tripwire_catches_an_accepted_value(places):
     """The tripwire itself works: a valid invocation reaches the body."""
-    result = CliRunner().invoke(main, ["evaluate", places["tmp"]])
+    result = invoke("evaluate", places["tmp"])
     assert isinstance(result.exception, BodyReached)

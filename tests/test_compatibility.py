@@ -9,20 +9,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from harness import FINISHED_RUN_0_1_0, UNFINISHED_RUN_0_1_0, invoke
 
-from tfvae.cli.main import main
 from tfvae.evaluation import evaluate_elbo
 from tfvae.runs import load_run, read_state, run_images
 from tfvae.training import train
-
-RUNS = Path(__file__).parent / "fixtures" / "runs"
-FINISHED = RUNS / "mnist-default-0.1.0"
-UNFINISHED = RUNS / "unfinished-0.1.0"
 
 
 def test_the_finished_run_scores_what_it_recorded():
@@ -33,8 +27,8 @@ def test_the_finished_run_scores_what_it_recorded():
     so the log-likelihood term moves by the noise of one draw: 0.05 nats on
     this run; 0.2 allows for it and still refuses any other weights.
     """
-    run, images = run_images(FINISHED, "test")
-    recorded = json.loads((FINISHED / "config.json").read_text())["test"]
+    run, images = run_images(FINISHED_RUN_0_1_0, "test")
+    recorded = json.loads((FINISHED_RUN_0_1_0 / "config.json").read_text())["test"]
     scores = evaluate_elbo(run.model, images)
     assert scores["kl"] == pytest.approx(recorded["kl"], abs=1e-3)
     for key in ("elbo", "log_likelihood"):
@@ -43,9 +37,9 @@ def test_the_finished_run_scores_what_it_recorded():
 
 def test_the_finished_run_samples_through_the_cli(tmp_path):
     out = tmp_path / "samples.png"
-    result = CliRunner().invoke(main, ["sample", str(FINISHED), "-n", "16", "-o", str(out)])
+    result = invoke("sample", str(FINISHED_RUN_0_1_0), "-n", "16", "-o", str(out))
     assert result.exit_code == 0, result.output
-    model = load_run(FINISHED).model
+    model = load_run(FINISHED_RUN_0_1_0).model
     from PIL import Image
 
     grid = np.asarray(Image.open(out))
@@ -55,14 +49,14 @@ def test_the_finished_run_samples_through_the_cli(tmp_path):
 
 def test_the_unfinished_run_resumes_to_its_epochs(tmp_path):
     run_dir = tmp_path / "unfinished"
-    shutil.copytree(UNFINISHED, run_dir)
+    shutil.copytree(UNFINISHED_RUN_0_1_0, run_dir)
     config = read_state(run_dir).config
     result = train(config, run_dir, echo=lambda _: None, verbose=0)
     assert result.initial_epoch == 2
     rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows] == list(range(1, config.epochs + 1))
     first = [float(v) for v in rows[0].split(",")[1:-1]]
-    before = (UNFINISHED / "metrics.csv").read_text().splitlines()[1]
+    before = (UNFINISHED_RUN_0_1_0 / "metrics.csv").read_text().splitlines()[1]
     assert first == [float(v) for v in before.split(",")[1:-1]]  # kept, not replayed
     assert read_state(run_dir).status == "finished"
     assert load_run(run_dir).model.latent_dim == 2
@@ -94,7 +88,7 @@ def test_a_run_model_loads_in_plain_keras_and_scores_image_arrays(order, tmp_pat
     import subprocess
     import sys
 
-    run, images = run_images(FINISHED, "test", limit=1000)
+    run, images = run_images(FINISHED_RUN_0_1_0, "test", limit=1000)
     np.save(tmp_path / "x.npy", images)
     done = subprocess.run(
         [
@@ -102,7 +96,7 @@ def test_a_run_model_loads_in_plain_keras_and_scores_image_arrays(order, tmp_pat
             "-c",
             PLAIN_KERAS,
             order,
-            str(FINISHED / "model.keras"),
+            str(FINISHED_RUN_0_1_0 / "model.keras"),
             tmp_path / "x.npy",
         ],
         capture_output=True,

@@ -15,6 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import (
+    FINISHED_RUN_0_1_0,
+    SMALL_OPTIONS,
+    TFVAE,
+    UNFINISHED_RUN_0_1_0,
+    USER_ENV,
+    invoke,
+    tfvae,
+)
 from PIL import Image
 
 from tfvae.callbacks import EpochLog
@@ -23,27 +32,13 @@ from tfvae.errors import RunError
 from tfvae.progress import Progress, duration
 from tfvae.runs import lock_folder
 
-TFVAE = [sys.executable, "-m", "tfvae"]
-# No XLA: its compile adds seconds to every process and is not what these tests check.
-TINY = ["--limit", "1000", "--hidden", "32", "--batch-size", "100", "--no-jit-compile"]
-# As users run it: the command line then silences TensorFlow's start-up lines.
-ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-
-
-def tfvae(*args, check=True) -> subprocess.CompletedProcess:
-    command = [*TFVAE, *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENV)
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
 
 def _start_training(run: Path, epochs: int) -> subprocess.Popen:
     """A real `tfvae train` in the background, returned once it holds its lock
     and has written its first checkpoint."""
-    args = [*TFVAE, "train", *TINY, "--epochs", str(epochs), "--run-dir", str(run)]
+    args = [*TFVAE, "train", *SMALL_OPTIONS, "--epochs", str(epochs), "--run-dir", str(run)]
     process = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=USER_ENV
     )
     deadline = time.time() + 120
     while not (run / "backup" / "epoch-00001").is_dir():
@@ -69,13 +64,13 @@ def test_a_second_process_on_a_training_folder_is_refused_and_the_first_is_unaff
     first = _start_training(run, epochs=5)
     os.kill(first.pid, signal.SIGSTOP)
     seconds = [
-        ["train", *TINY, "--epochs", "5", "--run-dir", run],
+        ["train", *SMALL_OPTIONS, "--epochs", "5", "--run-dir", run],
         ["resume", run],
-        ["train", *TINY, "--epochs", "5", "--run-dir", run, "--overwrite"],
+        ["train", *SMALL_OPTIONS, "--epochs", "5", "--run-dir", run, "--overwrite"],
     ]
     refused = [
         subprocess.Popen(
-            [*TFVAE, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV
+            [*TFVAE, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=USER_ENV
         )
         for args in seconds
     ]
@@ -117,9 +112,9 @@ def test_ctrl_c_names_the_run_folder_to_resume(tmp_path):
     this very folder (the default one here, made up of the date and time)."""
     work = tmp_path / "work"
     work.mkdir()
-    args = [*TFVAE, "train", *TINY, "--epochs", "200", "--pictures-every", "0"]
+    args = [*TFVAE, "train", *SMALL_OPTIONS, "--epochs", "200", "--pictures-every", "0"]
     process = subprocess.Popen(
-        args, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV
+        args, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=USER_ENV
     )
     deadline = time.time() + 120
     while not list(work.glob("runs/*/backup/epoch-00001")):
@@ -192,15 +187,6 @@ def test_resume_refuses_what_it_cannot_do(tmp_path):
         resume(tmp_path / "missing")
 
 
-def _in_process(*args):
-    """`tfvae *args` in this process (TensorFlow is loaded already)."""
-    from click.testing import CliRunner
-
-    from tfvae.cli.main import main
-
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
 def test_a_finished_run_without_its_model_file_says_what_repairs_it(tmp_path):
     """model.keras deleted from a finished run: evaluate, resume and resume
     --epochs N all say so and name the one command that repairs it (no
@@ -218,9 +204,9 @@ def test_a_finished_run_without_its_model_file_says_what_repairs_it(tmp_path):
         f"kept: 'tfvae resume {run} --restart' trains it again"
     )
     for args in (["evaluate", run], ["resume", run], ["resume", run, "--epochs", "6"]):
-        result = _in_process(*args)
+        result = invoke(*args)
         assert result.exit_code == 1 and result.output.strip() == said, result.output
-    assert _in_process("resume", run, "--restart").exit_code == 0
+    assert invoke("resume", run, "--restart").exit_code == 0
     assert score_run(run)["n_images"] == 200
 
 
@@ -231,12 +217,12 @@ def test_a_finished_run_without_its_model_file_is_rebuilt_from_a_kept_checkpoint
     import shutil
 
     run = tmp_path / "run"
-    shutil.copytree(Path(__file__).parent / "fixtures" / "runs" / "unfinished-0.1.0", run)
+    shutil.copytree(UNFINISHED_RUN_0_1_0, run)
     state = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**state, "status": "finished"}))
     said = f"'tfvae resume {run}' rebuilds it from the last checkpoint"
-    assert said in _in_process("evaluate", run).output
-    resumed = _in_process("resume", run, "--no-jit-compile", "--pictures-every", "0", "--json")
+    assert said in invoke("evaluate", run).output
+    resumed = invoke("resume", run, "--no-jit-compile", "--pictures-every", "0", "--json")
     assert resumed.exit_code == 0, resumed.output
     summary = json.loads(resumed.stdout)
     assert (summary["initial_epoch"], summary["epochs"]) == (2, 40)
@@ -249,7 +235,7 @@ def test_train_and_export_json_and_a_log_a_person_reads(tmp_path):
     With --json, stdout is one JSON document (its paths exist) and every
     line for people goes to stderr: `python -m json.tool` reads stdout."""
     run = tmp_path / "run"
-    result = tfvae("train", *TINY, "--epochs", "3", "--run-dir", run, "--json")
+    result = tfvae("train", *SMALL_OPTIONS, "--epochs", "3", "--run-dir", run, "--json")
     lines = result.stderr.strip().splitlines()
     epoch = r"Epoch {}/3: loss \d+\.\d\d, test -ELBO \d+\.\d\d \(KL \d+\.\d\d\), \d+\.\d s"
     assert lines[2].startswith("Objective: ELBO") and lines[3].startswith("Training on ")
@@ -310,9 +296,6 @@ def test_a_long_epoch_says_how_far_it_is():
     assert [duration(s) for s in (42, 600, 11_520)] == ["42 s", "10 min", "3.2 h"]
 
 
-TRAINED = Path(__file__).parent / "fixtures" / "runs" / "mnist-default-0.1.0"
-
-
 def test_latent_paths_are_the_line_and_the_great_circle():
     """Linear: evenly spaced on the segment. Spherical, between orthogonal
     codes of norm 3: every code has norm 3 and consecutive codes are
@@ -336,7 +319,7 @@ def test_interpolation_of_a_trained_model_starts_and_ends_at_the_images_codes(mn
     from tfvae import plots
     from tfvae.runs import load_run
 
-    model = load_run(TRAINED).model
+    model = load_run(FINISHED_RUN_0_1_0).model
     x = mnist.fixed_binarized("test", "dynamic")[:8]
     path = plots.interpolate(model, x[0], x[7], n=6, spherical=True)
     ends = model.decode(model.posterior_means(x[[0, 7]])).mean().numpy()
@@ -346,14 +329,19 @@ def test_interpolation_of_a_trained_model_starts_and_ends_at_the_images_codes(mn
     assert picture.size == (8 * (2 * 28 + 2) + 2, 2 * 28 + 4)
 
 
+@pytest.mark.slow
 def test_interpolate_command_writes_the_row_and_refuses_bad_indices(tmp_path):
     out = tmp_path / "path.png"
-    result = tfvae("interpolate", TRAINED, "--from", "0", "--to", "7", "-n", "10", "-o", out)
+    result = tfvae(
+        "interpolate", FINISHED_RUN_0_1_0, "--from", "0", "--to", "7", "-n", "10", "-o", out
+    )
     assert str(out) in result.stdout
     assert Image.open(out).size == (12 * 58 + 2, 60)
-    line = _one_error_line(tfvae("interpolate", TRAINED, "--to", "10000", check=False))
+    line = _one_error_line(tfvae("interpolate", FINISHED_RUN_0_1_0, "--to", "10000", check=False))
     assert "10000" in line and "10000 images" in line
-    line = _one_error_line(tfvae("interpolate", TRAINED, "-n", "20000", "-o", out, check=False))
+    line = _one_error_line(
+        tfvae("interpolate", FINISHED_RUN_0_1_0, "-n", "20000", "-o", out, check=False)
+    )
     assert "lower -n" in line
 
 

@@ -16,10 +16,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import tensorflow as tf
-from click.testing import CliRunner
-from harness import blank_run_data
+from harness import TFVAE, blank_run_data, invoke
 
-from tfvae.cli.main import main
 from tfvae.config import TrainConfig
 from tfvae.distribute import PeerLostError, Placement, make_strategy
 from tfvae.errors import RunError
@@ -130,6 +128,18 @@ def worker_env(index, ports):
     return env
 
 
+def start_worker(command: list[str], index: int, ports, **env: str) -> subprocess.Popen:
+    """Worker `index` of a localhost cluster on `ports`, running `command`
+    with its output and errors in one pipe."""
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(worker_env(index, ports), **env),
+    )
+
+
 def free_ports(n):
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:
@@ -182,7 +192,7 @@ def streamed_folder(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("source", ["mnist", "streamed"])
+@pytest.mark.parametrize("source", ["mnist", pytest.param("streamed", marks=pytest.mark.slow)])
 def test_two_workers_train_the_weights_of_one_process_and_only_the_chief_writes(
     tmp_path, source, request
 ):
@@ -311,20 +321,12 @@ def test_two_workers_stream_a_tfds_set_each_from_its_own_files(tmp_path):
     run.parent.mkdir()
     tests = str(Path(__file__).parent)
     processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(script),
-                "multi-worker",
-                str(run),
-                str(tmp_path / f"w{i}.npz"),
-                tests,
-                str(root),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=dict(worker_env(i, ports), TFVAE_STREAM_ABOVE_MB="0"),
+        start_worker(
+            [sys.executable, str(script), "multi-worker", str(run), str(tmp_path / f"w{i}.npz")]
+            + [tests, str(root)],
+            i,
+            ports,
+            TFVAE_STREAM_ABOVE_MB="0",
         )
         for i in range(2)
     ]
@@ -356,21 +358,12 @@ def test_a_tfds_set_in_fewer_record_files_than_workers_is_one_line(tmp_path):
     TinyStreamed(config="grey", data_dir=str(root)).download_and_prepare()  # one record file
     run, ports = tmp_path / "jobs" / "run", free_ports(2)
     run.parent.mkdir()
-    command = [sys.executable, "-m", "tfvae", "train", "--strategy", "multi-worker"]
+    command = [*TFVAE, "train", "--strategy", "multi-worker"]
     command += ["--dataset", "tfds:tiny_streamed/grey", "--data-dir", str(root)]
     command += ["--hidden", "16", "--run-dir", str(run)]
-    processes = [
-        subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=dict(worker_env(i, ports), TFVAE_STREAM_ABOVE_MB="0"),
-        )
-        for i in range(2)
-    ]
+    processes = [start_worker(command, i, ports, TFVAE_STREAM_ABOVE_MB="0") for i in range(2)]
     for process in processes:
-        _, errors = process.communicate(timeout=180)
+        errors, _ = process.communicate(timeout=180)
         assert process.returncode == 1, errors[-3000:]
         message = [line for line in errors.splitlines() if line.startswith("Error:")]
         assert message == [
@@ -423,7 +416,7 @@ def test_workers_agree_on_their_newest_common_checkpoint(tmp_path):
 
 
 def train_worker_command(run, epochs):
-    command = [sys.executable, "-m", "tfvae", "train", "--strategy", "multi-worker"]
+    command = [*TFVAE, "train", "--strategy", "multi-worker"]
     command += ["--limit", "3000", "--epochs", str(epochs), "--hidden", "32"]
     command += ["--latent-dim", "2", "--batch-size", "50", "--run-dir", str(run)]
     return command
@@ -552,7 +545,7 @@ def test_tpu_without_a_tpu_is_one_line_and_writes_nothing(tmp_path):
     if tf.config.list_logical_devices("TPU"):
         pytest.skip("this machine has a TPU")
     run = tmp_path / "run"
-    result = CliRunner().invoke(main, ["train", "--strategy", "tpu", "--run-dir", str(run)])
+    result = invoke("train", "--strategy", "tpu", "--run-dir", str(run))
     assert result.exit_code == 1, result.output
     assert result.output.startswith("Error: --strategy tpu: no TPU found")
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output

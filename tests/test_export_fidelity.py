@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from harness import FINISHED_RUN_0_1_0, invoke
 
 from tfvae import export
 from tfvae.cli.main import main
@@ -27,7 +27,6 @@ from tfvae.export.run import CALIBRATION_IMAGES
 from tfvae.runs import RunFolder, run_images
 from tfvae.testing import DAMAGES, damaged_copy
 
-TRAINED_RUN = Path(__file__).parent / "fixtures" / "runs" / "mnist-default-0.1.0"
 README = Path(__file__).parents[1] / "README.md"
 
 # Mean scaled error of the decoder's probabilities on the test's codes (the
@@ -39,15 +38,15 @@ MEASURED_PROBABILITIES_MEAN = {"float16": 1.9e-5, "dynamic": 1.21e-3, "int8": 4.
 
 
 @pytest.fixture(scope="module")
-def trained():
-    run, images = run_images(TRAINED_RUN, "test", limit=CHECK_IMAGES)
+def model_0_1_0_and_test_images():
+    run, images = run_images(FINISHED_RUN_0_1_0, "test", limit=CHECK_IMAGES)
     return run.model, images
 
 
 @pytest.fixture(scope="module")
 def calibration():
     """The training images `tfvae export` calibrates int8 files on."""
-    return run_images(TRAINED_RUN, "train", limit=CALIBRATION_IMAGES)[1]
+    return run_images(FINISHED_RUN_0_1_0, "train", limit=CALIBRATION_IMAGES)[1]
 
 
 def scaled_error(got: np.ndarray, want: np.ndarray) -> np.ndarray:
@@ -86,20 +85,20 @@ def keras_outputs(model, images, codes) -> dict[str, dict[str, np.ndarray]]:
     }
 
 
-def test_the_fixture_has_the_logit_scale_of_a_trained_model(trained):
-    model, images = trained
+def test_the_fixture_has_the_logit_scale_of_a_trained_model(model_0_1_0_and_test_images):
+    model, images = model_0_1_0_and_test_images
     logits = model.decoder.outputs(model.encoder.params(images)[0]).numpy()
     assert np.abs(logits).max() > 20
-    assert json.loads((TRAINED_RUN / "config.json").read_text())["config"]["epochs"] == 250
+    assert json.loads((FINISHED_RUN_0_1_0 / "config.json").read_text())["config"]["epochs"] == 250
 
 
 @pytest.mark.parametrize("quantize", QUANTIZATIONS)
 def test_tflite_of_the_trained_model_runs_within_the_documented_figures(
-    trained, calibration, quantize, tmp_path
+    model_0_1_0_and_test_images, calibration, quantize, tmp_path
 ):
     from ai_edge_litert.interpreter import Interpreter
 
-    model, images = trained
+    model, images = model_0_1_0_and_test_images
     folder = export.export_tflite(
         model, tmp_path, "vae", quantize, check_images=images, calibration_images=calibration
     )
@@ -136,10 +135,12 @@ def test_tflite_of_the_trained_model_runs_within_the_documented_figures(
             assert measured / 3 <= mean <= measured * 3, (quantize, mean)
 
 
-def test_onnx_of_the_trained_model_runs_within_the_float32_figures(trained, tmp_path):
+def test_onnx_of_the_trained_model_runs_within_the_float32_figures(
+    model_0_1_0_and_test_images, tmp_path
+):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("tf2onnx")
-    model, images = trained
+    model, images = model_0_1_0_and_test_images
     folder = export.export_onnx(model, tmp_path, "vae", check_images=images)
     manifest = json.loads((folder / "manifest.json").read_text())
     codes = model.encoder.params(images)[0].numpy()
@@ -155,19 +156,19 @@ def test_onnx_of_the_trained_model_runs_within_the_float32_figures(trained, tmp_
 
 
 @pytest.fixture
-def refuse_against_intact(trained, monkeypatch):
+def refuse_against_intact(model_0_1_0_and_test_images, monkeypatch):
     """Hold every export to the intact trained model's outputs, so converting
     a damaged copy is what a conversion that broke the model would give."""
-    model, _ = trained
+    model, _ = model_0_1_0_and_test_images
     reference = files.keras_reference
     monkeypatch.setattr(files, "keras_reference", lambda _, images: reference(model, images))
 
 
 @pytest.mark.parametrize("how", DAMAGES)
 def test_a_tflite_file_that_lost_weights_or_an_op_is_refused_at_any_quantization(
-    trained, how, tmp_path, refuse_against_intact
+    model_0_1_0_and_test_images, how, tmp_path, refuse_against_intact
 ):
-    model, images = trained
+    model, images = model_0_1_0_and_test_images
     previous = export.export_tflite(model, tmp_path, "vae", "int8", check_images=images)
     before = {p.name: p.read_bytes() for p in previous.iterdir()}
     # int8 has the loosest limits: refused there, refused everywhere. Its
@@ -178,9 +179,11 @@ def test_a_tflite_file_that_lost_weights_or_an_op_is_refused_at_any_quantization
     assert sorted(p.name for p in (tmp_path / "vae").iterdir()) == ["tflite"]
 
 
-def test_an_onnx_file_that_lost_an_op_is_refused(trained, tmp_path, refuse_against_intact):
+def test_an_onnx_file_that_lost_an_op_is_refused(
+    model_0_1_0_and_test_images, tmp_path, refuse_against_intact
+):
     pytest.importorskip("tf2onnx")
-    model, images = trained
+    model, images = model_0_1_0_and_test_images
     with pytest.raises(ExportError, match=r"decoder\.onnx|encoder\.onnx"):
         export.export_onnx(
             damaged_copy(model, "no-activation"), tmp_path, "vae", check_images=images
@@ -238,17 +241,17 @@ def test_the_readmes_fidelity_limits_are_the_ones_applied():
 
 
 def test_cli_export_of_a_refused_conversion_is_one_line_and_writes_nothing(
-    trained, tmp_path, refuse_against_intact
+    model_0_1_0_and_test_images, tmp_path, refuse_against_intact
 ):
     """A run whose model the conversion broke (a zeroed copy, checked against
     the intact model as a broken converter's file would be): `tfvae export`
     exits 1 with one error line naming the file, and no file is written."""
-    model, _ = trained
+    model, _ = model_0_1_0_and_test_images
     run = tmp_path / "run"
-    shutil.copytree(TRAINED_RUN, run)
+    shutil.copytree(FINISHED_RUN_0_1_0, run)
     RunFolder(run).save_model(damaged_copy(model, "zeroed"))
     out = tmp_path / "exports"
-    result = CliRunner().invoke(main, ["export", str(run), "--format", "tflite", "--out", str(out)])
+    result = invoke("export", str(run), "--format", "tflite", "--out", str(out))
     assert result.exit_code == 1, result.output
     (line,) = result.stderr.strip().splitlines()
     assert re.fullmatch(
@@ -260,8 +263,10 @@ def test_cli_export_of_a_refused_conversion_is_one_line_and_writes_nothing(
 
 
 @pytest.mark.parametrize("argument", ["check_images", "calibration_images"])
-def test_check_and_calibration_images_must_be_finite(trained, argument, tmp_path):
-    model, images = trained
+def test_check_and_calibration_images_must_be_finite(
+    model_0_1_0_and_test_images, argument, tmp_path
+):
+    model, images = model_0_1_0_and_test_images
     bad = images[:4].copy()
     bad[2, 3, 3, 0] = np.nan
     with pytest.raises(ExportError, match=rf"{argument} must be finite"):
@@ -280,8 +285,8 @@ def test_the_cli_offers_every_quantization():
     [["--format", "all"], *(["--format", "tflite", "--quantize", q] for q in QUANTIZATIONS)],
 )
 def test_cli_exports_the_trained_model_in_every_format(args, tmp_path):
-    result = CliRunner().invoke(
-        main, ["export", str(TRAINED_RUN), "--out", str(tmp_path), "--name", "vae", *args]
+    result = invoke(
+        "export", str(FINISHED_RUN_0_1_0), "--out", str(tmp_path), "--name", "vae", *args
     )
     assert result.exit_code == 0, result.output
     written = sorted(p.name for p in (tmp_path / "vae").iterdir())

@@ -35,7 +35,7 @@ def mnist_slice():
 
 
 @pytest.fixture(scope="module", params=sorted(DECODER_OUTPUTS))
-def trained(request, mnist_slice):
+def model_per_likelihood(request, mnist_slice):
     """A model of each likelihood after 100 steps on 8-bit MNIST: its scale
     and locations have moved far from their initial values."""
     name = request.param
@@ -53,8 +53,8 @@ def _codes(model):
     return np.random.default_rng(1).normal(size=(N_IMAGES, model.latent_dim)).astype(np.float32)
 
 
-def test_keras_outputs_are_the_likelihood_s_mean_and_parameters(trained):
-    name, model, _ = trained
+def test_keras_outputs_are_the_likelihood_s_mean_and_parameters(model_per_likelihood):
+    name, model, _ = model_per_likelihood
     z = _codes(model)
     out = {k: v.numpy() for k, v in model.decoder.exported(z).items()}
     assert set(out) == DECODER_OUTPUTS[name]
@@ -88,8 +88,8 @@ LOAD = textwrap.dedent(
 )
 
 
-def test_savedmodel_in_a_fresh_process_matches_keras(trained, tmp_path):
-    name, model, images = trained
+def test_savedmodel_in_a_fresh_process_matches_keras(model_per_likelihood, tmp_path):
+    name, model, images = model_per_likelihood
     version = export.export_savedmodel(model, tmp_path, "vae", warmup_images=images)
     z = _codes(model)
     (tmp_path / "load.py").write_text(LOAD)
@@ -109,11 +109,11 @@ def test_savedmodel_in_a_fresh_process_matches_keras(trained, tmp_path):
         np.testing.assert_allclose(got[key], value, atol=1e-5, rtol=1e-6, err_msg=key)
 
 
-def test_tflite_and_onnx_decoders_match_keras(trained, tmp_path):
+def test_tflite_and_onnx_decoders_match_keras(model_per_likelihood, tmp_path):
     import onnxruntime
     from ai_edge_litert.interpreter import Interpreter
 
-    name, model, images = trained
+    name, model, images = model_per_likelihood
     z = _codes(model)
     want = {k: v.numpy() for k, v in model.decoder.exported(z).items()}
     tflite = export.export_tflite(model, tmp_path, "vae", check_images=images)

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from click.testing import CliRunner
+from harness import TINY_OPTIONS, invoke, tfvae
 from PIL import Image
 
-from tfvae.cli.main import main
 from tfvae.data import DataError, ImageDataset, load_dataset
 from tfvae.data.dataset import HELD_OUT_FRACTION
 from tfvae.data.folders import load_image_folder
@@ -331,23 +328,19 @@ def test_an_empty_folder_name_is_refused_not_read_as_the_working_directory():
         load_dataset("images:")
     with pytest.raises(DataError, match="images:DIR"):
         load_dataset("pictures:x")
-    refused = CliRunner().invoke(main, ["train", "--dataset", "images:"])
+    refused = invoke("train", "--dataset", "images:")
     assert refused.exit_code == 2 and "give a folder after 'images:'" in refused.output
 
 
 # --- the command line ----------------------------------------------------------
 
-TRAIN = [sys.executable, "-m", "tfvae", "train", "--epochs", "1", "--limit", "100"]
-# Small and quick; a 2-D latent space would add the manifold pictures, not tested here.
-TINY = ["--hidden", "16", "--latent-dim", "4", "--no-jit-compile"]
-
 
 def _train(folder: Path, run: Path) -> subprocess.CompletedProcess:
-    """`tfvae train` as users run it: without TF_CPP_MIN_LOG_LEVEL (which
-    conftest sets), so the CLI keeps TensorFlow's native start-up lines off stderr."""
-    command = [*TRAIN, *TINY, "--dataset", f"images:{folder}", "--run-dir", str(run)]
-    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    """`tfvae train` as users run it, on the tiny settings with a 4-D latent
+    space (the last --latent-dim counts): a 2-D one would add the manifold
+    pictures, which these tests do not look at."""
+    options = [*TINY_OPTIONS, "--latent-dim", "4"]
+    return tfvae("train", *options, "--dataset", f"images:{folder}", "--run-dir", run, check=False)
 
 
 def test_cli_trains_on_a_colour_png_folder(tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import FINISHED_RUN_0_1_0, TFVAE
 
 from tfvae import memory, plots
 from tfvae import model as vae_model
@@ -22,7 +23,6 @@ from tfvae.config import TrainConfig
 from tfvae.errors import OutOfMemoryError, TfvaeError
 from tfvae.model import VAE
 
-FIXTURE = Path(__file__).parent / "fixtures" / "runs" / "mnist-default-0.1.0"
 # The limit of the issue's report: half of this 24 GiB machine.
 ADDRESS_SPACE = 12 * 2**30
 
@@ -126,10 +126,16 @@ CASES = {
     "resize": (["train", "--resize", "4000", "4000"], "resizing mnist to 4000x4000 needs"),
     "iwae-k": (["train", "--objective", "iwae", "--k", "100000"], "lower --batch-size or --k"),
     "batch": (["train", "--batch-size", "1000000", "--hidden", "20000"], "lower --batch-size"),
-    "sample": (["sample", str(FIXTURE), "-n", "1000000"], "at most 10000 of these"),
-    "sample-page": (["sample", str(FIXTURE), "-n", "100000"], "at most 10000 of these"),
-    "reconstruct": (["reconstruct", str(FIXTURE), "-n", "9000"], "at most 5000 of these"),
-    "interpolate": (["interpolate", str(FIXTURE), "-n", "20000"], "at most 10000 of these"),
+    "sample": (["sample", str(FINISHED_RUN_0_1_0), "-n", "1000000"], "at most 10000 of these"),
+    "sample-page": (["sample", str(FINISHED_RUN_0_1_0), "-n", "100000"], "at most 10000 of these"),
+    "reconstruct": (
+        ["reconstruct", str(FINISHED_RUN_0_1_0), "-n", "9000"],
+        "at most 5000 of these",
+    ),
+    "interpolate": (
+        ["interpolate", str(FINISHED_RUN_0_1_0), "-n", "20000"],
+        "at most 10000 of these",
+    ),
 }
 
 # Commands without a case, and why no request of theirs can outgrow the machine.
@@ -153,7 +159,7 @@ def _limited(command: list[str], cwd: Path, limit: int = ADDRESS_SPACE, script=N
     def preexec():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    argv = [sys.executable, "-c", script, *command] if script else [sys.executable, "-m", "tfvae"]
+    argv = [sys.executable, "-c", script, *command] if script else TFVAE
     # TensorFlow's own thread count, not the suite's one: with one intra-op
     # thread, an IWAE step that slips past the estimate made TensorFlow abort
     # (std::bad_alloc, or a thread it could not start) before its
@@ -171,6 +177,7 @@ def _limited(command: list[str], cwd: Path, limit: int = ADDRESS_SPACE, script=N
     )
 
 
+@pytest.mark.slow
 def test_requests_bigger_than_the_machine_end_in_one_line(tmp_path):
     """Each case: exit 1, one line on stderr that says what to lower, no
     traceback, no abort, and no run folder or picture left behind."""
@@ -203,6 +210,7 @@ SLIP = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_what_slips_past_the_estimate_ends_in_one_line_and_keeps_the_run(tmp_path):
     """With the estimate switched off, an IWAE step of 20,000 samples asks
     TensorFlow for 31 GB under the 12 GB limit: its ResourceExhaustedError
@@ -218,6 +226,7 @@ def test_what_slips_past_the_estimate_ends_in_one_line_and_keeps_the_run(tmp_pat
     assert json.loads((tmp_path / "run" / "config.json").read_text())["status"] == "running"
 
 
+@pytest.mark.slow
 def test_running_out_after_a_checkpoint_keeps_it_for_resume(tmp_path):
     """A run that holds epoch 1's checkpoint (trained without a limit, then
     SIGKILLed) resumes under a 5 GiB limit with the estimate off: its IWAE
@@ -229,7 +238,7 @@ def test_running_out_after_a_checkpoint_keeps_it_for_resume(tmp_path):
     command += ["--batch-size", "20", "--hidden", "64", "--epochs", "2", "--run-dir", "run"]
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     first = subprocess.Popen(
-        [sys.executable, "-m", "tfvae", *command],
+        [*TFVAE, *command],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -255,7 +264,7 @@ def test_running_out_after_a_checkpoint_keeps_it_for_resume(tmp_path):
     assert "Resuming after epoch 1 of 2" in out.stdout
     assert checkpoint() == kept
     resumed = subprocess.run(
-        [sys.executable, "-m", "tfvae", "resume", "run"],
+        [*TFVAE, "resume", "run"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

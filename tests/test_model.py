@@ -56,7 +56,7 @@ TRAIN_IMAGES, EPOCHS, BATCH = 5000, 8, 128  # 8 x 40 = 320 Adam steps
 
 
 @pytest.fixture(scope="module")
-def trained(mnist):
+def fit_320_steps(mnist):
     """A VAE fit with the plain Keras API (compile + fit, no explicit build; note that
     tfvae.training does call build) on 5000 images; returns the model, the test metrics
     before and after, and the fit history. No global seeding: the margins are wide."""
@@ -69,10 +69,10 @@ def trained(mnist):
     return model, before, after, history
 
 
-def test_training_raises_test_elbo(trained):
+def test_training_raises_test_elbo(fit_320_steps):
     """320 Adam steps (lr 1e-3, batch 128, 5000 images) lift the test ELBO (10k fixed-binarized
     images) from ~ -784 ln 2 = -543 nats (logits ~ 0 at init) to above -200 (seen: ~ -140)."""
-    _, before, after, history = trained
+    _, before, after, history = fit_320_steps
     assert -600 < before["elbo"] < -500
     assert after["elbo"] > -200
     assert after["elbo"] - before["elbo"] > 300
@@ -84,13 +84,13 @@ def test_training_raises_test_elbo(trained):
     assert after["kl"] > 5  # the latent code is in use after training
 
 
-def test_one_step_gradients_finite(trained, mnist):
+def test_one_step_gradients_finite(fit_320_steps, mnist):
     """Gradients of the train loss are present, finite and nonzero for every trainable
     variable, both at a fresh initialisation and after training."""
     x = mnist.fixed_binarized_test()[:128]
     fresh = VAE()
     fresh.build((None, 28, 28, 1))
-    for model in (fresh, trained[0]):
+    for model in (fresh, fit_320_steps[0]):
         with tf.GradientTape() as tape:
             loss = tf.nn.compute_average_loss(-model.elbo_terms(x, seed=(1, 2))["elbo"])
         grads = tape.gradient(loss, model.trainable_variables)
@@ -101,9 +101,9 @@ def test_one_step_gradients_finite(trained, mnist):
             assert np.isfinite(grad).all() and np.abs(grad).max() > 0, var.path
 
 
-def test_fit_then_save_reloads_trained_weights(trained, tmp_path, mnist):
+def test_fit_then_save_reloads_trained_weights(fit_320_steps, tmp_path, mnist):
     """A model trained with fit (no explicit build) and saved reloads the same weights."""
-    model = trained[0]
+    model = fit_320_steps[0]
     assert len(model.weights) == 8  # the sublayers did get built inside train_step
     path = tmp_path / "trained.keras"
     model.save(path)
@@ -131,10 +131,10 @@ def test_explicit_build_before_fit_saves_trained_weights(tmp_path, mnist):
 # --- sampling and config ------------------------------------------------------
 
 
-def test_sample_seeded_reproducible(trained):
+def test_sample_seeded_reproducible(fit_320_steps):
     """sample(n, seed) repeats exactly, differs across seeds, and stays in [0, 1];
     binary samples are 0/1 and reproducible; unseeded calls advance the generator."""
-    model = trained[0]
+    model = fit_320_steps[0]
     a, b, c = model.sample(6, seed=3), model.sample(6, seed=3), model.sample(6, seed=4)
     assert a.shape == (6, 28, 28, 1)
     np.testing.assert_array_equal(a, b)

@@ -8,6 +8,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from harness import TFVAE
+
 import tfvae
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,9 +47,7 @@ def test_the_wheel_installs_only_the_tfvae_package(tmp_path):
 
 
 def test_python_dash_m_tfvae_is_the_command():
-    result = subprocess.run(
-        [sys.executable, "-m", "tfvae", "--version"], capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([*TFVAE, "--version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"tfvae, version {tfvae.__version__}"
 

@@ -4,6 +4,8 @@ unnoticed."""
 
 import dataclasses
 
+import pytest
+
 from tfvae.config import TrainConfig
 from tfvae.runs import score_run
 from tfvae.training import train
@@ -21,6 +23,7 @@ SAVED_NLL_K100 = 105.86
 MARGIN = 0.5  # nats per image
 
 
+@pytest.mark.slow
 def test_the_defaults_learn_as_well_as_the_saved_run(tmp_path):
     config = dataclasses.replace(TrainConfig(), epochs=EPOCHS)
     train(config, tmp_path / "run", echo=lambda _: None, verbose=0)

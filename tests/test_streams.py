@@ -4,14 +4,13 @@ pixels, batches and scores as the same folder decoded into memory."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from harness import tfvae
 from PIL import Image
 from tiny_tfds import write_tiny_streamed
 
@@ -212,11 +211,11 @@ def test_a_sliced_scored_split_differs_from_its_validation_draw(folder, monkeypa
 
 
 def cli(*args: str, stream: bool) -> subprocess.CompletedProcess:
-    env = dict(os.environ, **{STREAM_ENV: "0" if stream else "1000"})
-    command = [sys.executable, "-m", "tfvae", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    env = {STREAM_ENV: "0" if stream else "1000"}
+    return tfvae(*args, check=False, env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_a_streamed_run_scores_as_the_in_memory_run_and_resumes(tmp_path):
     """One epoch on the same batches gives the same weights, so the same test
     scores and bits/dim (measured equal to 1e-6); `resume --epochs 2` continues

@@ -6,16 +6,15 @@ stays per epoch or stage."""
 import json
 import re
 import subprocess
-from pathlib import Path
 
 import numpy as np
+from harness import FINISHED_RUN_0_1_0, TFVAE, USER_ENV
 from PIL import Image
-from terminal import ENV, TFVAE, run_in_terminal
+from terminal import run_in_terminal
 
-TRAINED = Path(__file__).parent / "fixtures" / "runs" / "mnist-default-0.1.0"
 # 2,000 images in batches of 128 are 16 steps an epoch, fewer than the 32
 # steps per call: Keras' bar counted 32/16 there.
-SMALL = ["--limit", "2000", "--hidden", "32", "--no-jit-compile", "--pictures-every", "0"]
+SIXTEEN_STEPS = ["--limit", "2000", "--hidden", "32", "--no-jit-compile", "--pictures-every", "0"]
 EPOCH = r"Epoch {}/2: loss \d+\.\d\d, test -ELBO \d+\.\d\d \(KL \d+\.\d\d\), \d+\.\d s"
 
 
@@ -30,7 +29,7 @@ def test_training_shows_a_live_line_per_epoch_then_one_line_that_stays(tmp_path)
     folder and its test ELBO; the live line was drawn and never counted past
     its total; the first epoch, which compiles, gives no time left."""
     run = tmp_path / "run"
-    session = run_in_terminal("train", *SMALL, "--epochs", "2", "--run-dir", run)
+    session = run_in_terminal("train", *SIXTEEN_STEPS, "--epochs", "2", "--run-dir", run)
     assert session.returncode == 0, session.raw
     lines = session.lines
     assert lines[0].startswith("Data: mnist: 2,000 training and 2,000 test images")
@@ -48,7 +47,7 @@ def test_training_shows_a_live_line_per_epoch_then_one_line_that_stays(tmp_path)
 def test_evaluation_says_each_stage_and_how_far_the_estimate_is():
     """The fully trained fixture, K = 20: a line per stage stays; the live
     line under the estimate counts its 200,000 samples, never past them."""
-    session = run_in_terminal("evaluate", TRAINED, "-k", "20")
+    session = run_in_terminal("evaluate", FINISHED_RUN_0_1_0, "-k", "20")
     assert session.returncode == 0, session.raw
     assert session.lines[:2] == [
         "Scoring the 10,000 test images: ELBO, active units",
@@ -62,8 +61,8 @@ def test_evaluation_says_each_stage_and_how_far_the_estimate_is():
 def test_evaluation_in_a_pipe_and_under_json_says_only_its_stages():
     """No live line off a terminal; under --json stdout is the JSON alone and
     the stage lines go to stderr."""
-    command = [*TFVAE, "evaluate", str(TRAINED), "-k", "2"]
-    piped = subprocess.run(command, capture_output=True, text=True, env=ENV, check=True)
+    command = [*TFVAE, "evaluate", str(FINISHED_RUN_0_1_0), "-k", "2"]
+    piped = subprocess.run(command, capture_output=True, text=True, env=USER_ENV, check=True)
     assert "\r" not in piped.stdout + piped.stderr and piped.stderr == ""
     assert piped.stdout.splitlines()[:2] == [
         "Scoring the 10,000 test images: ELBO, active units",
@@ -79,7 +78,7 @@ def test_evaluation_in_a_pipe_and_under_json_says_only_its_stages():
     ]
     ends = {re.match(r"  .+? +-?[\d.]+", row).end() for row in rows}
     assert len(ends) == 1, rows  # the values' columns line up
-    as_json = subprocess.run([*command, "--json"], capture_output=True, text=True, env=ENV)
+    as_json = subprocess.run([*command, "--json"], capture_output=True, text=True, env=USER_ENV)
     assert json.loads(as_json.stdout)["k"] == 2
     assert as_json.stderr.splitlines()[:2] == piped.stdout.splitlines()[:2]
 
@@ -89,7 +88,9 @@ def test_export_says_what_it_converts_while_it_converts(tmp_path):
     while it runs, then one line names what was written."""
     out = tmp_path / "exports"
     args = ["--format", "tflite", "-o", out, "--name", "vae"]
-    session = run_in_terminal("export", TRAINED, *args, columns=240)  # long paths on one line
+    session = run_in_terminal(
+        "export", FINISHED_RUN_0_1_0, *args, columns=240
+    )  # long paths on one line
     assert session.returncode == 0, session.raw
     assert session.lines == [
         "TFLite (none): converting, checked against Keras on 256 test images",

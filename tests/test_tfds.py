@@ -19,6 +19,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
+from tiny_tfds import write_tiny_streamed  # noqa: E402
 
 from tfvae.data import DataError, ImageDataset, load_dataset, train_pipeline  # noqa: E402
 from tfvae.data.tfds import is_binary, load_tfds, pick_features, pick_splits  # noqa: E402
@@ -192,36 +193,18 @@ def test_bad_config_and_varying_size_fail_without_the_network(tmp_path, offline)
     assert offline == []
 
 
-class TinyGrey(tfds.core.GeneratorBasedBuilder):
-    """A real (not mocked) prepared set: pixel value = example index, label = index % 3."""
-
-    VERSION = tfds.core.Version("1.0.0")
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        features = {
-            "image": tfds.features.Image(shape=(6, 5, 1)),
-            "label": tfds.features.ClassLabel(num_classes=3),
-        }
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
-
-    def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples(30)}
-
-    def _generate_examples(self, n: int):
-        for i in range(n):
-            yield i, {"image": np.full((6, 5, 1), i, np.uint8), "label": i % 3}
-
-
 def test_real_records_read_in_a_fixed_order(tmp_path):
-    TinyGrey(data_dir=str(tmp_path)).download_and_prepare()
-    first = load_tfds("tiny_grey", data_dir=str(tmp_path))
-    again = load_tfds("tiny_grey", data_dir=str(tmp_path))
+    """A real (not mocked) prepared set, pixel value = example index, label =
+    index % 3, read twice: the same split, every example once."""
+    write_tiny_streamed(tmp_path, "grey")
+    first = load_tfds("tiny_streamed/grey", data_dir=str(tmp_path))
+    again = load_tfds("tiny_streamed/grey", data_dir=str(tmp_path))
     assert first.image_shape == (6, 5, 1)
-    assert (len(first.train_images), len(first.test_images)) == (27, 3)
+    assert (len(first.train_images), len(first.test_images)) == (36, 4)
     np.testing.assert_array_equal(first.test_images, again.test_images)
     index = np.concatenate([first.train_images, first.test_images])[:, 0, 0, 0]
     labels = np.concatenate([first.train_labels, first.test_labels])
-    assert sorted(index) == list(range(30))  # every example once, none lost in the split
+    assert sorted(index) == list(range(40))  # every example once, none lost in the split
     np.testing.assert_array_equal(labels, index % 3)  # labels stay with their images
 
 

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from harness import TINY_SETTINGS
 
 import tfvae
 from tfvae.callbacks import EpochBackup, StopOnNonFinite
@@ -228,10 +229,6 @@ def test_restore_loads_exactly_the_epoch_the_workers_agreed_on(tmp_path):
         backup.restore(fresh, epoch=5)
 
 
-# No XLA: its compile adds seconds to every training and is not what these tests check.
-TINY = dict(limit=256, hidden_units=(16,), latent_dim=2, batch_size=64, epochs=1, jit_compile=False)
-
-
 def quiet_train(config, run_dir):
     return train(config, run_dir, echo=lambda _: None, verbose=0)
 
@@ -243,7 +240,7 @@ def coder_weights(model):
 @pytest.fixture(scope="module")
 def finished_tiny_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("source") / "run"
-    quiet_train(TrainConfig(**TINY, learning_rate=3e-3), run_dir)
+    quiet_train(TrainConfig(**TINY_SETTINGS, learning_rate=3e-3), run_dir)
     return run_dir
 
 
@@ -254,7 +251,7 @@ def test_init_from_starts_at_a_finished_runs_weights(finished_tiny_run, tmp_path
     the source's 4 plus these."""
     source_model = load_run(finished_tiny_run).model
     source = coder_weights(source_model)
-    crawl = dict(**TINY, learning_rate=1e-9, seed=1)
+    crawl = dict(**TINY_SETTINGS, learning_rate=1e-9, seed=1)
     warm = quiet_train(TrainConfig(**crawl, init_from=str(finished_tiny_run)), tmp_path / "warm")
     cold = quiet_train(TrainConfig(**crawl), tmp_path / "cold")
     for a, b in zip(source, coder_weights(warm.model), strict=True):
@@ -272,8 +269,8 @@ def test_init_from_refuses_a_missing_or_different_run(finished_tiny_run, tmp_pat
     """Both errors come before the new run folder exists."""
     target = tmp_path / "new"
     with pytest.raises(RunError, match="no such run folder"):
-        quiet_train(TrainConfig(**TINY, init_from=str(tmp_path / "nowhere")), target)
-    wider = {**TINY, "hidden_units": (32,)}
+        quiet_train(TrainConfig(**TINY_SETTINGS, init_from=str(tmp_path / "nowhere")), target)
+    wider = {**TINY_SETTINGS, "hidden_units": (32,)}
     with pytest.raises(RunError, match="encoder has other shapes"):
         quiet_train(TrainConfig(**wider, init_from=str(finished_tiny_run)), target)
     assert not target.exists()
@@ -284,7 +281,7 @@ def test_a_warm_started_run_resumes_without_its_source(finished_tiny_run, tmp_pa
     checkpoints, even once the run it started from is gone."""
     source = tmp_path / "source"
     shutil.copytree(finished_tiny_run, source)
-    config = TrainConfig(**TINY, init_from=str(source))
+    config = TrainConfig(**TINY_SETTINGS, init_from=str(source))
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -304,7 +301,7 @@ def test_adam_epsilon_reaches_the_saved_optimizer(tmp_path):
     old = TrainConfig().to_dict()
     del old["adam_epsilon"]
     assert TrainConfig.from_dict(old).adam_epsilon == 1e-7
-    run = quiet_train(TrainConfig(**TINY, adam_epsilon=1e-4), tmp_path / "run")
+    run = quiet_train(TrainConfig(**TINY_SETTINGS, adam_epsilon=1e-4), tmp_path / "run")
     assert load_run(run.run_dir).model.optimizer.epsilon == pytest.approx(1e-4)
 
 
@@ -313,7 +310,7 @@ def test_validation_holds_out_the_last_training_images_and_scores_them_every_epo
     epoch), metrics.csv scores the held-out 64 every epoch, and the test set
     is scored once, at the end; the last epoch's validation figures are the
     validation scores config.json records (the same fixed keys)."""
-    config = TrainConfig(**{**TINY, "epochs": 2}, validation=64)
+    config = TrainConfig(**{**TINY_SETTINGS, "epochs": 2}, validation=64)
     run_dir = tmp_path / "run"
     result = quiet_train(config, run_dir)
     state = json.loads((run_dir / "config.json").read_text())
@@ -330,7 +327,7 @@ def test_validation_holds_out_the_last_training_images_and_scores_them_every_epo
 
 def test_validation_must_leave_training_images(tmp_path):
     with pytest.raises(DataError, match="cannot hold out 256 of its 256 training images"):
-        quiet_train(TrainConfig(**TINY, validation=256), tmp_path / "run")
+        quiet_train(TrainConfig(**TINY_SETTINGS, validation=256), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -338,7 +335,7 @@ def test_config_json_records_the_code_of_every_start(tmp_path):
     """The tfvae version, and from a checkout the commit and whether tracked
     files differ from it; a resume adds its own entry."""
     run_dir = tmp_path / "run"
-    config = TrainConfig(**TINY)
+    config = TrainConfig(**TINY_SETTINGS)
     quiet_train(config, run_dir)
     (entry,) = json.loads((run_dir / "config.json").read_text())["provenance"]
     assert entry["tfvae"] == tfvae.__version__
@@ -359,7 +356,7 @@ def test_the_same_seed_trains_the_same_weights(tmp_path):
     same seed end bit-identical, and another seed ends elsewhere."""
     weights = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        run = quiet_train(TrainConfig(**TINY, seed=seed), tmp_path / name)
+        run = quiet_train(TrainConfig(**TINY_SETTINGS, seed=seed), tmp_path / name)
         weights[name] = run.model.get_weights()
     for a, b in zip(weights["a"], weights["b"], strict=True):
         np.testing.assert_array_equal(a, b)

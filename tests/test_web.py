@@ -16,6 +16,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 from chromium import Browser, Server, find_chromium
+from harness import FINISHED_RUN_0_1_0
 from PIL import Image
 
 from tfvae.export import export_savedmodel
@@ -23,7 +24,6 @@ from tfvae.export.web import LITERT_JS_VERSION, export_web, import_map
 from tfvae.runs import load_run
 
 HERE = Path(__file__).parent
-TRAINED = HERE / "fixtures" / "runs" / "mnist-default-0.1.0"
 LITERT_JS = HERE / "browser" / "node_modules" / "@litertjs"
 ASSETS = HERE.parent / "tfvae" / "resources" / "web"
 
@@ -72,7 +72,7 @@ def trained_page(tmp_path_factory, mnist_images):
     and the SavedModel export of the same model."""
     _needs_browser()
     tmp = tmp_path_factory.mktemp("web")
-    model = load_run(TRAINED).model
+    model = load_run(FINISHED_RUN_0_1_0).model
     folder = _served_page(tmp, model, mnist_images, "mnist")
     savedmodel = export_savedmodel(model, tmp, "mnist")
     with Server(folder) as server, Browser() as browser:
@@ -211,7 +211,7 @@ def test_static_batch_files_have_that_shape_and_the_dynamic_files_outputs(tmp_pa
 
     from tfvae.export import export_tflite
 
-    model = load_run(TRAINED).model
+    model = load_run(FINISHED_RUN_0_1_0).model
     static = export_tflite(model, tmp_path, "static", check_images=mnist_images, batch=3)
     dynamic = export_tflite(model, tmp_path, "dynamic", check_images=mnist_images)
     manifest = json.loads((static / "manifest.json").read_text())
@@ -266,7 +266,7 @@ def test_web_refuses_tflite_only_options():
 
     for options, named in ((dict(quantize="int8"), "--quantize"), (dict(batch=4), "--batch")):
         with pytest.raises(ExportError, match=f"{named}.* shapes TFLite files and the web page"):
-            export_run(TRAINED, "web", "unused", **options)
+            export_run(FINISHED_RUN_0_1_0, "web", "unused", **options)
 
 
 def test_grids_show_grey_images_dark_on_white_and_colour_images_in_their_colours():
