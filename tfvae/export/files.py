@@ -306,6 +306,13 @@ def _calibration(
     return batches, f"{note} (the encoder); the decoder on their posterior means"
 
 
+def _check_tflite_options(quantize: Quantize, batch: int | None) -> None:
+    if quantize not in QUANTIZATIONS:
+        raise ExportError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
+        raise ExportError(f"batch must be a positive integer or None, got {batch!r}")
+
+
 def export_tflite(
     model: VAE,
     out_dir: str | os.PathLike,
@@ -330,10 +337,7 @@ def export_tflite(
     An existing `tflite/` folder is replaced atomically. Returns it.
     """
     check_model(model)
-    if quantize not in QUANTIZATIONS:
-        raise ExportError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
-    if batch is not None and (not isinstance(batch, int) or batch < 1):
-        raise ExportError(f"batch must be a positive integer or None, got {batch!r}")
+    _check_tflite_options(quantize, batch)
     manifest, representative = _tflite_manifest(
         model, quantize, batch, check_images, calibration_images
     )
