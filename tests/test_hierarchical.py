@@ -207,3 +207,18 @@ def test_clip_norm_reaches_the_optimizer():
     placement = Placement(tf.distribute.get_strategy(), Path("unused"))
     vae = compiled_vae(config, blank_run_data((6, 6, 1), 10), placement)
     assert vae.optimizer.global_clipnorm == 5.0
+
+
+@pytest.mark.parametrize("prior", ["normal", "vamp:7"])
+def test_log_weights_are_the_joint_densities_of_the_draw(prior):
+    """Three layers of 5, 3 and 2 units, k = 4: each importance log-weight
+    less log p(x|z_1) is log p(z) - log q(z|x) of the draw, as the two joint
+    distributions give them (every unit of every layer counted once)."""
+    vae, x = model(prior=prior), images()
+    noise = tf.random.stateless_normal([4, len(x), vae.noise_dim], seed=[8, 9])
+    draw = vae.draw(x, noise)
+    top_first = tuple(reversed(draw.z))
+    want = vae.prior.log_prob(top_first) - vae.encode(x).log_prob(top_first)
+    got = vae.log_weights(draw) - draw.log_px_z
+    assert got.shape == (4, len(x))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
