@@ -84,6 +84,7 @@ def test_evaluate_json_matches_training_and_bounds(run_2d_2_epochs):
     assert scores["elbo"] == pytest.approx(trained_test["elbo"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_sample_png_is_a_seeded_grid(run_2d_2_epochs, tmp_path):
     """-n 9 gives a 3x3 grid of 56-pixel cells (2x scale, 2-pixel gaps); the
     same seed gives the same picture, another seed another one."""

@@ -47,6 +47,7 @@ def test_the_finished_run_samples_through_the_cli(tmp_path):
     assert model.sample(16, seed=0).shape == (16, 28, 28, 1)
 
 
+@pytest.mark.slow
 def test_the_unfinished_run_resumes_to_its_epochs(tmp_path):
     run_dir = tmp_path / "unfinished"
     shutil.copytree(UNFINISHED_RUN_0_1_0, run_dir)

@@ -55,6 +55,7 @@ def _one_error_line(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_training_folder_is_refused_and_the_first_is_unaffected(tmp_path):
     """Both the repeated command and `tfvae resume` are refused with the
     holder's pid and host, before any data is loaded; the first run then
@@ -89,6 +90,7 @@ def test_a_second_process_on_a_training_folder_is_refused_and_the_first_is_unaff
     assert not (tmp_path / ".run.lock").exists()
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_process_never_blocks_and_resume_needs_no_options(tmp_path):
     """SIGKILL leaves the lock file but not the lock; `tfvae resume RUN`
     continues from the last checkpoint with the settings of config.json."""
@@ -229,6 +231,7 @@ def test_a_finished_run_without_its_model_file_is_rebuilt_from_a_kept_checkpoint
     assert json.loads((run / "config.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_train_and_export_json_and_a_log_a_person_reads(tmp_path):
     """In a pipe: one line per epoch with nats to two decimals, seconds and,
     once an epoch has run without compiling, the time left; no progress bar.

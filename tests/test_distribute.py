@@ -192,7 +192,8 @@ def streamed_folder(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("source", ["mnist", pytest.param("streamed", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["mnist", "streamed"])
 def test_two_workers_train_the_weights_of_one_process_and_only_the_chief_writes(
     tmp_path, source, request
 ):

@@ -212,6 +212,7 @@ def test_fresh_process_matches_keras(model, images, codes, version_dir, tmp_path
 # --- saved_model_cli: the TF1/C++ loading path of TF Serving ------------------------------
 
 
+@pytest.mark.slow
 def test_saved_model_cli_show_and_run(model, images, codes, version_dir, tmp_path):
     shown = run([SAVED_MODEL_CLI, "show", "--dir", version_dir, "--all"]).stdout
     for name in export.SIGNATURES:

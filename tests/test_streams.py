@@ -312,6 +312,7 @@ def test_a_binary_tfds_set_streams_its_pixels_as_they_are(tfds_root, monkeypatch
     )
 
 
+@pytest.mark.slow
 def test_a_streamed_tfds_run_trains_its_epochs_and_scores(tfds_root, monkeypatch):
     """Epochs of ceil(36 / 10) = 4 steps, each one pass of the records."""
     from tfvae.config import TrainConfig

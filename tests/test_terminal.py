@@ -8,6 +8,7 @@ import re
 import subprocess
 
 import numpy as np
+import pytest
 from harness import FINISHED_RUN_0_1_0, TFVAE, USER_ENV
 from PIL import Image
 from terminal import run_in_terminal
@@ -58,6 +59,7 @@ def test_evaluation_says_each_stage_and_how_far_the_estimate_is():
     assert all(done <= total for done, total in counts(session.raw))
 
 
+@pytest.mark.slow
 def test_evaluation_in_a_pipe_and_under_json_says_only_its_stages():
     """No live line off a terminal; under --json stdout is the JSON alone and
     the stage lines go to stderr."""
@@ -98,6 +100,7 @@ def test_export_says_what_it_converts_while_it_converts(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_the_check_of_a_streamed_folder_counts_its_files(tmp_path):
     """A folder that streams from disk is decoded once to check it: on a
     terminal a live line counts the files."""

@@ -133,6 +133,7 @@ def test_the_page_shows_sliders_samples_and_reconstructions_without_errors(train
     assert page.errors == []
 
 
+@pytest.mark.slow
 def test_a_2d_model_gets_a_manifold_to_drag_over(tmp_path, mnist_images):
     """Moving the point to (u, v) of the manifold decodes z = (Phi^-1(u),
     Phi^-1(1 - v)), the manifold's own axes; a screenshot shows the page."""
