@@ -635,6 +635,117 @@ def evaluate(run_dir, split, k, as_json):
         progress.say(f"  {label:<{width}} {value}   {note}".rstrip())
 
 
+@main.command()
+@click.argument("run_dir", type=EXISTING_RUN)
+@click.option(
+    "--dataset",
+    type=DatasetSpec(),
+    default=None,
+    help="The images to score, in the run's shape [default: the run's own data set].",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["test", "train", "validation", "all"]),
+    default="test",
+    show_default=True,
+    help="validation: the images the run held out (--validation); all: every split in turn.",
+)
+@click.option(
+    "-k", "--k", type=POSITIVE, default=100, show_default=True, help="Importance samples per image."
+)
+@click.option(
+    "--score",
+    "score_name",
+    type=click.Choice(["complexity", "nll"]),
+    default="complexity",
+    show_default=True,
+    help="complexity: NLL in bits minus the image's PNG code length; nll: -ln p(x) in nats.",
+)
+@click.option(
+    "--fpr",
+    type=FiniteFloatRange(min=0, max=1, min_open=True, max_open=True),
+    default=0.01,
+    show_default=True,
+    help="False-positive rate on normal images the run never trained on, which sets the "
+    "threshold: its validation split, else training images after its --limit.",
+)
+@click.option("--no-threshold", is_flag=True, help="Score without flagging (no outlier column).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Rows file: .csv or .jsonl (with <stem>.summary.json beside it) [default: a table].",
+)
+@click.option(
+    "--outliers",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Picture of the most anomalous images with their scores "
+    "[default: outliers.png beside -o, or in RUN_DIR].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@user_errors
+def score(run_dir, dataset, split, k, score_name, fpr, no_threshold, output, outliers, as_json):
+    """Score every image: ELBO, NLL, bits/dim, code length and an anomaly score.
+
+    One row per image, in the split's order. Images whose score exceeds the
+    threshold set at --fpr on normal images are flagged as outliers.
+
+    \b
+    Examples:
+      tfvae score runs/mnist -o scores.csv
+      tfvae score runs/parts --dataset images:new_parts -k 1000 -o scores.jsonl
+    """
+    from tfvae import plots
+    from tfvae.scoring import check_rows_path, score_report
+
+    if output is not None:
+        check_rows_path(output)
+    folder = output.parent if output is not None else run_dir
+    picture_path, _ = _output(folder, outliers, "outliers.png")
+    progress = _progress(as_json)
+    fpr = None if no_threshold else fpr
+    report = score_report(run_dir, dataset, split, k, score_name, fpr, progress)
+    files = report.write(output) if output is not None else []
+    files.append(plots.save_picture(report.picture(), picture_path))
+    top = report.most_anomalous(10)
+    if as_json:
+        rows = [report.row(i) for i in top]
+        facts = {"files": [str(path) for path in files], "most_anomalous": rows}
+        click.echo(json.dumps(report.summary | facts))
+        return
+    _say_scores(progress, report, top, files)
+
+
+def _say_scores(progress, report, top, files) -> None:
+    """The most anomalous rows as a table, then what the flag rests on."""
+    summary = report.summary
+    what = [key for key in ("path", "label") if key in report.rows]
+    flag = ["outlier"] if "outlier" in report.rows else []
+    header = ["split", "index", *what, "nll", "score", *flag]
+    progress.say("Most anomalous first:")
+    progress.say("  " + "  ".join(f"{name:>10}" for name in header))
+    for i in top:
+        row = report.row(i)
+        cells = [_cell(row[name]) for name in header]
+        progress.say("  " + "  ".join(cells))
+    scored = f"Scored {summary['n_images']:,} {summary['split']} images of {summary['dataset']}"
+    progress.say(f"{scored} (K={summary['k']:,}, score: {summary['score']})")
+    if "threshold" in summary:
+        progress.say(
+            f"Threshold {summary['threshold']:.2f}: {summary['fpr']:.2%} false positives on "
+            f"{summary['threshold_images']:,} {summary['threshold_split']} images; "
+            f"{summary['outliers']:,} of {summary['n_images']:,} flagged"
+        )
+    for path in files:
+        progress.say(f"Wrote {path}")
+
+
+def _cell(value) -> str:
+    return f"{value:10.2f}" if isinstance(value, float) else f"{value!s:>10}"
+
+
 def _units(scores: dict) -> str:
     """`of 20`, or per layer: `of 48 (z_1: 20 of 32, z_2: 10 of 16)`."""
     dims = scores["latent_dim"]

@@ -216,6 +216,26 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
         "k": [*positive_int("--k"), *positive_int("-k")],
         "as_json": flag("--json"),
     },
+    "score": {
+        "run_dir": RUN_DIR_ARG,
+        "dataset": [
+            Bad(("--dataset", "cifar10"), r"mnist.*idx:.*tfds:"),
+            Bad(("--dataset", A_FOLDER), r"is a folder: give it as images:/"),
+        ],
+        "split": choice("--split", ("test", "train", "validation", "all"), bad=("val", "")),
+        "k": [*positive_int("--k"), *positive_int("-k")],
+        "score_name": choice("--score", ("complexity", "nll"), bad=("regret ", "")),
+        "fpr": [
+            Bad(("--fpr", "0"), r"0<x<1"),
+            Bad(("--fpr", "1"), r"0<x<1"),
+            Bad(("--fpr", "nan"), r"0<x<1"),
+            Bad(("--fpr", "often"), "not a valid float"),
+        ],
+        "no_threshold": flag("--no-threshold"),
+        "output": [Bad(("-o", A_FOLDER), "is a directory"), Bad(("--output", A_FOLDER), "")],
+        "outliers": [Bad(("--outliers", A_FOLDER), "is a directory")],
+        "as_json": flag("--json"),
+    },
     "sample": {
         "run_dir": RUN_DIR_ARG,
         "count": [*positive_int("-n"), *positive_int("--num")],

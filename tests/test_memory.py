@@ -142,6 +142,7 @@ CASES = {
 BOUNDED = {
     "evaluate": "scores in chunks of at most IW_NUMBERS numbers, whatever --k",
     "export": "converts one model and checks it on CHECK_IMAGES images",
+    "score": "scores as evaluate does; holds a few numbers per image, writes rows one by one",
     "resume": "runs train's estimate on the settings in config.json",
 }
 

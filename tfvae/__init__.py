@@ -37,6 +37,8 @@ _API = {
     "ObjectiveConfig": "tfvae.config",
     "RunData": "tfvae.data",
     "export_run": "tfvae.export",
+    "score": "tfvae.scoring",
+    "score_report": "tfvae.scoring",
 }
 
 __all__ = [*_API, "__version__"]

@@ -9,7 +9,7 @@ seeded so the same model and data always give the same numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -24,23 +24,32 @@ from tfvae.noise import training_batch
 IW_NUMBERS = 20_000 * 784
 
 
-def evaluate_elbo(
+def elbo_term_batches(
     model, images: np.ndarray, batch_size: int = 1000, seed: int = 1
-) -> dict[str, float]:
-    """Mean `elbo`, `kl` and `log_likelihood` over `images`, one z per image,
-    drawn as the validation step draws it (from the image's fixed key), so a
-    run's final test scores are its last epoch's validation figures."""
+) -> Iterator[dict[str, np.ndarray]]:
+    """Per-image `elbo`, `kl` and `log_likelihood`, float32 `[batch]` each,
+    batch by batch in the order of `images`: one z per image, drawn as the
+    validation step draws it (from the image's fixed key)."""
 
     @tf.function(autograph=False)  # no tensor-dependent Python control flow to convert
     def terms(batch):
         x, noise = training_batch(batch, [1, model.noise_dim])
         return model.elbo_terms(x, noise)
 
-    sums = {"elbo": 0.0, "kl": 0.0, "log_likelihood": 0.0}
     for batch in image_pipeline(images, batch_size, seed):
         out = terms(batch)
+        yield {name: out[name].numpy() for name in ("elbo", "kl", "log_likelihood")}
+
+
+def evaluate_elbo(
+    model, images: np.ndarray, batch_size: int = 1000, seed: int = 1
+) -> dict[str, float]:
+    """Mean `elbo`, `kl` and `log_likelihood` over `images` (`elbo_term_batches`),
+    so a run's final test scores are its last epoch's validation figures."""
+    sums = {"elbo": 0.0, "kl": 0.0, "log_likelihood": 0.0}
+    for batch in elbo_term_batches(model, images, batch_size, seed):
         for name in sums:
-            sums[name] += float(np.sum(out[name].numpy(), dtype=np.float64))
+            sums[name] += float(np.sum(batch[name], dtype=np.float64))
     return {name: total / len(images) for name, total in sums.items()}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from tfvae.durable import write_atomic
 from tfvae.errors import TfvaeError
@@ -116,6 +116,21 @@ def samples(model, n: int = 64, seed: int = 0, binary: bool = False) -> Image.Im
     check_grid(n, model.image_shape, "samples")
     images = np.asarray(model.sample(n, seed=seed, binary=binary))
     return image_grid(images, columns=math.ceil(math.sqrt(n)))
+
+
+def captioned(images: np.ndarray, captions: list[str], columns: int = 8) -> Image.Image:
+    """`image_grid` with a line of text under each image (its score, say),
+    so a picture of flagged images shows why each was flagged."""
+    check_grid(len(images), images.shape[1:], "captioned images")
+    scale = max(2, math.ceil(60 / images.shape[2]))  # room for about ten characters
+    grid = image_grid(images, columns=min(columns, len(images)), scale=scale, gap=14)
+    canvas = grid.convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    cell_h, cell_w = images.shape[1] * scale + 14, images.shape[2] * scale + 14
+    for i, caption in enumerate(captions):
+        row, column = divmod(i, min(columns, len(images)))
+        draw.text((14 + column * cell_w, (row + 1) * cell_h + 1), caption, fill=(0, 0, 0))
+    return canvas
 
 
 def run_pictures(model, images: np.ndarray) -> dict[str, Image.Image]:

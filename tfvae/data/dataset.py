@@ -39,6 +39,9 @@ class ImageDataset:
     binary: bool = False
     # The class names by label index, where the set names them (folders, TFDS).
     classes: tuple[str, ...] | None = None
+    # Each image's file, for sets read from image files (in split order).
+    train_paths: tuple[str, ...] | None = None
+    test_paths: tuple[str, ...] | None = None
 
     @property
     def streamed(self) -> bool:
@@ -74,6 +77,20 @@ class ImageDataset:
         names = f" ({', '.join(self.classes)})" if self.classes and n <= 10 else ""
         return f"{n} classes{names}"
 
+    def facts(
+        self, split: str, last: int | None = None
+    ) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
+        """A split's labels and image files (of its `last` images), each None
+        where the set has none."""
+        labels, paths = {
+            "train": (self.train_labels, self.train_paths),
+            "test": (self.test_labels, self.test_paths),
+        }[split]
+        if last is not None:
+            labels = None if labels is None else labels[-last:]
+            paths = None if paths is None else paths[-last:]
+        return labels, paths
+
     def intensities(self, images: np.ndarray) -> np.ndarray:
         """Pixel values in [0, 1] as float32, the Bernoulli means."""
         scale = 1.0 if self.binary else 255.0
@@ -91,6 +108,8 @@ class ImageDataset:
             train_labels=head(self.train_labels, n_train),
             test_images=head(self.test_images, n_test),
             test_labels=head(self.test_labels, n_test),
+            train_paths=head(self.train_paths, n_train),
+            test_paths=head(self.test_paths, n_test),
         )
 
     def hold_out(
@@ -112,6 +131,7 @@ class ImageDataset:
             self,
             train_images=self.train_images[:-n],
             train_labels=None if self.train_labels is None else self.train_labels[:-n],
+            train_paths=None if self.train_paths is None else self.train_paths[:-n],
         )
         treatment = pixel_treatment(pixels, binarize)
         return rest, self._as_scored(held, treatment, VALIDATION_BINARIZATION_SEED)

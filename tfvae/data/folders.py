@@ -84,6 +84,8 @@ def load_image_folder(
         test_labels=None if labels is None else labels[1],
         binary=False,
         classes=classes,
+        train_paths=tuple(os.fspath(path) for path in paths[:n_train]),
+        test_paths=tuple(os.fspath(path) for path in paths[n_train:]),
     )
 
 

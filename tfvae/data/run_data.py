@@ -29,11 +29,13 @@ class RunData:
     """The data set of a run: `data`, its training images without those held
     out (the last `--validation` of them) and its test images; `validation`,
     the held-out images as scored (None without them); and `pixels`, the
-    pixel treatment they are trained and scored under."""
+    pixel treatment they are trained and scored under; `validation_facts`,
+    the held-out images' labels and files where the set has them."""
 
     data: ImageDataset
     validation: np.ndarray | ScoredImages | None
     pixels: str
+    validation_facts: tuple[np.ndarray | None, tuple[str, ...] | None] = (None, None)
 
     @classmethod
     def load(cls, config: TrainConfig, progress: Progress | None = None) -> RunData:
@@ -42,10 +44,11 @@ class RunData:
         data = load_dataset(config.dataset, config.data_dir, config.resize, progress)
         if config.limit is not None:
             data = data.limit(config.limit, config.limit)
-        validation = None
+        validation, facts = None, (None, None)
         if config.validation:
+            facts = data.facts("train", config.validation)
             data, validation = data.hold_out(config.validation, config.pixels)
-        return cls(data, validation, config.pixels)
+        return cls(data, validation, config.pixels, facts)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -71,6 +74,12 @@ class RunData:
         else:
             images = self.data.scored(split, self.pixels)
         return images if limit is None else np.asarray(images[:limit])
+
+    def facts(self, split: str) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
+        """A split's labels and image files, each None where the set has none."""
+        if split == "validation":
+            return self.validation_facts
+        return self.data.facts(split)
 
     def in_memory(self) -> tuple[int, int]:
         """How many training images, and how many scored (test and validation)

@@ -1,0 +1,315 @@
+"""A score for every image: the ELBO's terms, the importance-weighted NLL, the
+image's lossless code length and an anomaly score from them, one row per
+image in the input's order, and a threshold set on normal images only.
+
+A raw likelihood is a known trap for anomaly detection: images simpler than
+the training set (a blank page, a smooth background) can be *more* likely
+under the model than its own test images (Nalisnick et al., 2019). The
+`complexity` score subtracts what a generic lossless compressor needs for the
+same image (Serrà et al., 2020), so that what is left is how much worse the
+model explains the image than its plain complexity would predict.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from tfvae import plots
+from tfvae.data import RunData, load_dataset
+from tfvae.data.pipelines import array_batches
+from tfvae.durable import atomic_path, write_atomic
+from tfvae.errors import DataError, TfvaeError
+from tfvae.evaluation import elbo_term_batches, iw_log_likelihood
+from tfvae.progress import Progress
+from tfvae.runs import RunFolder
+
+# Anomaly scores, higher meaning more anomalous, by the name `--score` takes.
+SCORES = {
+    "nll": "-ln p(x), the importance-weighted estimate, in nats",
+    "complexity": "NLL in bits minus the image's PNG code length in bits (Serra et al.)",
+}
+DEFAULT_SCORE = "complexity"
+# Splits `tfvae score` takes: a run's own, or `all` of them in this order.
+SCORE_SPLITS = ("test", "train", "validation", "all")
+# Unseen training images scored to set a threshold, at most.
+MAX_NORMAL_IMAGES = 10_000
+# What `ScoreReport.write` writes, by the path's suffix.
+ROW_FORMATS = (".csv", ".jsonl")
+
+
+def check_rows_path(path: str | Path) -> Path:
+    """`path` if its suffix names a rows format (`ROW_FORMATS`), else a one-line error."""
+    path = Path(path)
+    if path.suffix.lower() not in ROW_FORMATS:
+        raise TfvaeError(f"{path}: tfvae writes scores as .csv or .jsonl files; give one of those")
+    return path
+
+
+def image_levels(model, images: tf.Tensor) -> tf.Tensor:
+    """The 8-bit levels behind `images` `[n, h, w, c]` as `model` scores them,
+    uint8: floor(256 x) for the dequantized `gaussian` ((level + u) / 256),
+    else round(255 x) (intensities level / 255, or 0/1 pixels as 0/255)."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    if model.decoder.likelihood.name == "gaussian":
+        levels = tf.floor(images * 256.0)
+    else:
+        levels = tf.round(images * 255.0)
+    return tf.cast(tf.clip_by_value(levels, 0.0, 255.0), tf.uint8)
+
+
+def complexity_bits(levels: tf.Tensor) -> tf.Tensor:
+    """Each image's lossless code length in bits, float32 `[n]`: the size of
+    its PNG (zlib level 9) from TensorFlow's own encoder, so the SavedModel's
+    `score` signature computes the same figure.
+
+    PNG because it is the lossless format image folders hold and its filters
+    use the 2-D neighbourhood a byte compressor (zlib, lzma, bz2 on the raw
+    pixels) ignores; its fixed container overhead is the same for every
+    image of a shape, so it never changes a ranking. `levels`: uint8
+    `[n, h, w, c]`, c = 1 or 3.
+    """
+
+    def png_bytes(image):
+        return tf.strings.length(tf.io.encode_png(image, compression=9))
+
+    lengths = tf.map_fn(png_bytes, levels, fn_output_signature=tf.int32)
+    return 8.0 * tf.cast(lengths, tf.float32)
+
+
+def anomaly_scores(nll, bits):
+    """`SCORES` by name from the NLL (nats) and the code length (bits),
+    NumPy or TensorFlow values alike, each `[n]`."""
+    return {"nll": nll, "complexity": nll / math.log(2) - bits}
+
+
+def score(
+    model,
+    images: np.ndarray,
+    k: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-image columns, each `[n]` float64 in the order of `images`
+    (float32 `[n, h, w, c]`, as the model scores them): `elbo`, `kl`,
+    `log_likelihood` (one z per image from its fixed key), `nll` (the IW
+    estimate at `k`, nats), `bits_per_dim`, `complexity_bits`, and one
+    `score_<name>` column per anomaly score of `SCORES`."""
+    terms = {name: [] for name in ("elbo", "kl", "log_likelihood")}
+    for batch in elbo_term_batches(model, images):
+        for name in terms:
+            terms[name].append(batch[name].astype(np.float64))
+    columns = {name: np.concatenate(parts) for name, parts in terms.items()}
+    columns["nll"] = -iw_log_likelihood(model, images, k=k, progress=progress)
+    dims = math.prod(images.shape[1:])
+    columns["bits_per_dim"] = columns["nll"] / (dims * math.log(2))
+    bits = [complexity_bits(image_levels(model, x)) for _, x in array_batches(images, 1000)]
+    columns["complexity_bits"] = np.concatenate(bits).astype(np.float64)
+    scores = anomaly_scores(columns["nll"], columns["complexity_bits"])
+    return columns | {f"score_{name}": values for name, values in scores.items()}
+
+
+def threshold_for_fpr(normal_scores: np.ndarray, fpr: float) -> float:
+    """The threshold that flags (score > threshold) as many of
+    `normal_scores` as a false-positive rate of `fpr` allows, floor(fpr * n),
+    and never more: the (n - floor(fpr * n))-th smallest score (fewer are
+    flagged only where scores tie)."""
+    if not 0.0 < fpr < 1.0:
+        raise ValueError(f"fpr must lie strictly between 0 and 1, got {fpr}")
+    ordered = np.sort(np.asarray(normal_scores, np.float64))
+    allowed = math.floor(fpr * len(ordered) + 1e-9)  # 0.07 * 100 is 7.000000000000001
+    return float(ordered[len(ordered) - allowed - 1])
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredSplit:
+    """One split's rows: `columns` of `score` plus `split`, `index`, and
+    `label` / `path` where the set has them; `images` as scored, for pictures."""
+
+    columns: dict[str, np.ndarray]
+    images: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreReport:
+    """What `tfvae score` writes: one row per image (`rows`, columns of equal
+    length) and what the flag rests on (`summary`: the score, the threshold,
+    the normal split it was set on and its false-positive rate)."""
+
+    rows: dict[str, np.ndarray]
+    summary: dict
+    images: list[np.ndarray]
+
+    def most_anomalous(self, n: int) -> np.ndarray:
+        """The positions of the `n` highest scores, highest first."""
+        return np.argsort(-self.rows["score"], kind="stable")[:n]
+
+    def row(self, position: int) -> dict:
+        """Row `position` as plain Python values."""
+        return {key: values[position].item() for key, values in self.rows.items()}
+
+    def write(self, path: Path) -> list[Path]:
+        """The rows as CSV, or JSON Lines for a `.jsonl` path, and the
+        summary beside them (`<stem>.summary.json`), each written atomically,
+        row by row."""
+        path = check_rows_path(path)
+        summary = path.with_name(f"{path.stem}.summary.json")
+        with atomic_path(path) as temp, temp.open("w", newline="") as stream:
+            if path.suffix.lower() == ".jsonl":
+                for i in range(len(self.rows["score"])):
+                    stream.write(json.dumps(self.row(i)) + "\n")
+            else:
+                writer = csv.DictWriter(stream, fieldnames=list(self.rows), lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(self.row(i) for i in range(len(self.rows["score"])))
+        write_atomic(summary, json.dumps(self.summary, indent=2) + "\n")
+        return [path, summary]
+
+    def picture(self, n: int = 32) -> Image.Image:
+        """The `n` most anomalous images, highest score first, each captioned
+        with its score."""
+        top = self.most_anomalous(n)
+        images = np.stack([self.image(i) for i in top])
+        return plots.captioned(images, [f"{self.rows['score'][i]:.1f}" for i in top])
+
+    def image(self, position: int) -> np.ndarray:
+        """The scored image of row `position`, float32 `[h, w, c]`."""
+        for images in self.images:
+            if position < len(images):
+                return np.asarray(images[position : position + 1])[0]
+            position -= len(images)
+        raise IndexError(position)
+
+
+def score_report(
+    run_dir: str | Path,
+    dataset: str | None = None,
+    split: str = "test",
+    k: int = 1,
+    score_name: str = DEFAULT_SCORE,
+    fpr: float | None = 0.01,
+    progress: Progress | None = None,
+) -> ScoreReport:
+    """Score every image of `split` of the run's data (or of `dataset`, a spec
+    as `--dataset` takes it, under the run's pixel treatment), and flag those
+    whose `score_name` exceeds the threshold that gives a false-positive rate
+    of `fpr` on normal images the run never trained on (`normal_images`);
+    `fpr=None` scores without a threshold."""
+    if score_name not in SCORES:
+        raise TfvaeError(f"unknown score {score_name!r}; use one of {', '.join(SCORES)}")
+    if split not in SCORE_SPLITS:
+        raise DataError(f"unknown split {split!r}; use one of {', '.join(SCORE_SPLITS)}")
+    if fpr is not None and not 0.0 < fpr < 1.0:
+        raise TfvaeError(f"--fpr {fpr}: a false-positive rate lies strictly between 0 and 1")
+    progress = progress or Progress.quiet()
+    run = RunFolder(run_dir).load()
+    run_data = RunData.load(run.state.config, progress)
+    source = _source(run_data, dataset, run, progress)
+    normal = _normal_source(run, run_data, progress) if fpr is not None else None
+    splits = _splits(source, split)
+    parts = {name: _score_split(run, source, name, k, progress) for name in splits}
+    rows = _rows(list(parts.values()), score_name)
+    summary = {
+        "run": str(run_dir),
+        "dataset": dataset or run.state.config.dataset,
+        "split": split,
+        "n_images": int(len(rows["score"])),
+        "k": k,
+        "score": score_name,
+        "score_means": SCORES[score_name],
+    }
+    if normal is not None:
+        normal_source, normal_split, called = normal
+        same = normal_source is source and normal_split in parts
+        scored = parts[normal_split] if same else _score_split(run, *normal[:2], k, progress)
+        summary |= _flag(rows, scored.columns[f"score_{score_name}"], fpr)
+        summary["threshold_split"] = called
+    return ScoreReport(rows, summary, [part.images for part in parts.values()])
+
+
+def _flag(rows: dict[str, np.ndarray], normal_scores: np.ndarray, fpr: float) -> dict:
+    """Add the `outlier` column: a score above the threshold set at `fpr` on
+    `normal_scores`. Returns what the flag rests on."""
+    threshold = threshold_for_fpr(normal_scores, fpr)
+    rows["outlier"] = (rows["score"] > threshold).astype(np.int64)
+    return {
+        "fpr": fpr,
+        "threshold": threshold,
+        "threshold_images": int(len(normal_scores)),
+        "fpr_on_threshold_images": float(np.mean(normal_scores > threshold)),
+        "outliers": int(rows["outlier"].sum()),
+    }
+
+
+def _rows(parts: list[ScoredSplit], score_name: str) -> dict[str, np.ndarray]:
+    """The splits' columns one after the other (those every split has), the
+    chosen anomaly score as `score`."""
+    shared = [key for key in parts[0].columns if all(key in part.columns for part in parts)]
+    rows = {key: np.concatenate([part.columns[key] for part in parts]) for key in shared}
+    rows["score"] = rows.pop(f"score_{score_name}")
+    return {key: value for key, value in rows.items() if not key.startswith("score_")}
+
+
+def _source(run_data: RunData, dataset: str | None, run, progress: Progress) -> RunData:
+    """The run's data, or `dataset` as the run would read and score it."""
+    if dataset is None:
+        return run_data
+    config, shape = run.state.config, run.state.image_shape
+    data = load_dataset(dataset, config.data_dir, config.resize, progress)
+    if data.image_shape != tuple(shape):
+        raise DataError(
+            f"{dataset}: images are {'x'.join(map(str, data.image_shape))}, the run was "
+            f"trained on {'x'.join(map(str, shape))}; score images of the run's shape"
+        )
+    return RunData(data, None, run_data.pixels)
+
+
+def _splits(source: RunData, split: str) -> list[str]:
+    """The splits `split` names: itself, or for `all` each one the source has."""
+    if split != "all":
+        return [split]
+    held = source.validation is not None
+    return ["train", "validation", "test"] if held else ["train", "test"]
+
+
+def _normal_source(run, run_data: RunData, progress: Progress) -> tuple[RunData, str, str]:
+    """Where the normal images the run never trained on are, their split and
+    what they are called:
+    its validation split, else (a run on the first `--limit` images) up to
+    `MAX_NORMAL_IMAGES` of the training images after them (as `test` of the
+    source returned); a run that saw every training image has none."""
+    if run_data.validation is not None:
+        return run_data, "validation", "validation"
+    config = run.state.config
+    full = load_dataset(config.dataset, config.data_dir, config.resize, progress)
+    unseen = full.train_images[config.limit or len(full.train_images) :][:MAX_NORMAL_IMAGES]
+    if len(unseen) == 0:
+        raise DataError(
+            f"{config.dataset}: the run trained on every training image and held none out, so "
+            "no normal images are left to set the threshold on; train with --validation N, "
+            "or score without a threshold (--no-threshold)"
+        )
+    as_test = dataclasses.replace(full, test_images=unseen, test_labels=None, test_paths=None)
+    return RunData(as_test, None, run_data.pixels), "test", "unseen training"
+
+
+def _score_split(run, source: RunData, split: str, k: int, progress: Progress) -> ScoredSplit:
+    images = source.scored(split)
+    what = f"Scoring the {len(images):,} {split} images, K={k:,}"
+    with progress.stage(what, total=len(images) * k) as advance:
+        columns = score(run.model, images, k=k, progress=advance)
+    labels, paths = source.facts(split)
+    n = len(images)
+    facts = {"split": np.full(n, split), "index": np.arange(n)}
+    if paths is not None:
+        facts["path"] = np.asarray(paths)
+    if labels is not None:
+        facts["label"] = np.asarray(labels)
+    return ScoredSplit(facts | columns, images)
