@@ -22,6 +22,7 @@ import tensorflow as tf
 from tfvae import export
 from tfvae.data import load_dataset, train_pipeline
 from tfvae.export import ExportError
+from tfvae.export.savedmodel import serving_scores
 from tfvae.export.warmup import WARMUP_FILE
 from tfvae.model import VAE
 
@@ -103,6 +104,7 @@ def keras_outputs(model, images, codes) -> dict[str, np.ndarray]:
         "decode/probabilities": p_x.mean().numpy(),
         "decode/logits": model.decoder.outputs(codes).numpy(),
         **{f"elbo/{key}": terms[key].numpy() for key in ("elbo", "kl", "log_likelihood")},
+        **{f"score/{k}": v.numpy() for k, v in serving_scores(model, tf.constant(images)).items()},
     }
 
 
@@ -171,7 +173,7 @@ LOAD_SCRIPT = textwrap.dedent(
     signatures = tf.saved_model.load(export_dir).signatures
     images, z = tf.constant(inputs["images"]), tf.constant(inputs["z"])
     results = {}
-    for name in ("serving_default", "reconstruct", "encode", "elbo"):
+    for name in ("serving_default", "reconstruct", "encode", "elbo", "score"):
         for key, value in signatures[name](images=images).items():
             results[f"{name}/{key}"] = value.numpy()
     for key, value in signatures["decode"](z=z).items():
@@ -187,6 +189,29 @@ LOAD_SCRIPT = textwrap.dedent(
 )
 
 
+SAMPLES = ("sample/a", "sample/b", "sample/c")
+SCORE_COLUMNS = ("elbo", "kl", "log_likelihood", "nll", "bits_per_dim", "complexity_bits")
+
+
+def test_the_score_signature_is_tfvae_score_at_its_k(model, images, loaded):
+    """`score` gives what `tfvae score -k 100` gives: the code length exactly,
+    the NLL within the IW estimates' spread (its z are other draws), and
+    bits/dim and the default score from them. (Its ELBO terms are the `elbo`
+    signature's: `test_fresh_process_matches_keras`.)"""
+    from tfvae.scoring import score
+
+    got = {k: v.numpy() for k, v in loaded.signatures["score"](images=tf.constant(images)).items()}
+    want = score(model, images, k=export.SCORE_K)
+    np.testing.assert_array_equal(got["complexity_bits"], want["complexity_bits"])
+    # Two estimates from independent draws: their mean difference is within
+    # 4 standard errors of 0 (a missing log K alone would be 4.6 nats).
+    diff = got["nll"] - want["nll"]
+    assert abs(diff.mean()) < 4 * diff.std() / np.sqrt(len(diff))
+    np.testing.assert_allclose(got["bits_per_dim"], got["nll"] / (784 * np.log(2)), rtol=1e-6)
+    expected = got["nll"] / np.log(2) - got["complexity_bits"]
+    np.testing.assert_allclose(got["score"], expected, rtol=1e-6)
+
+
 def test_fresh_process_matches_keras(model, images, codes, version_dir, tmp_path):
     script = tmp_path / "load.py"
     script.write_text(LOAD_SCRIPT)
@@ -195,11 +220,13 @@ def test_fresh_process_matches_keras(model, images, codes, version_dir, tmp_path
     got = dict(np.load(tmp_path / "out.npz"))
     want = keras_outputs(model, images, codes)
     want["serving_default/probabilities"] = want["reconstruct/probabilities"]
+    assert set(got) - set(want) == set(SAMPLES)
     for key, value in want.items():
-        if key.startswith("elbo/"):
+        if key.startswith(("elbo/", "score/")):
             # The same seed draws the same z; what is left is float32 summation order
-            # over 784 pixel terms of ~100 nats (relative 1e-7 each): 1e-3 nats is ample.
-            np.testing.assert_allclose(got[key], value, atol=1e-3, rtol=0, err_msg=key)
+            # over 784 pixel terms of ~100 nats (relative 1e-7 each): 1e-3 nats is ample
+            # (2e-3 for the score, which is in bits).
+            np.testing.assert_allclose(got[key], value, atol=2e-3, rtol=0, err_msg=key)
         else:
             np.testing.assert_allclose(got[key], value, atol=ATOL, rtol=0, err_msg=key)
     assert got["elbo/elbo"].mean() > -250  # trained: far above a fresh model's ~-545
@@ -454,14 +481,14 @@ def test_out_of_range_pixels_are_clipped_and_nan_refused(loaded, images):
     noisy = x * 3.0 - 1.0  # 0 -> -1, 1 -> 2: clipped back to 0 and 1
     noisy[0, 0, 0, 0] = 1e30
     x[0, 0, 0, 0] = 1.0
-    for name in ("reconstruct", "encode", "elbo"):
+    for name in ("reconstruct", "encode", "elbo", "score"):
         clean, wild = sig[name](images=tf.constant(x)), sig[name](images=tf.constant(noisy))
         assert clean.keys() == wild.keys()
         for key in clean:
             np.testing.assert_array_equal(clean[key].numpy(), wild[key].numpy(), err_msg=name)
     for bad in (np.nan, np.inf, -np.inf):
         x[1, 5, 5, 0] = bad
-        for name in ("serving_default", "encode", "elbo"):
+        for name in ("serving_default", "encode", "elbo", "score"):
             with pytest.raises(tf.errors.InvalidArgumentError, match="finite pixels"):
                 sig[name](images=tf.constant(x))
     with pytest.raises(tf.errors.InvalidArgumentError, match="z must be finite"):
@@ -488,6 +515,7 @@ def test_empty_batch_gives_empty_outputs(loaded, model):
         "reconstruct": {"probabilities": (0, 28, 28, 1)},
         "encode": {"z_mean": (0, 20), "z_stddev": (0, 20)},
         "elbo": {"elbo": (0,), "kl": (0,), "log_likelihood": (0,)},
+        "score": {key: (0,) for key in (*SCORE_COLUMNS, "score")},
     }
     for name, want in shapes.items():
         got = loaded.signatures[name](images=empty)

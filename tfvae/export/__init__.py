@@ -13,7 +13,13 @@ from tfvae.export.fidelity import FIDELITY, fidelity_report, scaled_error
 from tfvae.export.files import QUANTIZATIONS, export_onnx, export_tflite
 from tfvae.export.publish import next_version
 from tfvae.export.run import CHECK_IMAGES, describe_artifact, export_run
-from tfvae.export.savedmodel import ELBO_SEED, MAX_SAMPLE_COUNT, SIGNATURES, export_savedmodel
+from tfvae.export.savedmodel import (
+    ELBO_SEED,
+    MAX_SAMPLE_COUNT,
+    SCORE_K,
+    SIGNATURES,
+    export_savedmodel,
+)
 
 __all__ = [
     "CHECK_IMAGES",
@@ -21,6 +27,7 @@ __all__ = [
     "FIDELITY",
     "MAX_SAMPLE_COUNT",
     "QUANTIZATIONS",
+    "SCORE_K",
     "SIGNATURES",
     "ExportError",
     "describe_artifact",

@@ -10,6 +10,7 @@ outputs.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -29,14 +30,21 @@ from tfvae.export.publish import (
     write_errors,
 )
 from tfvae.export.warmup import write_warmup_file
+from tfvae.scoring import DEFAULT_SCORE, anomaly_scores, complexity_bits, image_levels
 
 if TYPE_CHECKING:
     from tfvae.model import VAE
 
-SIGNATURES = ("serving_default", "reconstruct", "encode", "decode", "sample", "elbo")
+SIGNATURES = ("serving_default", "reconstruct", "encode", "decode", "sample", "elbo", "score")
 # The `elbo` signature draws its one z ~ q(z|x) with this stateless seed, so the
 # same images always give the same numbers (equal to `model.elbo_terms(x, seed=ELBO_SEED)`).
 ELBO_SEED = (0, 0)
+# The `score` signature's importance samples per image, drawn in chunks of
+# SCORE_CHUNK with this stateless seed (a fixed K, so a server's cost per
+# image is known; `tfvae score -k` takes any K).
+SCORE_K = 100
+SCORE_CHUNK = 10
+SCORE_SEED = (0, 1)
 # A `sample` request allocates count * pixels floats; cap it so one request cannot
 # exhaust a server's memory (10k MNIST images are 31 MB).
 MAX_SAMPLE_COUNT = 10_000
@@ -95,6 +103,9 @@ def _serving_endpoints(model: VAE) -> dict[str, tuple[Callable, list[tf.TensorSp
         terms = model.elbo_terms(_checked_images(model, images), seed=ELBO_SEED)
         return {key: terms[key] for key in ("elbo", "kl", "log_likelihood")}
 
+    def score(images):
+        return serving_scores(model, _checked_images(model, images))
+
     scalar = [
         tf.TensorSpec([], tf.int32, name="count"),
         tf.TensorSpec([], tf.int32, name="seed"),
@@ -106,6 +117,31 @@ def _serving_endpoints(model: VAE) -> dict[str, tuple[Callable, list[tf.TensorSp
         "decode": (decode, [z]),
         "sample": (sample, scalar),
         "elbo": (elbo, [images]),
+        "score": (score, [images]),
+    }
+
+
+def serving_scores(model: VAE, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    """What the `score` signature returns for `images` `[B, h, w, c]`, each
+    `[B]` float32: the `elbo` signature's terms, `nll` (the IW estimate at
+    `SCORE_K` from `SCORE_SEED`, nats), `bits_per_dim`, `complexity_bits`
+    and `score` (the default anomaly score of `tfvae score`)."""
+    terms = model.elbo_terms(images, seed=ELBO_SEED)
+    batch = tf.shape(images)[0]
+    log_sums = []
+    for chunk in range(SCORE_K // SCORE_CHUNK):  # bounded memory: one chunk of z at a time
+        shape = tf.stack([SCORE_CHUNK, batch, model.noise_dim])
+        noise = tf.random.stateless_normal(shape, seed=[SCORE_SEED[0], SCORE_SEED[1] + chunk])
+        log_sums.append(tf.reduce_logsumexp(model.log_weights(model.draw(images, noise)), 0))
+    nll = math.log(SCORE_K) - tf.reduce_logsumexp(tf.stack(log_sums), axis=0)
+    bits = complexity_bits(image_levels(model, images))
+    dims = math.prod(model.image_shape)
+    return {
+        **{key: terms[key] for key in ("elbo", "kl", "log_likelihood")},
+        "nll": nll,
+        "bits_per_dim": nll / (dims * math.log(2)),
+        "complexity_bits": bits,
+        "score": anomaly_scores(nll, bits)[DEFAULT_SCORE],
     }
 
 
