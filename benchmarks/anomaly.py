@@ -74,7 +74,7 @@ def main() -> None:
         as_test = dataclasses.replace(run_data.data, test_images=levels, test_labels=None)
         images = np.asarray(as_test.scored("test", pixels))
         started = time.perf_counter()
-        columns = score(run.model, images, k=args.k)
+        columns = score(run.model, images, k=args.k, regret=True)
         seconds[name] = time.perf_counter() - started
         scores[name] = {key: columns[f"score_{key}"] for key in SCORES}
         print(f"{name}: mean NLL {columns['nll'].mean():.2f} nats, {seconds[name]:.1f} s")

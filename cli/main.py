@@ -656,10 +656,11 @@ def evaluate(run_dir, split, k, as_json):
 @click.option(
     "--score",
     "score_name",
-    type=click.Choice(["complexity", "nll"]),
+    type=click.Choice(["complexity", "nll", "regret"]),
     default="complexity",
     show_default=True,
-    help="complexity: NLL in bits minus the image's PNG code length; nll: -ln p(x) in nats.",
+    help="complexity: NLL in bits minus the image's PNG code length; nll: -ln p(x) in nats; "
+    "regret: the ELBO gained by refitting q(z|x) to the image (slower; one-layer models).",
 )
 @click.option(
     "--fpr",

@@ -224,7 +224,7 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
         ],
         "split": choice("--split", ("test", "train", "validation", "all"), bad=("val", "")),
         "k": [*positive_int("--k"), *positive_int("-k")],
-        "score_name": choice("--score", ("complexity", "nll"), bad=("regret ", "")),
+        "score_name": choice("--score", ("complexity", "nll", "regret"), bad=("regrets", "")),
         "fpr": [
             Bad(("--fpr", "0"), r"0<x<1"),
             Bad(("--fpr", "1"), r"0<x<1"),

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 from PIL import Image
 
 from tfvae import plots
@@ -32,11 +33,19 @@ from tfvae.evaluation import elbo_term_batches, iw_log_likelihood
 from tfvae.progress import Progress
 from tfvae.runs import RunFolder
 
+tfd = tfp.distributions
+
 # Anomaly scores, higher meaning more anomalous, by the name `--score` takes.
 SCORES = {
     "nll": "-ln p(x), the importance-weighted estimate, in nats",
     "complexity": "NLL in bits minus the image's PNG code length in bits (Serra et al.)",
+    "regret": "the ELBO gained when q(z|x) is refitted to the image alone (Xiao et al.), nats",
 }
+# The Likelihood Regret's refit: Adam steps on each image's own q, their
+# learning rate, and the fixed draws of z its ELBO is averaged over.
+REGRET_STEPS = 100
+REGRET_LEARNING_RATE = 0.05
+REGRET_SAMPLES = 8
 DEFAULT_SCORE = "complexity"
 # Splits `tfvae score` takes: a run's own, or `all` of them in this order.
 SCORE_SPLITS = ("test", "train", "validation", "all")
@@ -85,6 +94,54 @@ def complexity_bits(levels: tf.Tensor) -> tf.Tensor:
     return 8.0 * tf.cast(lengths, tf.float32)
 
 
+def likelihood_regret(
+    model, images: np.ndarray, batch_size: int = 500, seed: int = 3
+) -> np.ndarray:
+    """Each image's Likelihood Regret (Xiao, Yan & Amit, 2020), `[n]` float64
+    nats: how much its ELBO rises when q(z|x) is fitted to that image alone,
+    starting from the encoder's q, by `REGRET_STEPS` Adam steps on q's mean
+    and log-stddev. An image like the training images gains little (the
+    encoder already fits it); an unlike one gains much. Xiao et al. refit the
+    encoder's weights per image; refitting q's parameters directly measures
+    the same gap, batched. One stochastic layer only."""
+    if len(model.latent_dims) != 1:
+        raise TfvaeError("the Likelihood Regret refits a one-layer q(z|x); this model has several")
+    prior = model.top_prior()
+
+    def elbo(x, params, noise):  # params [b, 2 d], noise [samples, b, d]: ELBO [b]
+        mean, log_std = tf.split(params, 2, axis=-1)
+        z = mean + tf.exp(log_std) * noise
+        q = tfd.MultivariateNormalDiag(mean, tf.exp(log_std))
+        return tf.reduce_mean(model.log_likelihood(x, z) + prior.log_prob(z) - q.log_prob(z), 0)
+
+    @tf.function(autograph=False, reduce_retracing=True)
+    def regret(x, noise):
+        mean, std = model.encoder.top_params(x)
+        start = tf.concat([mean, tf.math.log(std)], -1)
+
+        def step(i, params, m, v):
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                loss = -tf.reduce_sum(elbo(x, params, noise))
+            g = tape.gradient(loss, params)
+            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+            t = tf.cast(i + 1, tf.float32)
+            m_hat, v_hat = m / (1 - 0.9**t), v / (1 - 0.999**t)
+            return i + 1, params - REGRET_LEARNING_RATE * m_hat / (tf.sqrt(v_hat) + 1e-8), m, v
+
+        zeros = tf.zeros_like(start)
+        loop = (0, start, zeros, zeros)
+        _, fitted, _, _ = tf.while_loop(lambda i, *_: i < REGRET_STEPS, step, loop)
+        return elbo(x, fitted, noise) - elbo(x, start, noise)
+
+    out = []
+    for first, x in array_batches(images, batch_size):
+        shape = [REGRET_SAMPLES, len(x), model.latent_dims[0]]
+        noise = tf.random.stateless_normal(shape, seed=[seed, first], alg="philox")
+        out.append(regret(tf.constant(x), noise).numpy().astype(np.float64))
+    return np.concatenate(out)
+
+
 def anomaly_scores(nll, bits):
     """`SCORES` by name from the NLL (nats) and the code length (bits),
     NumPy or TensorFlow values alike, each `[n]`."""
@@ -96,12 +153,14 @@ def score(
     images: np.ndarray,
     k: int = 1,
     progress: Callable[[int], None] | None = None,
+    regret: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per-image columns, each `[n]` float64 in the order of `images`
     (float32 `[n, h, w, c]`, as the model scores them): `elbo`, `kl`,
     `log_likelihood` (one z per image from its fixed key), `nll` (the IW
-    estimate at `k`, nats), `bits_per_dim`, `complexity_bits`, and one
-    `score_<name>` column per anomaly score of `SCORES`."""
+    estimate at `k`, nats), `bits_per_dim`, `complexity_bits`, and a
+    `score_<name>` column per anomaly score of `SCORES` (`regret` only with
+    `regret=True`: it costs a hundred gradient steps an image)."""
     terms = {name: [] for name in ("elbo", "kl", "log_likelihood")}
     for batch in elbo_term_batches(model, images):
         for name in terms:
@@ -118,6 +177,8 @@ def score(
     bits = [bits_of(tf.constant(x)).numpy() for _, x in array_batches(images, 1000)]
     columns["complexity_bits"] = np.concatenate(bits).astype(np.float64)
     scores = anomaly_scores(columns["nll"], columns["complexity_bits"])
+    if regret:
+        scores["regret"] = likelihood_regret(model, images)
     return columns | {f"score_{name}": values for name, values in scores.items()}
 
 
@@ -207,19 +268,17 @@ def score_report(
     whose `score_name` exceeds the threshold that gives a false-positive rate
     of `fpr` on normal images the run never trained on (`normal_images`);
     `fpr=None` scores without a threshold."""
-    if score_name not in SCORES:
-        raise TfvaeError(f"unknown score {score_name!r}; use one of {', '.join(SCORES)}")
-    if split not in SCORE_SPLITS:
-        raise DataError(f"unknown split {split!r}; use one of {', '.join(SCORE_SPLITS)}")
-    if fpr is not None and not 0.0 < fpr < 1.0:
-        raise TfvaeError(f"--fpr {fpr}: a false-positive rate lies strictly between 0 and 1")
+    _check_options(score_name, split, fpr)
     progress = progress or Progress.quiet()
     run = RunFolder(run_dir).load()
+    regret = score_name == "regret"
+    if regret and len(run.model.latent_dims) != 1:
+        raise TfvaeError("--score regret refits a one-layer q(z|x); this model has several layers")
     run_data = RunData.load(run.state.config, progress)
     source = _source(run_data, dataset, run, progress)
     normal = _normal_source(run, run_data, progress) if fpr is not None else None
     splits = _splits(source, split)
-    parts = {name: _score_split(run, source, name, k, progress) for name in splits}
+    parts = {name: _score_split(run, source, name, k, progress, regret) for name in splits}
     rows = _rows(list(parts.values()), score_name)
     summary = {
         "run": str(run_dir),
@@ -233,10 +292,23 @@ def score_report(
     if normal is not None:
         normal_source, normal_split, called = normal
         same = normal_source is source and normal_split in parts
-        scored = parts[normal_split] if same else _score_split(run, *normal[:2], k, progress)
+        if same:
+            scored = parts[normal_split]
+        else:
+            scored = _score_split(run, normal_source, normal_split, k, progress, regret)
         summary |= _flag(rows, scored.columns[f"score_{score_name}"], fpr)
         summary["threshold_split"] = called
     return ScoreReport(rows, summary, [part.images for part in parts.values()])
+
+
+def _check_options(score_name: str, split: str, fpr: float | None) -> None:
+    """One line for a score, split or rate `score_report` does not take."""
+    if score_name not in SCORES:
+        raise TfvaeError(f"unknown score {score_name!r}; use one of {', '.join(SCORES)}")
+    if split not in SCORE_SPLITS:
+        raise DataError(f"unknown split {split!r}; use one of {', '.join(SCORE_SPLITS)}")
+    if fpr is not None and not 0.0 < fpr < 1.0:
+        raise TfvaeError(f"--fpr {fpr}: a false-positive rate lies strictly between 0 and 1")
 
 
 def _flag(rows: dict[str, np.ndarray], normal_scores: np.ndarray, fpr: float) -> dict:
@@ -305,11 +377,13 @@ def _normal_source(run, run_data: RunData, progress: Progress) -> tuple[RunData,
     return RunData(as_test, None, run_data.pixels), "test", "unseen training"
 
 
-def _score_split(run, source: RunData, split: str, k: int, progress: Progress) -> ScoredSplit:
+def _score_split(
+    run, source: RunData, split: str, k: int, progress: Progress, regret: bool = False
+) -> ScoredSplit:
     images = source.scored(split)
     what = f"Scoring the {len(images):,} {split} images, K={k:,}"
     with progress.stage(what, total=len(images) * k) as advance:
-        columns = score(run.model, images, k=k, progress=advance)
+        columns = score(run.model, images, k=k, progress=advance, regret=regret)
     labels, paths = source.facts(split)
     n = len(images)
     facts = {"split": np.full(n, split), "index": np.arange(n)}
