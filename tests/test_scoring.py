@@ -22,7 +22,13 @@ import tfvae
 from tfvae.config import TrainConfig
 from tfvae.evaluation import evaluate_elbo, iw_log_likelihood
 from tfvae.runs import run_images
-from tfvae.scoring import complexity_bits, image_levels, score, threshold_for_fpr
+from tfvae.scoring import (
+    complexity_bits,
+    image_levels,
+    likelihood_regret,
+    score,
+    threshold_for_fpr,
+)
 
 PUBLISHED = Path(__file__).parents[1] / "benchmarks" / "runs" / "burda-elbo-k1-cosine660-val10k"
 
@@ -176,6 +182,38 @@ def test_the_default_score_flags_blank_images_the_likelihood_prefers():
 
     assert auroc("nll") < 0.1
     assert auroc("score_complexity") == 1.0
+
+
+def test_the_regret_is_what_refitting_q_gains_and_largest_for_the_unlike():
+    """The Likelihood Regret refits q to each image: the ELBO never drops
+    (the same fixed draws before and after, so a loss would be the
+    optimizer's), and all-black images, which the encoder never met, gain
+    more than the digits it was trained on."""
+    run, images = run_images(PUBLISHED, limit=200)
+    digits = likelihood_regret(run.model, images)
+    blank = likelihood_regret(run.model, np.zeros((20, 28, 28, 1), np.float32))
+    assert digits.min() > -1e-3 and blank.min() > -1e-3
+    assert np.median(blank) > np.quantile(digits, 0.9)
+
+
+def test_score_regret_writes_each_images_regret(tiny_finished_run, tmp_path):
+    out = tmp_path / "scores.csv"
+    options = ["--score", "regret", "--no-threshold", "-k", "1", "-o", out]
+    assert invoke("score", tiny_finished_run, *options).exit_code == 0
+    rows = list(csv.DictReader(out.open()))
+    run, images = run_images(tiny_finished_run)
+    want = likelihood_regret(run.model, images)
+    np.testing.assert_allclose([float(row["score"]) for row in rows], want, rtol=1e-6)
+    assert json.loads((tmp_path / "scores.summary.json").read_text())["score"] == "regret"
+
+
+def test_the_regret_refuses_a_model_of_several_layers():
+    from tfvae.errors import TfvaeError
+    from tfvae.model import VAE
+
+    model = VAE(latent_dim=(4, 2), hidden_units=(16,))
+    with pytest.raises(TfvaeError, match="one-layer q"):
+        likelihood_regret(model, np.zeros((2, 28, 28, 1), np.float32))
 
 
 @pytest.mark.parametrize(
