@@ -656,11 +656,11 @@ def evaluate(run_dir, split, k, as_json):
 @click.option(
     "--score",
     "score_name",
-    type=click.Choice(["complexity", "nll", "regret"]),
-    default="complexity",
-    show_default=True,
-    help="complexity: NLL in bits minus the image's PNG code length; nll: -ln p(x) in nats; "
-    "regret: the ELBO gained by refitting q(z|x) to the image (slower; one-layer models).",
+    type=click.Choice(["regret", "complexity", "nll"]),
+    default=None,
+    help="regret: the ELBO an image gains when q(z|x) is refitted to it alone (one-layer "
+    "models); complexity: NLL in bits minus the image's PNG code length; nll: -ln p(x) in "
+    "nats [default: regret, complexity for several stochastic layers].",
 )
 @click.option(
     "--fpr",

@@ -46,7 +46,7 @@ SCORES = {
 REGRET_STEPS = 100
 REGRET_LEARNING_RATE = 0.05
 REGRET_SAMPLES = 8
-DEFAULT_SCORE = "complexity"
+REGRET_SEED = 3
 # Splits `tfvae score` takes: a run's own, or `all` of them in this order.
 SCORE_SPLITS = ("test", "train", "validation", "all")
 # Unseen training images scored to set a threshold, at most.
@@ -95,51 +95,68 @@ def complexity_bits(levels: tf.Tensor) -> tf.Tensor:
 
 
 def likelihood_regret(
-    model, images: np.ndarray, batch_size: int = 500, seed: int = 3
+    model, images: np.ndarray, batch_size: int = 500, seed: int = REGRET_SEED
 ) -> np.ndarray:
     """Each image's Likelihood Regret (Xiao, Yan & Amit, 2020), `[n]` float64
-    nats: how much its ELBO rises when q(z|x) is fitted to that image alone,
-    starting from the encoder's q, by `REGRET_STEPS` Adam steps on q's mean
-    and log-stddev. An image like the training images gains little (the
-    encoder already fits it); an unlike one gains much. Xiao et al. refit the
-    encoder's weights per image; refitting q's parameters directly measures
-    the same gap, batched. One stochastic layer only."""
+    nats (`regret_of_batch`, `batch_size` images at a time, the draws of z
+    seeded by `seed` and the batch's first index)."""
+    check_regret(model)
+
+    @tf.function(autograph=False, reduce_retracing=True)
+    def regret(x, first):
+        return regret_of_batch(model, x, seed=tf.stack([seed, first]))
+
+    out = []
+    for first, x in array_batches(images, batch_size):
+        out.append(regret(tf.constant(x), tf.constant(first)).numpy().astype(np.float64))
+    return np.concatenate(out)
+
+
+def check_regret(model) -> None:
     if len(model.latent_dims) != 1:
         raise TfvaeError("the Likelihood Regret refits a one-layer q(z|x); this model has several")
-    prior = model.top_prior()
 
-    def elbo(x, params, noise):  # params [b, 2 d], noise [samples, b, d]: ELBO [b]
+
+def regret_of_batch(model, x: tf.Tensor, seed) -> tf.Tensor:
+    """How much each image's ELBO rises when q(z|x) is fitted to that image
+    alone, `[batch]` float32 nats: `REGRET_STEPS` Adam steps on q's mean and
+    log-stddev from the encoder's, the ELBO averaged over `REGRET_SAMPLES`
+    fixed draws of z (stateless `seed`, the same before and after). An image
+    like the training images gains little (the encoder already fits it); an
+    unlike one gains much. Xiao et al. refit the encoder's weights per image;
+    refitting q's parameters directly measures the same gap, batched, and in
+    a graph (the SavedModel's `score` signature). One stochastic layer only."""
+    prior = model.top_prior()
+    shape = tf.stack([REGRET_SAMPLES, tf.shape(x)[0], model.latent_dims[0]])
+    noise = tf.random.stateless_normal(shape, seed=seed, alg="philox")
+
+    def elbo(params):  # params [b, 2 d]: ELBO [b]
         mean, log_std = tf.split(params, 2, axis=-1)
         z = mean + tf.exp(log_std) * noise
         q = tfd.MultivariateNormalDiag(mean, tf.exp(log_std))
         return tf.reduce_mean(model.log_likelihood(x, z) + prior.log_prob(z) - q.log_prob(z), 0)
 
-    @tf.function(autograph=False, reduce_retracing=True)
-    def regret(x, noise):
-        mean, std = model.encoder.top_params(x)
-        start = tf.concat([mean, tf.math.log(std)], -1)
+    def step(i, params, m, v):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss = -tf.reduce_sum(elbo(params))
+        g = tape.gradient(loss, params)
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        t = tf.cast(i + 1, tf.float32)
+        m_hat, v_hat = m / (1 - 0.9**t), v / (1 - 0.999**t)
+        return i + 1, params - REGRET_LEARNING_RATE * m_hat / (tf.sqrt(v_hat) + 1e-8), m, v
 
-        def step(i, params, m, v):
-            with tf.GradientTape() as tape:
-                tape.watch(params)
-                loss = -tf.reduce_sum(elbo(x, params, noise))
-            g = tape.gradient(loss, params)
-            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
-            t = tf.cast(i + 1, tf.float32)
-            m_hat, v_hat = m / (1 - 0.9**t), v / (1 - 0.999**t)
-            return i + 1, params - REGRET_LEARNING_RATE * m_hat / (tf.sqrt(v_hat) + 1e-8), m, v
+    mean, std = model.encoder.top_params(x)
+    start = tf.concat([mean, tf.math.log(std)], -1)
+    zeros = tf.zeros_like(start)
+    _, fitted, _, _ = tf.while_loop(lambda i, *_: i < REGRET_STEPS, step, (0, start, zeros, zeros))
+    return elbo(fitted) - elbo(start)
 
-        zeros = tf.zeros_like(start)
-        loop = (0, start, zeros, zeros)
-        _, fitted, _, _ = tf.while_loop(lambda i, *_: i < REGRET_STEPS, step, loop)
-        return elbo(x, fitted, noise) - elbo(x, start, noise)
 
-    out = []
-    for first, x in array_batches(images, batch_size):
-        shape = [REGRET_SAMPLES, len(x), model.latent_dims[0]]
-        noise = tf.random.stateless_normal(shape, seed=[seed, first], alg="philox")
-        out.append(regret(tf.constant(x), noise).numpy().astype(np.float64))
-    return np.concatenate(out)
+def default_score(model) -> str:
+    """The anomaly score `tfvae score` gives unless asked: the Likelihood
+    Regret where it applies (one stochastic layer), else `complexity`."""
+    return "regret" if len(model.latent_dims) == 1 else "complexity"
 
 
 def anomaly_scores(nll, bits):
@@ -259,21 +276,22 @@ def score_report(
     dataset: str | None = None,
     split: str = "test",
     k: int = 1,
-    score_name: str = DEFAULT_SCORE,
+    score_name: str | None = None,
     fpr: float | None = 0.01,
     progress: Progress | None = None,
 ) -> ScoreReport:
     """Score every image of `split` of the run's data (or of `dataset`, a spec
     as `--dataset` takes it, under the run's pixel treatment), and flag those
-    whose `score_name` exceeds the threshold that gives a false-positive rate
-    of `fpr` on normal images the run never trained on (`normal_images`);
-    `fpr=None` scores without a threshold."""
+    whose `score_name` (None: `default_score`) exceeds the threshold that
+    gives a false-positive rate of `fpr` on normal images the run never
+    trained on (`_normal_source`); `fpr=None` scores without a threshold."""
     _check_options(score_name, split, fpr)
     progress = progress or Progress.quiet()
     run = RunFolder(run_dir).load()
+    score_name = score_name or default_score(run.model)
     regret = score_name == "regret"
-    if regret and len(run.model.latent_dims) != 1:
-        raise TfvaeError("--score regret refits a one-layer q(z|x); this model has several layers")
+    if regret:
+        check_regret(run.model)
     run_data = RunData.load(run.state.config, progress)
     source = _source(run_data, dataset, run, progress)
     normal = _normal_source(run, run_data, progress) if fpr is not None else None
@@ -301,9 +319,9 @@ def score_report(
     return ScoreReport(rows, summary, [part.images for part in parts.values()])
 
 
-def _check_options(score_name: str, split: str, fpr: float | None) -> None:
+def _check_options(score_name: str | None, split: str, fpr: float | None) -> None:
     """One line for a score, split or rate `score_report` does not take."""
-    if score_name not in SCORES:
+    if score_name is not None and score_name not in SCORES:
         raise TfvaeError(f"unknown score {score_name!r}; use one of {', '.join(SCORES)}")
     if split not in SCORE_SPLITS:
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SCORE_SPLITS)}")

@@ -30,7 +30,14 @@ from tfvae.export.publish import (
     write_errors,
 )
 from tfvae.export.warmup import write_warmup_file
-from tfvae.scoring import DEFAULT_SCORE, anomaly_scores, complexity_bits, image_levels
+from tfvae.scoring import (
+    REGRET_SEED,
+    anomaly_scores,
+    complexity_bits,
+    default_score,
+    image_levels,
+    regret_of_batch,
+)
 
 if TYPE_CHECKING:
     from tfvae.model import VAE
@@ -125,7 +132,9 @@ def serving_scores(model: VAE, images: tf.Tensor) -> dict[str, tf.Tensor]:
     """What the `score` signature returns for `images` `[B, h, w, c]`, each
     `[B]` float32: the `elbo` signature's terms, `nll` (the IW estimate at
     `SCORE_K` from `SCORE_SEED`, nats), `bits_per_dim`, `complexity_bits`
-    and `score` (the default anomaly score of `tfvae score`)."""
+    and `score`, the anomaly score `tfvae score` gives by default
+    (`scoring.default_score`; the Likelihood Regret from `REGRET_SEED`, as
+    `tfvae score` draws it for the first 500 images)."""
     terms = model.elbo_terms(images, seed=ELBO_SEED)
     batch = tf.shape(images)[0]
     log_sums = []
@@ -135,13 +144,16 @@ def serving_scores(model: VAE, images: tf.Tensor) -> dict[str, tf.Tensor]:
         log_sums.append(tf.reduce_logsumexp(model.log_weights(model.draw(images, noise)), 0))
     nll = math.log(SCORE_K) - tf.reduce_logsumexp(tf.stack(log_sums), axis=0)
     bits = complexity_bits(image_levels(model, images))
+    scores = anomaly_scores(nll, bits)
+    if default_score(model) == "regret":
+        scores["regret"] = regret_of_batch(model, images, seed=[REGRET_SEED, 0])
     dims = math.prod(model.image_shape)
     return {
         **{key: terms[key] for key in ("elbo", "kl", "log_likelihood")},
         "nll": nll,
         "bits_per_dim": nll / (dims * math.log(2)),
         "complexity_bits": bits,
-        "score": anomaly_scores(nll, bits)[DEFAULT_SCORE],
+        "score": scores[default_score(model)],
     }
 
 
