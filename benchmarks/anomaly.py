@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
+import struct
 import time
 from pathlib import Path
 
@@ -53,13 +55,55 @@ def anomaly_sets(levels: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
+def write_mnist_without(digit: int, folder: Path) -> None:
+    """The bundled MNIST without one digit, as the four IDX files of `folder`,
+    for a run trained never to see it (`--held-out-class`)."""
+    from tfvae.data import load_dataset
+
+    mnist = load_dataset("mnist")
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, images, labels in (
+        ("train", mnist.train_images, mnist.train_labels),
+        ("t10k", mnist.test_images, mnist.test_labels),
+    ):
+        keep = labels != digit
+        for kind, array in (("images-idx3", images[keep][..., 0]), ("labels-idx1", labels[keep])):
+            array = np.ascontiguousarray(array, np.uint8)
+            head = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+            (folder / f"{split}-{kind}-ubyte.gz").write_bytes(gzip.compress(head + array.tobytes()))
+
+
+def held_out_digits(digit: int, n: int) -> np.ndarray:
+    """The first `n` MNIST test images of `digit`, uint8 `[n, 28, 28, 1]`."""
+    from tfvae.data import load_dataset
+
+    mnist = load_dataset("mnist")
+    return mnist.test_images[mnist.test_labels == digit][:n]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--k", type=int, default=100, help="importance samples per image")
     parser.add_argument("--n", type=int, default=2000, help="normal and anomalous images per set")
+    parser.add_argument(
+        "--held-out-class",
+        type=int,
+        default=None,
+        help="the run was trained on MNIST without this digit (--write-mnist-without): "
+        "its test images are one more anomalous set",
+    )
+    parser.add_argument(
+        "--write-mnist-without",
+        type=int,
+        default=None,
+        help="write MNIST without this digit into RUN_DIR as an IDX folder, then stop",
+    )
     args = parser.parse_args()
     quiet_tensorflow()
+    if args.write_mnist_without is not None:
+        write_mnist_without(args.write_mnist_without, args.run_dir)
+        return
     from tfvae.data import RunData
     from tfvae.runs import RunFolder
     from tfvae.scoring import SCORES, score
@@ -69,6 +113,9 @@ def main() -> None:
     pixels = run_data.pixels
     normal_levels = np.asarray(run_data.data.test_images[: args.n])
     sets = {"normal": normal_levels, **anomaly_sets(normal_levels)}
+    if args.held_out_class is not None:
+        digit = args.held_out_class
+        sets[f"digit {digit} (held out)"] = held_out_digits(digit, args.n)
     scores, seconds = {}, {}
     for name, levels in sets.items():
         as_test = dataclasses.replace(run_data.data, test_images=levels, test_labels=None)
@@ -98,6 +145,7 @@ def main() -> None:
             "run": str(args.run_dir),
             "k": args.k,
             "n_per_set": args.n,
+            "held_out_class": args.held_out_class,
             "pixels": pixels,
             "scores": SCORES,
             "sets": table,

@@ -722,9 +722,10 @@ def score(run_dir, dataset, split, k, score_name, fpr, no_threshold, output, out
 def _say_scores(progress, report, top, files) -> None:
     """The most anomalous rows as a table, then what the flag rests on."""
     summary = report.summary
-    what = [key for key in ("path", "label") if key in report.rows]
     flag = ["outlier"] if "outlier" in report.rows else []
-    header = ["split", "index", *what, "nll", "score", *flag]
+    label = ["label"] if "label" in report.rows else []
+    path = ["path"] if "path" in report.rows else []  # last: paths are long
+    header = ["split", "index", *label, "nll", "score", *flag, *path]
     progress.say("Most anomalous first:")
     progress.say("  " + "  ".join(f"{name:>10}" for name in header))
     for i in top:
@@ -744,7 +745,10 @@ def _say_scores(progress, report, top, files) -> None:
 
 
 def _cell(value) -> str:
-    return f"{value:10.2f}" if isinstance(value, float) else f"{value!s:>10}"
+    if isinstance(value, float):
+        return f"{value:10.2f}"
+    text = str(value)
+    return f"{text:>10}" if len(text) <= 10 else text
 
 
 def _units(scores: dict) -> str:
