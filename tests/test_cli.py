@@ -144,6 +144,7 @@ def test_reconstruct_keeps_each_original_above_its_reconstruction(n, tmp_path):
     assert_pairs_stacked(np.asarray(Image.open(path)), images, reconstructions)
 
 
+@pytest.mark.slow
 def test_a_runs_reconstructions_of_a_small_test_split_stay_paired(tmp_path, write_idx):
     """Training draws 32 test images, or all of a 30-image split: 16 pairs,
     then 14 in the second pair of rows."""

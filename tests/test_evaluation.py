@@ -124,6 +124,7 @@ def test_active_units_compare_the_variance_of_the_mean_with_the_threshold():
     assert counts == [2, 3]
 
 
+@pytest.mark.slow
 def test_repeated_estimates_do_not_keep_their_graphs_alive():
     """Each call traces a new graph; drawing z through TFP's bijector kept
     every one of them in its global cache (about 1 MB a call for this model,

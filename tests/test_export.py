@@ -453,6 +453,7 @@ def test_warmup_requests_are_real_requests(model, images, version_dir, loaded, t
     assert image.shape == (1, *model.image_shape) and set(np.unique(image)) <= {0.0, 1.0}
 
 
+@pytest.mark.slow
 def test_warmup_requests_run_in_a_fresh_process(model, images, version_dir, tmp_path):
     script = tmp_path / "warmup.py"
     script.write_text(WARMUP_SCRIPT)
@@ -582,6 +583,7 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_killed_export_leaves_no_version(model, tmp_path):
     export.export_savedmodel(model, tmp_path, "vae")  # version 1 exists before
     base = tmp_path / "vae"

@@ -159,6 +159,7 @@ def test_rows_keep_the_folders_order_and_name_each_file(
         monkeypatch.setenv(STREAM_ENV, "0")
     out = tmp_path / "scores.csv"
     options = ["--dataset", f"images:{folder}", "--split", "all", "--no-threshold"]
+    options += ["--score", "complexity"]  # the rows' order is the subject, not the score
     result = invoke("score", tiny_finished_run, *options, "-k", "1", "-o", out)
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(out.open()))
