@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_probability as tfp
 from PIL import Image
 
 from tfvae import plots
@@ -30,10 +29,9 @@ from tfvae.data.pipelines import array_batches
 from tfvae.durable import atomic_path, write_atomic
 from tfvae.errors import DataError, TfvaeError
 from tfvae.evaluation import elbo_term_batches, iw_log_likelihood
+from tfvae.layers import diag_normal
 from tfvae.progress import Progress
 from tfvae.runs import RunFolder
-
-tfd = tfp.distributions
 
 # Anomaly scores, higher meaning more anomalous, by the name `--score` takes.
 SCORES = {
@@ -133,7 +131,7 @@ def regret_of_batch(model, x: tf.Tensor, seed) -> tf.Tensor:
     def elbo(params):  # params [b, 2 d]: ELBO [b]
         mean, log_std = tf.split(params, 2, axis=-1)
         z = mean + tf.exp(log_std) * noise
-        q = tfd.MultivariateNormalDiag(mean, tf.exp(log_std))
+        q = diag_normal(mean, tf.exp(log_std))  # no bijector: its cache would keep every graph
         return tf.reduce_mean(model.log_likelihood(x, z) + prior.log_prob(z) - q.log_prob(z), 0)
 
     def step(i, params, m, v):
@@ -259,16 +257,22 @@ class ScoreReport:
         """The `n` most anomalous images, highest score first, each captioned
         with its score."""
         top = self.most_anomalous(n)
-        images = np.stack([self.image(i) for i in top])
+        images = self.images_at(top)
         return plots.captioned(images, [f"{self.rows['score'][i]:.1f}" for i in top])
 
-    def image(self, position: int) -> np.ndarray:
-        """The scored image of row `position`, float32 `[h, w, c]`."""
+    def images_at(self, positions: np.ndarray) -> np.ndarray:
+        """The scored images of rows `positions`, float32 `[m, h, w, c]`, in
+        that order: one pass over each split (streamed splits are read in
+        batches, not an image at a time)."""
+        found, first = {}, 0
         for images in self.images:
-            if position < len(images):
-                return np.asarray(images[position : position + 1])[0]
-            position -= len(images)
-        raise IndexError(position)
+            wanted = {int(p) - first for p in positions if first <= p < first + len(images)}
+            if wanted:
+                for start, batch in array_batches(images, 1000):
+                    for i in wanted & set(range(start, start + len(batch))):
+                        found[first + i] = batch[i - start]
+            first += len(images)
+        return np.stack([found[int(p)] for p in positions])
 
 
 def score_report(
