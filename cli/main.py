@@ -646,9 +646,9 @@ def evaluate(run_dir, split, k, as_json):
 @click.option(
     "--split",
     type=click.Choice(["test", "train", "validation", "all"]),
-    default="test",
-    show_default=True,
-    help="validation: the images the run held out (--validation); all: every split in turn.",
+    default=None,
+    help="validation: the images the run held out (--validation); all: every split in turn "
+    "[default: test, or all with --dataset].",
 )
 @click.option(
     "-k", "--k", type=POSITIVE, default=100, show_default=True, help="Importance samples per image."

@@ -143,8 +143,8 @@ def test_a_run_on_the_first_images_sets_its_threshold_on_the_images_after_them(
 def test_rows_keep_the_folders_order_and_name_each_file(
     tiny_finished_run, tmp_path, monkeypatch, streamed
 ):
-    """`--dataset images:DIR --split all`: train rows then test rows, each in
-    the folder's order, each naming its file; its code length is that of its
+    """`--dataset images:DIR` scores all of the set: train rows then test
+    rows, each in the folder's order, each naming its file; its code length is that of its
     own file's pixels (black-and-white images, so the binarization is exact)."""
     from tfvae.data.streams import STREAM_ENV
 
@@ -158,12 +158,13 @@ def test_rows_keep_the_folders_order_and_name_each_file(
     if streamed:
         monkeypatch.setenv(STREAM_ENV, "0")
     out = tmp_path / "scores.csv"
-    options = ["--dataset", f"images:{folder}", "--split", "all", "--no-threshold"]
+    options = ["--dataset", f"images:{folder}", "--no-threshold"]  # all of a set, unasked
     options += ["--score", "complexity"]  # the rows' order is the subject, not the score
     result = invoke("score", tiny_finished_run, *options, "-k", "1", "-o", out)
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(out.open()))
     assert [row["split"] for row in rows] == ["train"] * 27 + ["test"] * 3
+    assert json.loads((tmp_path / "scores.summary.json").read_text())["split"] == "all"
     assert "outlier" not in rows[0]
     for row in rows:
         levels = np.asarray(Image.open(row["path"]))[None, ..., None]

@@ -278,17 +278,19 @@ class ScoreReport:
 def score_report(
     run_dir: str | Path,
     dataset: str | None = None,
-    split: str = "test",
+    split: str | None = None,
     k: int = 1,
     score_name: str | None = None,
     fpr: float | None = 0.01,
     progress: Progress | None = None,
 ) -> ScoreReport:
     """Score every image of `split` of the run's data (or of `dataset`, a spec
-    as `--dataset` takes it, under the run's pixel treatment), and flag those
+    as `--dataset` takes it, under the run's pixel treatment; `split=None` is
+    `test` of the run's data and `all` of another set), and flag those
     whose `score_name` (None: `default_score`) exceeds the threshold that
     gives a false-positive rate of `fpr` on normal images the run never
     trained on (`_normal_source`); `fpr=None` scores without a threshold."""
+    split = split or ("test" if dataset is None else "all")
     _check_options(score_name, split, fpr)
     progress = progress or Progress.quiet()
     run = RunFolder(run_dir).load()
