@@ -4,10 +4,13 @@ image in the input's order, and a threshold set on normal images only.
 
 A raw likelihood is a known trap for anomaly detection: images simpler than
 the training set (a blank page, a smooth background) can be *more* likely
-under the model than its own test images (Nalisnick et al., 2019). The
-`complexity` score subtracts what a generic lossless compressor needs for the
-same image (Serrà et al., 2020), so that what is left is how much worse the
-model explains the image than its plain complexity would predict.
+under the model than its own test images (Nalisnick et al., 2019). Two
+scores correct for it: the Likelihood Regret (Xiao et al., 2020), how much an
+image's ELBO rises when q(z|x) is refitted to it alone, the default for
+one-layer models; and `complexity`, which subtracts what a generic lossless
+compressor needs for the same image (Serrà et al., 2020), the default for
+several stochastic layers. benchmarks/RESULTS.md (per-image scores) has the
+measurements behind the choice.
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ def likelihood_regret(
 
 
 def check_regret(model) -> None:
+    """A one-line error for a model the regret's one-layer refit cannot take."""
     if len(model.latent_dims) != 1:
         raise TfvaeError("the Likelihood Regret refits a one-layer q(z|x); this model has several")
 
