@@ -116,6 +116,23 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+class RunOrModel(click.ParamType):
+    """A finished run folder, a `.keras` file tfvae wrote, a Keras model
+    folder or an `hf://user/repo` path (which Keras downloads)."""
+
+    name = "RUN"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, Path) or str(value).startswith("hf://"):
+            return value
+        path = Path(value)
+        if not path.exists():
+            self.fail(f"Path {value!r} does not exist.", param, ctx)
+        if path.is_file() and path.suffix != ".keras":
+            self.fail(f"{value!r} is a file; give a run folder or a .keras model file", param, ctx)
+        return path
+
+
 class DatasetSpec(click.ParamType):
     """`mnist`, `idx:DIR`, `images:DIR` or `tfds:NAME[/CONFIG]`; whether it
     exists is checked on load."""
@@ -140,6 +157,7 @@ POSITIVE = click.IntRange(min=1)
 SEED = click.IntRange(min=0, max=MAX_SEED)
 RUN_DIR = click.Path(file_okay=False, path_type=Path)
 EXISTING_RUN = click.Path(exists=True, file_okay=False, path_type=Path)
+RUN_OR_MODEL = RunOrModel()
 # `tfvae train`'s defaults are the library's, so the two cannot drift apart.
 DEFAULTS = TrainConfig()
 JSON_HELP = "End stdout with one JSON object: run folder, epochs, test scores, seconds."
@@ -586,11 +604,19 @@ SPLIT = click.option(
     show_default=True,
     help="train: the images the run trained on; validation: those it held out (--validation).",
 )
+DATASET = click.option(
+    "--dataset",
+    type=DatasetSpec(),
+    default=None,
+    help="Other images, in the model's size [default: the run's own data set; needed for a "
+    "model file].",
+)
 
 
 @main.command()
-@click.argument("run_dir", type=EXISTING_RUN)
+@click.argument("run_dir", type=RUN_OR_MODEL)
 @SPLIT
+@DATASET
 @click.option(
     "-k",
     "--k",
@@ -601,7 +627,7 @@ SPLIT = click.option(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as one JSON object.")
 @user_errors
-def evaluate(run_dir, split, k, as_json):
+def evaluate(run_dir, split, dataset, k, as_json):
     """Score a trained run: ELBO, KL, log-likelihood and importance-weighted NLL.
 
     All figures are nats per image on the split as the run scores it (one
@@ -616,7 +642,7 @@ def evaluate(run_dir, split, k, as_json):
     from tfvae.runs import score_run
 
     progress = _progress(as_json)
-    scores = score_run(run_dir, split=split, k=k, progress=progress)
+    scores = score_run(run_dir, split=split, k=k, progress=progress, dataset=dataset)
     if as_json:
         click.echo(json.dumps(scores))
         return
@@ -636,7 +662,7 @@ def evaluate(run_dir, split, k, as_json):
 
 
 @main.command()
-@click.argument("run_dir", type=EXISTING_RUN)
+@click.argument("run_dir", type=RUN_OR_MODEL)
 @click.option(
     "--dataset",
     type=DatasetSpec(),
@@ -763,10 +789,12 @@ def _units(scores: dict) -> str:
 
 
 def _output(run_dir: Path, output: Path | None, default: str) -> tuple[Path, bool]:
-    """The picture's path, and whether it was chosen for the user (in the run folder)."""
+    """The picture's path, and whether it was chosen for the user (in the run
+    folder, or beside a model file)."""
     from tfvae import plots
+    from tfvae.runs import output_folder
 
-    path = output if output is not None else run_dir / default
+    path = output if output is not None else output_folder(run_dir) / default
     plots.picture_format(path)  # refused before anything is computed
     return path, output is None
 
@@ -807,7 +835,7 @@ PICTURE_JSON = "Print what was written as one JSON object (files, sizes, images)
 
 
 @main.command()
-@click.argument("run_dir", type=EXISTING_RUN)
+@click.argument("run_dir", type=RUN_OR_MODEL)
 @_count_option(64, "Images in the grid: at most 10000 (fewer for images larger than 49x49).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
@@ -832,10 +860,10 @@ def sample(run_dir, count, seed, binary, output, as_json):
       tfvae sample runs/mnist -n 100 --seed 3 -o samples.png
     """
     from tfvae import plots
-    from tfvae.runs import load_run
+    from tfvae.runs import load_model
 
     path, chosen = _output(run_dir, output, f"samples-seed{seed}.png")
-    model = load_run(run_dir).model
+    model = load_model(run_dir)
     picture = plots.samples(model, count, seed=seed, binary=binary)
     facts = {"images": count, "image_shape": list(model.image_shape), "seed": seed}
     _write_picture(picture, path, chosen, as_json, **facts, binary=binary)
@@ -843,11 +871,12 @@ def sample(run_dir, count, seed, binary, output, as_json):
 
 
 @main.command()
-@click.argument("run_dir", type=EXISTING_RUN)
+@click.argument("run_dir", type=RUN_OR_MODEL)
 @_count_option(
     16, "Images shown with their reconstructions: at most 5000 (fewer for large images)."
 )
 @SPLIT
+@DATASET
 @click.option(
     "-o",
     "--output",
@@ -857,7 +886,7 @@ def sample(run_dir, count, seed, binary, output, as_json):
 )
 @click.option("--json", "as_json", is_flag=True, help=PICTURE_JSON)
 @user_errors
-def reconstruct(run_dir, count, split, output, as_json):
+def reconstruct(run_dir, count, split, dataset, output, as_json):
     """Show the first N images of a split, each above its reconstruction.
 
     \b
@@ -868,7 +897,7 @@ def reconstruct(run_dir, count, split, output, as_json):
     from tfvae.runs import run_images
 
     path, chosen = _output(run_dir, output, f"reconstruct-{split}.png")
-    run, images = run_images(run_dir, split, limit=count)
+    run, images = run_images(run_dir, split, limit=count, dataset=dataset)
     picture = plots.reconstructions(run.model, images)
     facts = {"images": len(images), "image_shape": list(images.shape[1:]), "split": split}
     _write_picture(picture, path, chosen, as_json, **facts)
@@ -876,7 +905,7 @@ def reconstruct(run_dir, count, split, output, as_json):
 
 
 @main.command()
-@click.argument("run_dir", type=EXISTING_RUN)
+@click.argument("run_dir", type=RUN_OR_MODEL)
 @click.option(
     "--from",
     "first",
@@ -895,6 +924,7 @@ def reconstruct(run_dir, count, split, output, as_json):
 )
 @_count_option(10, "Decoded steps, both ends included.", minimum=2)
 @SPLIT
+@DATASET
 @click.option(
     "--spherical",
     is_flag=True,
@@ -909,7 +939,7 @@ def reconstruct(run_dir, count, split, output, as_json):
 )
 @click.option("--json", "as_json", is_flag=True, help=PICTURE_JSON)
 @user_errors
-def interpolate(run_dir, first, last, count, split, spherical, output, as_json):
+def interpolate(run_dir, first, last, count, split, dataset, spherical, output, as_json):
     """Decode the path between two images' posterior means into one row.
 
     The row shows image I, the N decoded steps from its code to image J's,
@@ -924,7 +954,7 @@ def interpolate(run_dir, first, last, count, split, spherical, output, as_json):
     from tfvae.runs import run_images
 
     path, chosen = _output(run_dir, output, f"interpolate-{split}-{first}-{last}.png")
-    run, images = run_images(run_dir, split, limit=max(first, last) + 1)
+    run, images = run_images(run_dir, split, limit=max(first, last) + 1, dataset=dataset)
     if max(first, last) >= len(images):
         raise click.ClickException(
             f"--from/--to {max(first, last)}: the {split} split has {len(images)} images"
@@ -938,7 +968,7 @@ def interpolate(run_dir, first, last, count, split, spherical, output, as_json):
 
 
 @main.command()
-@click.argument("run_dir", type=EXISTING_RUN)
+@click.argument("run_dir", type=RUN_OR_MODEL)
 @click.option(
     "--format",
     "formats",

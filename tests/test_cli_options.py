@@ -95,7 +95,11 @@ def flag(option: str) -> list[Bad]:
 
 RUN_DIR_ARG = [
     Bad((MISSING,), "does not exist"),
-    Bad((A_FILE,), "is a file"),
+    Bad((A_FILE,), r"is a file; give a run folder or a \.keras model file"),
+]
+DATASET_OPTION = [
+    Bad(("--dataset", "cifar10"), r"mnist.*idx:.*tfds:"),
+    Bad(("--dataset", A_FOLDER), r"is a folder: give it as images:/"),
 ]
 
 
@@ -187,7 +191,7 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
         "as_json": flag("--json"),
     },
     "resume": {
-        "run_dir": RUN_DIR_ARG,
+        "run_dir": [Bad((MISSING,), "does not exist"), Bad((A_FILE,), "is a file")],
         "epochs": positive_int("--epochs"),
         "restart": flag("--restart"),
         "strategy": choice("--strategy", STRATEGIES, bad=("gpu", "")),
@@ -206,6 +210,7 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
             Bad(("--num", "ten"), NOT_INT),
         ],
         "split": choice("--split", ("test", "train"), bad=("val", "")),
+        "dataset": DATASET_OPTION,
         "spherical": flag("--spherical"),
         "output": [Bad(("-o", A_FOLDER), "is a directory"), Bad(("--output", A_FOLDER), "")],
         "as_json": flag("--json"),
@@ -213,15 +218,13 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
     "evaluate": {
         "run_dir": RUN_DIR_ARG,
         "split": choice("--split", ("test", "train"), bad=("val", "")),
+        "dataset": DATASET_OPTION,
         "k": [*positive_int("--k"), *positive_int("-k")],
         "as_json": flag("--json"),
     },
     "score": {
         "run_dir": RUN_DIR_ARG,
-        "dataset": [
-            Bad(("--dataset", "cifar10"), r"mnist.*idx:.*tfds:"),
-            Bad(("--dataset", A_FOLDER), r"is a folder: give it as images:/"),
-        ],
+        "dataset": DATASET_OPTION,
         "split": choice("--split", ("test", "train", "validation", "all"), bad=("val", "")),
         "k": [*positive_int("--k"), *positive_int("-k")],
         "score_name": choice("--score", ("complexity", "nll", "regret"), bad=("regrets", "")),
@@ -251,6 +254,7 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
         "run_dir": RUN_DIR_ARG,
         "count": [*positive_int("-n"), *positive_int("--num")],
         "split": choice("--split", ("test", "train"), bad=("val", "")),
+        "dataset": DATASET_OPTION,
         "output": [Bad(("-o", A_FOLDER), "is a directory"), Bad(("--output", A_FOLDER), "")],
         "as_json": flag("--json"),
     },

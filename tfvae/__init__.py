@@ -28,6 +28,8 @@ _API = {
     "ModelConfig": "tfvae.config",
     "TrainConfig": "tfvae.config",
     "load_run": "tfvae.runs",
+    "load_model": "tfvae.runs",
+    "open_run": "tfvae.runs",
     "train": "tfvae.training",
     "resume": "tfvae.training",
     "evaluate_elbo": "tfvae.evaluation",

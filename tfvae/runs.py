@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import errno
 import fcntl
+import importlib.util
 import json
 import os
 import platform
@@ -36,9 +37,10 @@ import tfvae
 from tfvae import durable, plots
 from tfvae.config import PLACEMENT, TrainConfig, is_int
 from tfvae.data.run_data import RunData
+from tfvae.data.sources import load_dataset
 from tfvae.distribute import Placement
 from tfvae.durable import write_atomic
-from tfvae.errors import RunError
+from tfvae.errors import DataError, RunError
 from tfvae.evaluation import active_units_per_layer, evaluate_elbo, iw_log_likelihood
 from tfvae.likelihoods import bits_per_dim
 from tfvae.model import VAE
@@ -46,6 +48,11 @@ from tfvae.progress import Progress
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
+# How a model outside a run folder is named: a Keras file, the weights of a
+# Keras model folder, and a model on the Hugging Face Hub.
+KERAS_SUFFIX = ".keras"
+KERAS_WEIGHTS = "model.weights.h5"
+HUB_PREFIX = "hf://"
 METRICS_FILE = "metrics.csv"
 BACKUP_DIR = "backup"
 LOGS_DIR = "logs"
@@ -294,11 +301,49 @@ def _check_space(folder: Path, model: keras.Model) -> None:
 
 @dataclasses.dataclass
 class Run:
-    """A finished run: its folder, state and trained model."""
+    """A finished run: its folder, state and trained model. Read from a model
+    file (`file`), the state holds the model's own settings and no data set,
+    and `path` is the folder the file lies in (where pictures go)."""
 
     path: Path
     state: RunState
     model: Any
+    file: str | None = None
+
+    def data(self, dataset: str | None = None, progress: Progress | None = None) -> RunData:
+        """The run's own data as training built it, or `dataset` (a spec as
+        `--dataset` takes it) read and scored as the run would: in its size and
+        under its pixel treatment, with no images held out."""
+        config = self.state.config
+        if dataset is None:
+            if self.file is not None:
+                raise RunError(
+                    f"{self.file}: a model file holds no data set; name the images with --dataset"
+                )
+            data = RunData.load(config, progress)
+        else:
+            loaded = load_dataset(dataset, config.data_dir, config.resize, progress)
+            data = RunData(loaded, None, config.pixels)
+        if data.image_shape != tuple(self.state.image_shape):
+            raise DataError(
+                f"{dataset or config.dataset}: images are {_size(data.image_shape)}, the model "
+                f"was trained on {_size(self.state.image_shape)}; give images of its size"
+            )
+        return data
+
+    def images(
+        self,
+        split: str = "test",
+        limit: int | None = None,
+        dataset: str | None = None,
+        progress: Progress | None = None,
+    ):
+        """A split of `data(dataset)` as scored (the first `limit` images)."""
+        return self.data(dataset, progress).scored(split, limit)
+
+
+def _size(shape) -> str:
+    return "x".join(map(str, shape))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -564,46 +609,6 @@ class RunFolder:
             )
         return Run(self.path, state, model)
 
-    def images(self, split: str = "test", limit: int | None = None, progress=None):
-        """The finished run and its data's `split` as scored (the first `limit`
-        images), the data rebuilt as training built it (`RunData`)."""
-        run = self.load()
-        data = RunData.load(run.state.config, progress)
-        if data.image_shape != run.state.image_shape:
-            raise RunError(
-                f"{run.state.config.dataset}: images are {data.image_shape}, the run was "
-                f"trained on {run.state.image_shape}"
-            )
-        return run, data.scored(split, limit)
-
-    def score(self, split: str = "test", k: int = 1, progress: Progress | None = None) -> dict:
-        """The finished run on its data's `split`: ELBO, KL, log-likelihood,
-        IW negative log-likelihood (K samples) and the number of active
-        units, in nats per image, and the NLL in bits per dimension where the
-        likelihood scores 8-bit levels (else None). `progress` hears each
-        stage, and how far the IW estimate is."""
-        progress = progress or Progress.quiet()
-        run, images = self.images(split, progress=progress)
-        model = run.model
-        with progress.stage(f"Scoring the {len(images):,} {split} images: ELBO, active units"):
-            scores = evaluate_elbo(model, images)
-            units = active_units_per_layer(model, images)
-        what = f"Importance-weighted NLL, K={k:,}: {len(images) * k:,} samples of z"
-        with progress.stage(what, total=len(images) * k) as advance:
-            nll = float(-np.mean(iw_log_likelihood(model, images, k=k, progress=advance)))
-        per_level = model.decoder.likelihood.per_level
-        return {
-            "split": split,
-            "n_images": int(len(images)),
-            "k": k,
-            **scores,
-            "nll": nll,
-            "bits_per_dim": bits_per_dim(nll, model.image_shape) if per_level else None,
-            "active_units": sum(units),
-            "active_units_per_layer": units,
-            "latent_dim": model.latent_dim,
-        }
-
 
 def starting_weights(config: TrainConfig, model: VAE) -> list:
     """The encoder's and decoder's weights of the finished `--init-from` run,
@@ -630,24 +635,106 @@ def load_run(run_dir: str | Path) -> Run:
     return RunFolder(run_dir).load()
 
 
+def is_model_file(source: str | Path) -> bool:
+    """Whether `source` names a model rather than a run folder: a `.keras`
+    file, a Keras model folder (`config.json` beside `model.weights.h5`, as
+    `model.save(path, zipped=False)` and the Hugging Face Hub keep them) or an
+    `hf://user/repo` path."""
+    text = str(source)
+    if text.startswith(HUB_PREFIX) or text.endswith(KERAS_SUFFIX):
+        return True
+    return (Path(source) / KERAS_WEIGHTS).is_file() and not (Path(source) / MODEL_FILE).exists()
+
+
+def open_run(source: str | Path) -> Run:
+    """A finished run folder, or a model tfvae wrote (`is_model_file`), loaded
+    in Keras safe mode."""
+    if not is_model_file(source):
+        return load_run(source)
+    text = str(source)
+    remote = text.startswith(HUB_PREFIX)
+    if not remote and not Path(source).exists():
+        raise RunError(f"{source}: no such model file")
+    if remote and importlib.util.find_spec("huggingface_hub") is None:
+        raise RunError(
+            f"{source}: reading a model from the Hugging Face Hub needs the huggingface_hub "
+            "package; pip install 'tfvae[hub]'"
+        )
+    model = load_model_file(text if remote else Path(source))
+    if not isinstance(model, VAE):
+        raise RunError(f"{source}: holds a {type(model).__name__}, not a tfvae VAE")
+    settings = dataclasses.asdict(model.model_config) | dataclasses.asdict(model.objective_config)
+    settings.pop("kl_warmup_steps")
+    state = RunState(TrainConfig(**settings), tuple(model.image_shape), "finished")
+    return Run(output_folder(source), state, model, file=text)
+
+
+def output_folder(source: str | Path) -> Path:
+    """Where commands write a run's pictures by default: the run folder, the
+    folder a model file lies in, or the working folder for an `hf://` model."""
+    if str(source).startswith(HUB_PREFIX):
+        return Path.cwd()
+    return Path(source).parent if is_model_file(source) else Path(source)
+
+
+def load_model(source: str | Path) -> VAE:
+    """The VAE of a finished run folder, a `.keras` file tfvae wrote, a Keras
+    model folder or an `hf://user/repo` path (Keras downloads it; the
+    `huggingface_hub` package must be installed), loaded in safe mode."""
+    return open_run(source).model
+
+
 def score_run(
-    run_dir: str | Path, split: str = "test", k: int = 1, progress: Progress | None = None
+    source: str | Path,
+    split: str = "test",
+    k: int = 1,
+    progress: Progress | None = None,
+    dataset: str | None = None,
 ) -> dict:
-    """What `tfvae evaluate` reports of a finished run (`RunFolder.score`)."""
-    return RunFolder(run_dir).score(split, k, progress)
+    """What `tfvae evaluate` reports of a finished run (or model file) on its
+    data's `split` (or `dataset`'s): ELBO, KL, log-likelihood, IW negative
+    log-likelihood (K samples) and the number of active units, in nats per
+    image, and the NLL in bits per dimension where the likelihood scores
+    8-bit levels (else None). `progress` hears each stage, and how far the IW
+    estimate is."""
+    progress = progress or Progress.quiet()
+    run = open_run(source)
+    images = run.images(split, dataset=dataset, progress=progress)
+    model = run.model
+    with progress.stage(f"Scoring the {len(images):,} {split} images: ELBO, active units"):
+        scores = evaluate_elbo(model, images)
+        units = active_units_per_layer(model, images)
+    what = f"Importance-weighted NLL, K={k:,}: {len(images) * k:,} samples of z"
+    with progress.stage(what, total=len(images) * k) as advance:
+        nll = float(-np.mean(iw_log_likelihood(model, images, k=k, progress=advance)))
+    per_level = model.decoder.likelihood.per_level
+    return {
+        "split": split,
+        "n_images": int(len(images)),
+        "k": k,
+        **scores,
+        "nll": nll,
+        "bits_per_dim": bits_per_dim(nll, model.image_shape) if per_level else None,
+        "active_units": sum(units),
+        "active_units_per_layer": units,
+        "latent_dim": model.latent_dim,
+    }
 
 
 def run_images(
-    run_dir: str | Path,
+    source: str | Path,
     split: str = "test",
     limit: int | None = None,
     progress: Progress | None = None,
+    dataset: str | None = None,
 ):
-    """A finished run and its data's `split` as scored (`RunFolder.images`)."""
-    return RunFolder(run_dir).images(split, limit, progress)
+    """A finished run (or model file) and its data's `split` (or `dataset`'s)
+    as scored, the first `limit` images (`Run.images`)."""
+    run = open_run(source)
+    return run, run.images(split, limit, dataset, progress)
 
 
-def load_model_file(path: Path):
+def load_model_file(path: str | Path):
     """A `.keras` file's model, loaded in Keras safe mode (no code from the file runs)."""
     try:
         return keras.models.load_model(path, safe_mode=True)

@@ -30,11 +30,11 @@ from tfvae import plots
 from tfvae.data import RunData, load_dataset
 from tfvae.data.pipelines import array_batches
 from tfvae.durable import atomic_path, write_atomic
-from tfvae.errors import DataError, TfvaeError
+from tfvae.errors import DataError, RunError, TfvaeError
 from tfvae.evaluation import elbo_term_batches, iw_log_likelihood
 from tfvae.layers import diag_normal
 from tfvae.progress import Progress
-from tfvae.runs import RunFolder
+from tfvae.runs import open_run
 
 # Anomaly scores, higher meaning more anomalous, by the name `--score` takes.
 SCORES = {
@@ -297,14 +297,21 @@ def score_report(
     split = split or ("test" if dataset is None else "all")
     _check_options(score_name, split, fpr)
     progress = progress or Progress.quiet()
-    run = RunFolder(run_dir).load()
+    run = open_run(run_dir)
     score_name = score_name or default_score(run.model)
     regret = score_name == "regret"
     if regret:
         check_regret(run.model)
-    run_data = RunData.load(run.state.config, progress)
-    source = _source(run_data, dataset, run, progress)
-    normal = _normal_source(run, run_data, progress) if fpr is not None else None
+    source = run.data(dataset, progress)
+    if fpr is not None and run.file is not None:
+        raise RunError(
+            f"{run.file}: a model file does not say which images it never trained on, so no "
+            "threshold can be set; score its run folder, or score with --no-threshold"
+        )
+    normal = None
+    if fpr is not None:
+        run_data = source if dataset is None else run.data(None, progress)
+        normal = _normal_source(run, run_data, progress)
     splits = _splits(source, split)
     parts = {name: _score_split(run, source, name, k, progress, regret) for name in splits}
     rows = _rows(list(parts.values()), score_name)
@@ -360,20 +367,6 @@ def _rows(parts: list[ScoredSplit], score_name: str) -> dict[str, np.ndarray]:
     rows = {key: np.concatenate([part.columns[key] for part in parts]) for key in shared}
     rows["score"] = rows.pop(f"score_{score_name}")
     return {key: value for key, value in rows.items() if not key.startswith("score_")}
-
-
-def _source(run_data: RunData, dataset: str | None, run, progress: Progress) -> RunData:
-    """The run's data, or `dataset` as the run would read and score it."""
-    if dataset is None:
-        return run_data
-    config, shape = run.state.config, run.state.image_shape
-    data = load_dataset(dataset, config.data_dir, config.resize, progress)
-    if data.image_shape != tuple(shape):
-        raise DataError(
-            f"{dataset}: images are {'x'.join(map(str, data.image_shape))}, the run was "
-            f"trained on {'x'.join(map(str, shape))}; score images of the run's shape"
-        )
-    return RunData(data, None, run_data.pixels)
 
 
 def _splits(source: RunData, split: str) -> list[str]:

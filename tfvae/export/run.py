@@ -16,18 +16,24 @@ from tfvae.export.savedmodel import SIGNATURES, export_savedmodel
 from tfvae.export.web import export_web
 from tfvae.model import VAE
 from tfvae.progress import Progress
-from tfvae.runs import run_images
+from tfvae.runs import HUB_PREFIX, KERAS_SUFFIX, MODEL_FILE, Run, open_run
 
 # Real test images that the TFLite and ONNX files are checked on against Keras
 # (the first also goes into the SavedModel's warm-up requests).
 CHECK_IMAGES = 256
 # Training images the int8 TFLite files are calibrated on.
 CALIBRATION_IMAGES = 500
+# The split each is taken from, how many, and the seed of the draws from p(x|z)
+# that stand in for them when a model file has no data.
+_IMAGES = {"test": (CHECK_IMAGES, 0), "train": (CALIBRATION_IMAGES, 1)}
 
 
-def default_name(run_dir: Path) -> str:
-    """The run folder's name, made safe as a TF Serving model name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(run_dir).resolve().name).strip(".-") or "vae"
+def default_name(source: str | Path) -> str:
+    """The run folder's name, or a model file's (its folder's for a run's
+    `model.keras`), made safe as a TF Serving model name."""
+    path = Path(str(source).removeprefix(HUB_PREFIX)).resolve()
+    name = path.parent.name if path.name == MODEL_FILE else path.name.removesuffix(KERAS_SUFFIX)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip(".-") or "vae"
 
 
 def export_run(
@@ -41,18 +47,19 @@ def export_run(
     litert_js: str | None = None,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
-    """Export the run in `formats` (savedmodel, tflite, onnx, all or web);
-    return one record per artifact written: its format, folder, files and
-    (for the SavedModel) version, or why it was skipped. `quantize` and
-    `batch` shape TFLite files and are refused for formats without them;
-    `litert_js` is where a web page loads LiteRT.js from
-    (`tfvae.export.web.import_map`). `progress` hears each stage."""
+    """Export the run (a finished run folder or a model file, `open_run`) in
+    `formats` (savedmodel, tflite, onnx, all or web); return one record per
+    artifact written: its format, folder, files and (for the SavedModel)
+    version, or why it was skipped. `quantize` and `batch` shape TFLite files
+    and are refused for formats without them; `litert_js` is where a web page
+    loads LiteRT.js from (`tfvae.export.web.import_map`). `progress` hears
+    each stage."""
     _check_options(formats, version, quantize, batch, litert_js)
     progress = progress or Progress.quiet()
-    run, images = run_images(run_dir, "test", limit=CHECK_IMAGES)
+    run = open_run(run_dir)
     request = _Request(
-        run.model, images, Path(out), name or default_name(Path(run_dir)), version, quantize,
-        batch, litert_js, Path(run_dir),
+        run, _images(run, "test"), Path(out), name or default_name(run_dir), version, quantize,
+        batch, litert_js,
     )  # fmt: skip
     stages = _stages(formats)
     written = []
@@ -66,7 +73,7 @@ def export_run(
 class _Request:
     """One `export_run`: the model, its check images and the options."""
 
-    model: VAE
+    run: Run
     images: np.ndarray
     out: Path
     name: str
@@ -74,11 +81,24 @@ class _Request:
     quantize: str
     batch: int | None
     litert_js: str | None
-    run_dir: Path
+
+    @property
+    def model(self) -> VAE:
+        return self.run.model
 
     @property
     def checked(self) -> str:
-        return f"checked against Keras on {len(self.images)} test images"
+        what = "test images" if self.run.file is None else "images drawn from the model"
+        return f"checked against Keras on {len(self.images)} {what}"
+
+
+def _images(run: Run, split: str) -> np.ndarray:
+    """Images to check (`test`) or calibrate (`train`) the files on: the
+    run's own, or for a model file its draws from p(x|z)."""
+    count, seed = _IMAGES[split]
+    if run.file is None:
+        return run.images(split, count)
+    return np.asarray(run.model.sample(count, seed=seed, binary=True))
 
 
 def _savedmodel(request: _Request, progress: Progress, head: str) -> dict[str, Any]:
@@ -93,7 +113,7 @@ def _tflite(request: _Request, progress: Progress, head: str) -> dict[str, Any]:
     _say_replaced(progress, request.out / request.name / "tflite", request.quantize, request.batch)
     calibration = None
     if request.quantize == "int8":  # calibrated on training images, checked on test images
-        calibration = run_images(request.run_dir, "train", limit=CALIBRATION_IMAGES)[1]
+        calibration = _images(request.run, "train")
     with progress.stage(f"{head}TFLite ({request.quantize}): converting, {request.checked}"):
         path = export_tflite(
             request.model,
