@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import importlib.util
 import json
 import math
 import os
@@ -214,8 +216,39 @@ def user_errors(command):
     return wrapper
 
 
+def _import_modules(ctx, param, modules):
+    """Import each module named: the ones that register the user's own Keras
+    layers, so that runs and model files built with them load."""
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise click.BadParameter(
+                f"no module named {module!r}; put its folder on PYTHONPATH or install its package",
+                ctx,
+                param,
+            )
+    if modules:
+        _import_tensorflow_quietly()  # the module imports Keras: keep TensorFlow's start quiet
+    for module in modules:
+        importlib.import_module(module)
+    return modules
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tfvae")
+@click.option(
+    "--import",
+    "imports",
+    metavar="MODULE",
+    multiple=True,
+    expose_value=False,
+    callback=_import_modules,
+    help="Import MODULE before the command (repeatable): the module of your own Keras "
+    "layers, for runs and model files built with them.",
+)
 def main():
     """tfvae: a variational auto-encoder (Kingma & Welling) in Keras 3 and TFP.
 

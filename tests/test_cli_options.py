@@ -282,7 +282,13 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
 }
 
 # Options of the group itself (`tfvae --version`, which is a flag).
-GROUP_TABLE = {"version": [Bad(("--version=2",), "does not take a value")]}
+GROUP_TABLE = {
+    "version": [Bad(("--version=2",), "does not take a value")],
+    "imports": [
+        Bad(("--import", "no_such_module_here"), r"no module named 'no_such_module_here'"),
+        Bad(("--import", ""), r"no module named ''"),
+    ],
+}
 
 
 def _cases():
@@ -366,10 +372,14 @@ def test_invalid_value_is_a_usage_error(command, param_name, bad, places):
     _check_usage_error(result, labels, bad.allowed)
 
 
-@pytest.mark.parametrize("bad", GROUP_TABLE["version"], ids=lambda b: b.args[0])
-def test_group_options(bad):
-    result = invoke(*bad.args)
-    _check_usage_error(result, ["--version"], bad.allowed)
+GROUP_CASES = [(name, bad) for name, rows in GROUP_TABLE.items() for bad in rows]
+
+
+@pytest.mark.parametrize(("name", "bad"), GROUP_CASES, ids=lambda case: str(case))
+def test_group_options(name, bad):
+    (param,) = [p for p in main.params if p.name == name]
+    result = invoke(*bad.args, "sample", ".")
+    _check_usage_error(result, param.opts, bad.allowed)
 
 
 @pytest.mark.parametrize("command", sorted(main.commands))

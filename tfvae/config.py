@@ -174,6 +174,11 @@ class Settings:
         return (cls.from_dict(mine) if mine else None), rest
 
 
+_BODY: Rule = (
+    lambda value: value is None or (isinstance(value, dict) and "class_name" in value),
+    "a Keras layer, or its Keras config (keras.saving.serialize_keras_object)",
+)
+
 _OBJECTIVE_RULES: dict[str, Rule] = {
     "objective": _one_of(OBJECTIVES),
     "gradient_estimator": _one_of(GRADIENT_ESTIMATORS),
@@ -195,9 +200,15 @@ class ModelConfig(Settings):
     activation: str = "relu"
     likelihood: str = "bernoulli"
     prior: str = "normal"
+    # Your own networks in place of the arch's (`tfvae.bodies`): a Keras
+    # layer, kept as its Keras config so that the model rebuilds from this.
+    encoder_body: dict[str, Any] | None = None
+    decoder_body: dict[str, Any] | None = None
 
     RULES: ClassVar[dict[str, Rule]] = {
         "arch": _one_of(ARCHS),
+        "encoder_body": _BODY,
+        "decoder_body": _BODY,
         "latent_dim": (
             lambda v: (
                 (is_int(v) and v >= 1)
@@ -225,6 +236,11 @@ class ModelConfig(Settings):
         # One stochastic layer is said as one number: (20,) is 20, today's model.
         if isinstance(self.latent_dim, tuple | list) and len(self.latent_dim) == 1:
             object.__setattr__(self, "latent_dim", self.latent_dim[0])
+        for side in ("encoder_body", "decoder_body"):
+            if getattr(self, side) is not None and not isinstance(getattr(self, side), dict):
+                from tfvae.bodies import body_config  # a layer: TensorFlow is loaded already
+
+                object.__setattr__(self, side, body_config(getattr(self, side), side))
         super().__post_init__()
         if self.pseudo_inputs > MAX_PSEUDO_INPUTS:
             raise ConfigError(
@@ -252,10 +268,12 @@ class ModelConfig(Settings):
         hold its behaviour: the layers' saved configs, so a Bernoulli model's
         `.keras` file stays what 0.1.0 wrote and reads in it."""
         settings = self.to_dict()
-        if settings["likelihood"] == "bernoulli":
-            del settings["likelihood"]
-        if settings["prior"] == "normal":
-            del settings["prior"]
+        for key, default in (("likelihood", "bernoulli"), ("prior", "normal")):
+            if settings[key] == default:
+                del settings[key]
+        for key in ("encoder_body", "decoder_body"):
+            if settings[key] is None:
+                del settings[key]
         return settings
 
 

@@ -15,18 +15,34 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfvae.bodies import body_layer, decoder_layers, encoder_layers
 from tfvae.config import ModelConfig, conv_padded, pixel_parameters
 from tfvae.likelihoods import LIKELIHOOD, SCALE_FLOOR
 
 tfd = tfp.distributions
 
 
-def _encoder_body(image_shape, config: ModelConfig, head: bool = True) -> keras.Sequential:
+def _own_body(config: ModelConfig, side: str, given: keras.layers.Layer | None):
+    """The user's body for `side`: the layer given, or one rebuilt from the
+    config (a loaded model); None for the arch's own."""
+    if given is not None or getattr(config, side) is None:
+        return given
+    return body_layer(getattr(config, side), side)
+
+
+def _encoder_body(
+    image_shape, config: ModelConfig, head: bool = True, own: keras.layers.Layer | None = None
+) -> keras.Sequential:
     """Image -> 2 * latent numbers (the mean and the raw scale of q(z|x));
-    without the `head`, the last hidden layer's features."""
+    without the `head`, the last hidden layer's features (with the user's
+    `own` body: a dense layer as wide as the last of `hidden_units`)."""
     arch, activation = config.arch, config.activation
     height, width, _ = image_shape
     layers: list[keras.layers.Layer] = []
+    if own is not None:
+        top = 2 * config.latent_dim if head else config.hidden_units[-1]
+        last = keras.layers.Dense(top, activation=None if head else activation)
+        return keras.Sequential([*encoder_layers(own, image_shape), last], name="body")
     if arch == "conv":
         pad_h, pad_w = conv_padded(height) - height, conv_padded(width) - width
         if pad_h or pad_w:
@@ -42,14 +58,20 @@ def _encoder_body(image_shape, config: ModelConfig, head: bool = True) -> keras.
     return keras.Sequential(layers, name="body")
 
 
-def _decoder_body(image_shape, config: ModelConfig) -> keras.Sequential:
+def _decoder_body(
+    image_shape, config: ModelConfig, own: keras.layers.Layer | None = None
+) -> keras.Sequential:
     """z -> the likelihood's parameters per pixel (`[h, w, c * parameters]`):
     the hidden layers in reverse order; for conv, then transposed
     convolutions back up through the encoder's grid sizes (their channels
-    are the decoder's own: 64 then 32, as in the keras.io example)."""
+    are the decoder's own: 64 then 32, as in the keras.io example); or the
+    user's `own` body and its head (`tfvae.bodies.decoder_layers`)."""
     arch, activation = config.arch, config.activation
     height, width, channels = image_shape
     channels *= pixel_parameters(config.likelihood)
+    if own is not None:
+        code_size = config.latent_dims[0]
+        return keras.Sequential(decoder_layers(own, image_shape, code_size, channels), name="body")
     layers: list[keras.layers.Layer] = [
         keras.layers.Dense(units, activation=activation) for units in reversed(config.hidden_units)
     ]
@@ -136,9 +158,10 @@ class GaussianEncoder(_Coder):
     that softplus (plus a small floor) makes positive.
     """
 
-    def __init__(self, image_shape, model_config: ModelConfig | None = None, **kwargs):
+    def __init__(self, image_shape, model_config: ModelConfig | None = None, body=None, **kwargs):
         super().__init__(image_shape, model_config, **kwargs)
-        self.body = _encoder_body(self.image_shape, self.model_config)
+        own = _own_body(self.model_config, "encoder_body", body)
+        self.body = _encoder_body(self.image_shape, self.model_config, own=own)
 
     def build(self, input_shape=None):
         self.body.build((None, *self.image_shape))
@@ -194,11 +217,12 @@ class TopDownEncoder(_Coder):
     `[n_L]` per draw, so `prior(top).sample(n)` gives `[n, n_i]` each).
     """
 
-    def __init__(self, image_shape, model_config: ModelConfig | None = None, **kwargs):
+    def __init__(self, image_shape, model_config: ModelConfig | None = None, body=None, **kwargs):
         super().__init__(image_shape, model_config, **kwargs)
         config = self.model_config
         dims, width, act = config.latent_dims, config.hidden_units[-1], config.activation
-        self.body = _encoder_body(self.image_shape, config, head=False)
+        own = _own_body(config, "encoder_body", body)
+        self.body = _encoder_body(self.image_shape, config, head=False, own=own)
         dense = keras.layers.Dense
         self.up = [dense(width, activation=act, name=f"up_{i + 1}") for i in range(1, len(dims))]
         self.down = [
@@ -314,10 +338,11 @@ class ImageDecoder(_Coder):
     probabilities, so log p(x|z) stays exact for saturated pixels.
     """
 
-    def __init__(self, image_shape, model_config: ModelConfig | None = None, **kwargs):
+    def __init__(self, image_shape, model_config: ModelConfig | None = None, body=None, **kwargs):
         super().__init__(image_shape, model_config, **kwargs)
         self.likelihood = LIKELIHOOD[self.model_config.likelihood]
-        self.body = _decoder_body(self.image_shape, self.model_config)
+        own = _own_body(self.model_config, "decoder_body", body)
+        self.body = _decoder_body(self.image_shape, self.model_config, own)
 
     def build(self, input_shape=None):
         self.body.build((None, self.model_config.latent_dims[0]))

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfvae.bodies import SIDES
 from tfvae.config import ModelConfig, ObjectiveConfig
 from tfvae.data.pipelines import array_batches
 from tfvae.layers import GaussianEncoder, ImageDecoder, TopDownEncoder, diag_normal
@@ -75,16 +76,29 @@ class VAE(keras.Model):
         `ModelConfig` shapes the encoder and decoder, the `ObjectiveConfig`
         says what training minimises. Either may also come as its fields in
         keyword arguments (`latent_dim=2`, `objective="iwae"`, `k=50`), as
-        tfvae 0.1.0 took them and as saved configs hold them."""
+        tfvae 0.1.0 took them and as saved configs hold them.
+        `encoder_body=` and `decoder_body=` take your own Keras layers in place
+        of the arch's networks, used as given (`tfvae.bodies` says their
+        shapes)."""
+        bodies = {
+            side: kwargs.pop(side)
+            for side in SIDES
+            if isinstance(kwargs.get(side), keras.layers.Layer)
+        }
         model_settings, kwargs = ModelConfig.take(kwargs)
         objective_settings, kwargs = ObjectiveConfig.take(kwargs)
         super().__init__(**kwargs)
-        self.model_config = model_config or model_settings or ModelConfig()
+        model_config = model_config or model_settings or ModelConfig()
+        self.model_config = dataclasses.replace(model_config, **bodies)  # kept as their configs
         self.objective_config = objective_config or objective_settings or ObjectiveConfig()
         hierarchical = len(self.model_config.latent_dims) > 1
         encoder = TopDownEncoder if hierarchical else GaussianEncoder
-        self.encoder = encoder(image_shape, self.model_config, name="encoder")
-        self.decoder = ImageDecoder(image_shape, self.model_config, name="decoder")
+        self.encoder = encoder(
+            image_shape, self.model_config, bodies.get("encoder_body"), name="encoder"
+        )
+        self.decoder = ImageDecoder(
+            image_shape, self.model_config, bodies.get("decoder_body"), name="decoder"
+        )
         self.image_shape = self.encoder.image_shape
         self.latent_dim = self.model_config.latent_dim
         self.latent_dims = self.model_config.latent_dims

@@ -35,6 +35,7 @@ import tensorflow_probability as tfp
 
 import tfvae
 from tfvae import durable, plots
+from tfvae.bodies import SIDES
 from tfvae.config import PLACEMENT, TrainConfig, is_int
 from tfvae.data.run_data import RunData
 from tfvae.data.sources import load_dataset
@@ -150,6 +151,10 @@ def versions() -> dict[str, str]:
         "tensorflow_probability": tfp.__version__,
         "python": platform.python_version(),
     }
+
+
+class OwnLayersError(RunError):
+    """A model whose own layers' module is not imported: the file is whole."""
 
 
 @dataclasses.dataclass
@@ -554,6 +559,15 @@ class RunFolder:
 
     # --- a finished run --------------------------------------------------------------
 
+    def images(self, split: str = "test", limit: int | None = None, progress=None):
+        """The finished run and its data's `split` as scored (`Run.images`)."""
+        run = self.load()
+        return run, run.images(split, limit, progress=progress)
+
+    def score(self, split: str = "test", k: int = 1, progress: Progress | None = None) -> dict:
+        """What `tfvae evaluate` reports of the finished run (`score_run`)."""
+        return score_run(self.path, split, k, progress)
+
     def unusable_model(self) -> str | None:
         """Why `model.keras` cannot be what the run trained (said after its
         path): missing, or not a whole Keras file (a zip whose every member
@@ -596,6 +610,8 @@ class RunFolder:
             raise self.lost_model()
         try:
             model = load_model_file(model_path)
+        except OwnLayersError:
+            raise
         except RunError as err:
             raise RunError(f"{err}; {self.repair()}") from None
         if not isinstance(model, VAE):
@@ -740,4 +756,6 @@ def load_model_file(path: str | Path):
         return keras.models.load_model(path, safe_mode=True)
     except Exception as err:  # Keras raises many types for a bad file
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if first_line.startswith(SIDES):  # the user's own layers, not a damaged file
+            raise OwnLayersError(f"{path}: {first_line}") from None
         raise RunError(f"{path}: cannot be loaded safely ({first_line})") from None
