@@ -291,7 +291,22 @@ def main():
     type=click.Choice(ARCHS),
     default=DEFAULTS.arch,
     show_default=True,
-    help="Encoder/decoder body.",
+    help="Encoder/decoder body: dense layers (mlp); two strided convolutions (conv); or "
+    "stages of pre-activation residual blocks (resnet, shaped by --channels and --blocks).",
+)
+@click.option(
+    "--channels",
+    type=IntList(),
+    default=",".join(map(str, DEFAULTS.channels)),
+    show_default=True,
+    help="resnet: the channels of each stage; each stage halves the grid.",
+)
+@click.option(
+    "--blocks",
+    type=click.IntRange(0, 64),
+    default=DEFAULTS.blocks,
+    show_default=True,
+    help="resnet: residual blocks in each stage.",
 )
 @click.option(
     "--latent-dim",

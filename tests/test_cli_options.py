@@ -126,7 +126,13 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
             Bad(("--resize", "28", "wide"), NOT_INT),
             Bad(("--resize", "28"), "requires 2 arguments"),
         ],
-        "arch": choice("--arch", ARCHS, bad=("resnet", "", "MLP")),
+        "arch": choice("--arch", ARCHS, bad=("resnets", "", "MLP")),
+        "channels": positive_list("--channels", "32,64"),
+        "blocks": [
+            Bad(("--blocks", "-1"), r"0<=x<=64"),
+            Bad(("--blocks", "65"), r"0<=x<=64"),
+            Bad(("--blocks", "two"), NOT_INT),
+        ],
         "latent_dim": positive_list("--latent-dim", "32"),
         "prior": [
             Bad(("--prior", "gaussian"), r"normal, or vamp:K"),

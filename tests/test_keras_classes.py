@@ -27,6 +27,7 @@ from tfvae.config import ModelConfig, ObjectiveConfig
 from tfvae.layers import GaussianEncoder, ImageDecoder, TopDownEncoder, diag_normal
 from tfvae.metrics import METRICS, MeanTerms
 from tfvae.model import VAE
+from tfvae.resnet import ResidualBlock
 
 tfd = tfp.distributions
 
@@ -264,12 +265,17 @@ class Case:
     extra: dict = dataclasses.field(default_factory=dict)
 
 
+# The resnet body at a size these tiny images can take.
+SMALL_RESNET = {"arch": "resnet", "channels": (4, 8), "blocks": 1}
+
+
 def encoder_case(arch: str) -> Case:
     params = (Tensor((BATCH, 2)), Tensor((BATCH, 2)))
+    settings = SMALL_RESNET if arch == "resnet" else {"arch": arch}
     return Case(
         f"GaussianEncoder-{arch}",
         GaussianEncoder,
-        lambda: GaussianEncoder(SHAPE, model_config(arch=arch)),
+        lambda: GaussianEncoder(SHAPE, model_config(**settings)),
         IMAGES,
         Dist((BATCH,), (2,)),
         {"params": (lambda e, x: e.params(x), params)},
@@ -298,7 +304,8 @@ def decoder_case(arch: str, likelihood: str, latent_dim=2) -> Case:
     else:
         names = ("probabilities" if likelihood == "bernoulli" else "mean", "logits")
     exported = {name: Tensor((BATCH, *SHAPE)) for name in names}
-    config = model_config(arch=arch, likelihood=likelihood, latent_dim=latent_dim)
+    shape = SMALL_RESNET if arch == "resnet" else {"arch": arch}
+    config = model_config(**shape, likelihood=likelihood, latent_dim=latent_dim)
     layers = "" if n_1 == 2 else f"-latent{'x'.join(map(str, latent_dim))}"
     return Case(
         f"ImageDecoder-{arch}-{likelihood}{layers}",
@@ -355,6 +362,14 @@ def metric_case(name: str, metric: Callable[[], MeanTerms], names) -> Case:
 CASES = [
     encoder_case("mlp"),
     encoder_case("conv"),
+    encoder_case("resnet"),
+    Case(
+        "ResidualBlock",
+        ResidualBlock,
+        lambda: ResidualBlock(4, "elu"),
+        _rng.normal(size=(BATCH, 6, 6, 4)).astype(np.float32),
+        Tensor((BATCH, 6, 6, 4)),
+    ),
     top_down_case("mlp"),
     top_down_case("conv"),
     *(
@@ -363,9 +378,11 @@ CASES = [
     ),
     decoder_case("conv", "bernoulli"),
     decoder_case("conv", "logistic"),
+    decoder_case("resnet", "logistic"),
     decoder_case("mlp", "bernoulli", latent_dim=(4, 2)),
     vae_case("mlp"),
     vae_case("conv", arch="conv", likelihood="continuous-bernoulli"),
+    vae_case("resnet", **SMALL_RESNET, likelihood="gaussian"),
     vae_case(
         "logistic-iwae-dreg",
         ObjectiveConfig("iwae", k=3, gradient_estimator="dreg"),

@@ -34,12 +34,15 @@ ADDRESS_SPACE = 12 * 2**30
         ("mlp", (28, 28, 1), (200, 100), 50),
         ("conv", (28, 28, 1), (64,), 2),
         ("conv", (30, 22, 3), (32, 16), 5),
+        ("resnet", (28, 28, 1), (64,), 2),
+        ("resnet", (30, 22, 3), (32, 16), 5),
     ],
 )
 def test_weight_count_is_the_models(arch, image_shape, hidden, latent):
     """The estimate's weight count, from the layer sizes alone, equals the
     count of the model `tfvae.layers` builds."""
-    config = TrainConfig(arch=arch, hidden_units=hidden, latent_dim=latent)
+    stages = {"channels": (16, 24, 32)} if arch == "resnet" else {}
+    config = TrainConfig(arch=arch, hidden_units=hidden, latent_dim=latent, **stages)
     model = VAE(image_shape, config.model)
     assert memory._parameters(config.model, image_shape) == model.count_params()
 

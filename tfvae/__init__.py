@@ -59,6 +59,7 @@ _KERAS_CLASSES = {
     "ImageDecoder": "tfvae.layers",
     "TopDownEncoder": "tfvae.layers",
     "MeanTerms": "tfvae.metrics",
+    "ResidualBlock": "tfvae.resnet",
 }
 
 

@@ -15,7 +15,11 @@ from typing import Any, ClassVar
 
 from tfvae.errors import ConfigError
 
-ARCHS = ("mlp", "conv")
+ARCHS = ("mlp", "conv", "resnet")
+# The arches whose bodies convolve: XLA slows them down on the CPU.
+CONV_ARCHS = ("conv", "resnet")
+# The settings of the resnet body alone (`tfvae.resnet`).
+RESNET_SETTINGS = ("channels", "blocks")
 ACTIVATIONS = ("relu", "tanh", "elu", "softplus")
 BINARIZATIONS = ("dynamic", "static", "none")
 # p(x|z) per pixel (`tfvae.likelihoods`): Bernoulli for binary and binarized
@@ -89,10 +93,11 @@ def dataset_problem(spec: str) -> str | None:
     return f"{known} (for example {guess})"
 
 
-def conv_padded(size: int) -> int:
-    """An image side as the conv body sees it: the body halves twice, so
-    sides are padded up to a multiple of 4."""
-    return 4 * math.ceil(size / 4)
+def conv_padded(size: int, halvings: int = 2) -> int:
+    """An image side as a convolutional body sees it: padded up to a
+    multiple of 2^halvings, the times the body halves it (twice for conv)."""
+    step = 2**halvings
+    return step * math.ceil(size / step)
 
 
 def pixel_parameters(likelihood: str) -> int:
@@ -149,7 +154,7 @@ class Settings:
         if unknown:
             raise ConfigError(f"config: unknown settings {sorted(unknown)}")
         values = dict(values)
-        for field in ("hidden_units", "resize", "latent_dim"):
+        for field in ("hidden_units", "resize", "latent_dim", "channels"):
             if isinstance(values.get(field), list):
                 values[field] = tuple(values[field])
         for field in ("learning_rate", "adam_epsilon", "beta", "free_bits", "clip_norm"):
@@ -204,11 +209,24 @@ class ModelConfig(Settings):
     # layer, kept as its Keras config so that the model rebuilds from this.
     encoder_body: dict[str, Any] | None = None
     decoder_body: dict[str, Any] | None = None
+    # The resnet body's stages (`tfvae.resnet`): the channels of each, which
+    # halves the grid, and the residual blocks in each.
+    channels: tuple[int, ...] = (32, 64)
+    blocks: int = 2
 
     RULES: ClassVar[dict[str, Rule]] = {
         "arch": _one_of(ARCHS),
         "encoder_body": _BODY,
         "decoder_body": _BODY,
+        "channels": (
+            lambda units: (
+                isinstance(units, tuple)
+                and 0 < len(units) <= 6
+                and all(is_int(u) and u >= 1 for u in units)
+            ),
+            "positive channel counts, one per stage (at most 6)",
+        ),
+        "blocks": (lambda value: is_int(value) and 0 <= value <= 64, "an integer in 0..64"),
         "latent_dim": (
             lambda v: (
                 (is_int(v) and v >= 1)
@@ -242,6 +260,14 @@ class ModelConfig(Settings):
 
                 object.__setattr__(self, side, body_config(getattr(self, side), side))
         super().__post_init__()
+        defaults = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
+        if self.arch != "resnet" and any(
+            getattr(self, name) != defaults[name] for name in RESNET_SETTINGS
+        ):
+            raise ConfigError(
+                f"config: channels={list(self.channels)} and blocks={self.blocks} shape the "
+                f"resnet body, not {self.arch}; use them with arch='resnet' (--arch resnet)"
+            )
         if self.pseudo_inputs > MAX_PSEUDO_INPUTS:
             raise ConfigError(
                 f"config: prior={self.prior!r} is invalid; at most vamp:{MAX_PSEUDO_INPUTS}"
@@ -274,7 +300,19 @@ class ModelConfig(Settings):
         for key in ("encoder_body", "decoder_body"):
             if settings[key] is None:
                 del settings[key]
+        if self.arch != "resnet":
+            for name in RESNET_SETTINGS:
+                del settings[name]
         return settings
+
+    @property
+    def halvings(self) -> int:
+        """How many times a convolutional body halves the image's grid."""
+        return len(self.channels) if self.arch == "resnet" else 2
+
+    def padded(self, size: int) -> int:
+        """An image side as the convolutional body sees it (`conv_padded`)."""
+        return conv_padded(size, self.halvings)
 
 
 @dataclasses.dataclass(frozen=True)

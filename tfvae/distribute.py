@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfvae.config import STRATEGIES, TrainConfig
+from tfvae.config import CONV_ARCHS, STRATEGIES, TrainConfig
 from tfvae.data import ImageDataset, RunData, image_pipeline, train_pipeline
 from tfvae.data.pipelines import Share
 from tfvae.errors import RunError
@@ -151,7 +151,7 @@ class Placement:
         gpus = tf.config.list_logical_devices("GPU")
         # XLA speeds the MLP up on the CPU but slows the conv body down
         # (benchmarks/RESULTS.md); on GPUs it helps both.
-        auto_jit = not replicated and (config.arch == "mlp" or bool(gpus))
+        auto_jit = not replicated and (config.arch not in CONV_ARCHS or bool(gpus))
         jit = auto_jit if config.jit_compile is None else config.jit_compile
         steps = config.steps_per_execution or (1 if replicated else 32)
         if replicated and (jit or steps > 1) and not gpus:

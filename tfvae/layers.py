@@ -16,8 +16,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae.bodies import body_layer, decoder_layers, encoder_layers
-from tfvae.config import ModelConfig, conv_padded, pixel_parameters
+from tfvae.config import CONV_ARCHS, ModelConfig, pixel_parameters
 from tfvae.likelihoods import LIKELIHOOD, SCALE_FLOOR
+from tfvae.resnet import decoder_stages, encoder_stages
 
 tfd = tfp.distributions
 
@@ -43,14 +44,17 @@ def _encoder_body(
         top = 2 * config.latent_dim if head else config.hidden_units[-1]
         last = keras.layers.Dense(top, activation=None if head else activation)
         return keras.Sequential([*encoder_layers(own, image_shape), last], name="body")
-    if arch == "conv":
-        pad_h, pad_w = conv_padded(height) - height, conv_padded(width) - width
+    if arch in CONV_ARCHS:
+        pad_h, pad_w = config.padded(height) - height, config.padded(width) - width
         if pad_h or pad_w:
             layers.append(keras.layers.ZeroPadding2D(((0, pad_h), (0, pad_w))))
+    if arch == "conv":
         layers += [
             keras.layers.Conv2D(32, 3, strides=2, padding="same", activation=activation),
             keras.layers.Conv2D(64, 3, strides=2, padding="same", activation=activation),
         ]
+    elif arch == "resnet":
+        layers += encoder_stages(config)
     layers.append(keras.layers.Flatten())
     layers += [keras.layers.Dense(units, activation=activation) for units in config.hidden_units]
     if head:
@@ -81,15 +85,26 @@ def _decoder_body(
             keras.layers.Reshape((height, width, channels)),
         ]
     else:
-        grid = (conv_padded(height) // 4, conv_padded(width) // 4)
+        scale = 2**config.halvings
+        grid = (config.padded(height) // scale, config.padded(width) // scale)
+        top = 64 if arch == "conv" else config.channels[-1]
         layers += [
-            keras.layers.Dense(grid[0] * grid[1] * 64, activation=activation),
-            keras.layers.Reshape((*grid, 64)),
-            keras.layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation=activation),
-            keras.layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation=activation),
-            keras.layers.Conv2DTranspose(channels, 3, padding="same"),
+            keras.layers.Dense(grid[0] * grid[1] * top, activation=activation),
+            keras.layers.Reshape((*grid, top)),
         ]
-        crop_h, crop_w = conv_padded(height) - height, conv_padded(width) - width
+        if arch == "conv":
+            layers += [
+                keras.layers.Conv2DTranspose(
+                    64, 3, strides=2, padding="same", activation=activation
+                ),
+                keras.layers.Conv2DTranspose(
+                    32, 3, strides=2, padding="same", activation=activation
+                ),
+                keras.layers.Conv2DTranspose(channels, 3, padding="same"),
+            ]
+        else:
+            layers += decoder_stages(config, channels)
+        crop_h, crop_w = config.padded(height) - height, config.padded(width) - width
         if crop_h or crop_w:
             layers.append(keras.layers.Cropping2D(((0, crop_h), (0, crop_w))))
     return keras.Sequential(layers, name="body")

@@ -140,9 +140,34 @@ def _dense(sizes: list[int]) -> int:
     return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
 
 
-def _conv_grid(image_shape) -> tuple[int, int]:
+def _conv_grid(image_shape, halvings: int = 2) -> tuple[int, int]:
     height, width, _ = image_shape
-    return conv_padded(height), conv_padded(width)
+    return conv_padded(height, halvings), conv_padded(width, halvings)
+
+
+def _resnet(config: ModelConfig, image_shape, out: int) -> tuple[int, int, int, int]:
+    """The resnet body's convolution weights `(encoder, decoder)` and its
+    feature-map numbers per image `(encoder, decoder)` (`tfvae.resnet`)."""
+    channels, blocks = list(config.channels), config.blocks
+    height, width = _conv_grid(image_shape, config.halvings)
+
+    def conv(a: int, b: int) -> int:  # a 3x3 convolution's weights
+        return 9 * a * b + b
+
+    def block(a: int, b: int) -> int:  # a residual block's two
+        return 2 * conv(a, b)
+
+    encoder = conv(image_shape[2], channels[0]) + sum(
+        conv(a, b) + blocks * block(b, b)
+        for a, b in zip([channels[0], *channels[:-1]], channels, strict=True)
+    )
+    below = [channels[0], *channels[:-1]]
+    decoder = sum(blocks * block(c, c) + conv(c, b) for c, b in zip(channels, below, strict=True))
+    decoder += conv(channels[0], out)
+    maps = [(height >> (i + 1)) * (width >> (i + 1)) * c for i, c in enumerate(channels)]
+    encoder_maps = height * width * channels[0] + sum((2 * blocks + 1) * m for m in maps)
+    decoder_maps = sum((2 * blocks + 1) * m for m in maps) + height * width * channels[0]
+    return encoder, decoder, encoder_maps, decoder_maps
 
 
 def _hierarchy(config: ModelConfig) -> tuple[int, int]:
@@ -173,10 +198,15 @@ def _parameters(config: ModelConfig, image_shape) -> int:
         return _dense([pixels, *hidden, 2 * latent]) + decoder + extra
     channels = image_shape[2]
     out = channels * per_pixel
-    height, width = _conv_grid(image_shape)
-    flat = (height // 4) * (width // 4) * 64
-    convs = 9 * channels * 32 + 32 + 9 * 32 * 64 + 64
-    transposed = 9 * 64 * 64 + 64 + 9 * 64 * 32 + 32 + 9 * 32 * out + out
+    height, width = _conv_grid(image_shape, config.halvings)
+    scale = 2**config.halvings
+    if config.arch == "resnet":
+        flat = (height // scale) * (width // scale) * config.channels[-1]
+        convs, transposed, _, _ = _resnet(config, image_shape, out)
+    else:
+        flat = (height // scale) * (width // scale) * 64
+        convs = 9 * channels * 32 + 32 + 9 * 32 * 64 + 64
+        transposed = 9 * 64 * 64 + 64 + 9 * 64 * 32 + 32 + 9 * 32 * out + out
     encoder = convs + _dense([flat, *hidden, 2 * latent])
     return encoder + _dense([latent, *hidden[::-1], flat]) + transposed + extra
 
@@ -189,7 +219,10 @@ def _step_numbers(config: ModelConfig, image_shape) -> tuple[int, int]:
     pixels = math.prod(image_shape)
     hidden, latent = sum(config.hidden_units), config.latent_dims[0]
     encoder_maps = decoder_maps = 0
-    if config.arch == "conv":
+    if config.arch == "resnet":
+        out = image_shape[2] * pixel_parameters(config.likelihood)
+        _, _, encoder_maps, decoder_maps = _resnet(config, image_shape, out)
+    elif config.arch == "conv":
         height, width = _conv_grid(image_shape)
         quarter = (height // 4) * (width // 4) * 64
         encoder_maps = (height // 2) * (width // 2) * 32 + quarter
