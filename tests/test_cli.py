@@ -181,7 +181,7 @@ def test_finished_run_is_not_overwritten_without_flag(run_2d_2_epochs):
         (["train", "--epochs", "0"], "--epochs"),
         (["train", "--batch-size", "-3"], "--batch-size"),
         (["train", "--latent-dim", "two"], "--latent-dim"),
-        (["train", "--arch", "resnet"], "--arch"),
+        (["train", "--arch", "densenet"], "--arch"),
         (["train", "--hidden", "4,x"], "--hidden"),
         (["train", "--hidden", "0"], "--hidden"),
         (["train", "--learning-rate", "0"], "--learning-rate"),
