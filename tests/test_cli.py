@@ -131,7 +131,7 @@ def assert_pairs_stacked(picture: np.ndarray, originals, reconstructions, column
         assert (cell(2 * row, column) == 255).all() and (cell(2 * row + 1, column) == 255).all()
 
 
-@pytest.mark.parametrize("n", [5, 20])
+@pytest.mark.parametrize("n", [5, pytest.param(20, marks=pytest.mark.slow)])
 def test_reconstruct_keeps_each_original_above_its_reconstruction(n, tmp_path):
     """The fully trained run: 5 images in one pair of rows; 20 in two pairs,
     the last holding 4 originals above their 4 reconstructions."""

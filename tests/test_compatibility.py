@@ -78,7 +78,9 @@ print(json.dumps({"class": type(model).__module__ + "." + type(model).__name__,
 """
 
 
-@pytest.mark.parametrize("order", ["tfvae,keras", "keras,tfvae"])
+@pytest.mark.parametrize(
+    "order", ["tfvae,keras", pytest.param("keras,tfvae", marks=pytest.mark.slow)]
+)
 def test_a_run_model_loads_in_plain_keras_and_scores_image_arrays(order, tmp_path):
     """A Keras user's first move, in a fresh process: `import tfvae` (before
     or after keras) then `keras.saving.load_model("model.keras")` in safe
