@@ -303,15 +303,7 @@ def score_report(
     if regret:
         check_regret(run.model)
     source = run.data(dataset, progress)
-    if fpr is not None and run.file is not None:
-        raise RunError(
-            f"{run.file}: a model file does not say which images it never trained on, so no "
-            "threshold can be set; score its run folder, or score with --no-threshold"
-        )
-    normal = None
-    if fpr is not None:
-        run_data = source if dataset is None else run.data(None, progress)
-        normal = _normal_source(run, run_data, progress)
+    normal = _normal_source(run, source, dataset, progress) if fpr is not None else None
     splits = _splits(source, split)
     parts = {name: _score_split(run, source, name, k, progress, regret) for name in splits}
     rows = _rows(list(parts.values()), score_name)
@@ -377,12 +369,22 @@ def _splits(source: RunData, split: str) -> list[str]:
     return ["train", "validation", "test"] if held else ["train", "test"]
 
 
-def _normal_source(run, run_data: RunData, progress: Progress) -> tuple[RunData, str, str]:
+def _normal_source(
+    run, source: RunData, dataset: str | None, progress: Progress
+) -> tuple[RunData, str, str]:
     """Where the normal images the run never trained on are, their split and
     what they are called:
     its validation split, else (a run on the first `--limit` images) up to
     `MAX_NORMAL_IMAGES` of the training images after them (as `test` of the
-    source returned); a run that saw every training image has none."""
+    source returned); a run that saw every training image has none, and a
+    model file does not say which it saw. `source` is the data scored, which
+    is the run's own unless `dataset` names another set."""
+    if run.file is not None:
+        raise RunError(
+            f"{run.file}: a model file does not say which images it never trained on, so no "
+            "threshold can be set; score its run folder, or score with --no-threshold"
+        )
+    run_data = source if dataset is None else run.data(None, progress)
     if run_data.validation is not None:
         return run_data, "validation", "validation"
     config = run.state.config
