@@ -22,7 +22,7 @@ from typing import Any
 
 import keras
 
-from tfvae.errors import ConfigError
+from tfvae.errors import ConfigError, first_line
 
 SIDES = ("encoder_body", "decoder_body")
 
@@ -31,11 +31,6 @@ def _shape(value) -> str:
     """`[batch, 28, 28, 1]` for a symbolic tensor's shape or an image shape."""
     dims = value.shape[1:] if hasattr(value, "shape") else value
     return "[" + ", ".join(["batch", *map(str, dims)]) + "]"
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def body_config(layer: Any, side: str) -> dict[str, Any]:
@@ -48,7 +43,7 @@ def body_config(layer: Any, side: str) -> dict[str, Any]:
     except Exception as err:  # Keras raises many types for a class it cannot rebuild
         raise ConfigError(
             f"{side}: {type(layer).__name__} cannot be rebuilt from its Keras config "
-            f"({_first_line(err)}); register its class with "
+            f"({first_line(err)}); register its class with "
             "@keras.saving.register_keras_serializable() and give it a get_config"
         ) from None
     return config
@@ -82,7 +77,7 @@ def body_layer(config: dict[str, Any], side: str) -> keras.layers.Layer:
         return keras.saving.deserialize_keras_object(config, safe_mode=True)
     except Exception as err:  # Keras raises many types for a class it cannot find
         raise ConfigError(
-            f"{side}: cannot rebuild {config.get('class_name')} ({_first_line(err)}); "
+            f"{side}: cannot rebuild {config.get('class_name')} ({first_line(err)}); "
             "if it is your own layer, import its module first (tfvae --import MODULE)"
         ) from None
 

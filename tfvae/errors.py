@@ -5,6 +5,13 @@ anything else is a bug and keeps its traceback.
 """
 
 
+def first_line(err: Exception) -> str:
+    """The first line of a library's error message (its type when it has none):
+    what a one-line message quotes of an error raised outside tfvae."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class TfvaeError(Exception):
     """A problem with the user's request, files or data, not with tfvae."""
 

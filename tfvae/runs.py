@@ -41,7 +41,7 @@ from tfvae.data.run_data import RunData
 from tfvae.data.sources import load_dataset
 from tfvae.distribute import Placement
 from tfvae.durable import write_atomic
-from tfvae.errors import DataError, RunError
+from tfvae.errors import DataError, RunError, first_line
 from tfvae.evaluation import active_units_per_layer, evaluate_elbo, iw_log_likelihood
 from tfvae.likelihoods import bits_per_dim
 from tfvae.model import VAE
@@ -755,7 +755,7 @@ def load_model_file(path: str | Path):
     try:
         return keras.models.load_model(path, safe_mode=True)
     except Exception as err:  # Keras raises many types for a bad file
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if first_line.startswith(SIDES):  # the user's own layers, not a damaged file
-            raise OwnLayersError(f"{path}: {first_line}") from None
-        raise RunError(f"{path}: cannot be loaded safely ({first_line})") from None
+        line = first_line(err)
+        if line.startswith(SIDES):  # the user's own layers, not a damaged file
+            raise OwnLayersError(f"{path}: {line}") from None
+        raise RunError(f"{path}: cannot be loaded safely ({line})") from None
