@@ -326,6 +326,13 @@ def main():
     "the posteriors at K learned pseudo-inputs (its KL is estimated by sampling).",
 )
 @click.option(
+    "--conditional",
+    is_flag=True,
+    help="A conditional VAE of p(x|y): the encoder and decoder also read each image's "
+    "class y (the set's labels; the class names go into config.json). 'tfvae sample "
+    "--class' then draws a class.",
+)
+@click.option(
     "--hidden",
     type=IntList(),
     default=",".join(map(str, DEFAULTS.hidden_units)),
@@ -700,6 +707,8 @@ def evaluate(run_dir, split, dataset, k, as_json):
         ("log-likelihood", f"{scores['log_likelihood']:10.3f}", "(E_q ln p(x|z))"),
         (f"NLL (IW, K={k})", f"{scores['nll']:10.3f}", "(-ln p(x), upper bound)"),
     ]
+    if scores["conditional"]:
+        rows[-1] = (rows[-1][0], rows[-1][1], "(-ln p(x|y), the class given; upper bound)")
     if scores["bits_per_dim"] is not None:
         rows.append(("bits/dim", f"{scores['bits_per_dim']:10.4f}", "(NLL / (D ln 2))"))
     rows.append(("active units", f"{scores['active_units']:10d}", _units(scores)))
@@ -898,24 +907,45 @@ PICTURE_JSON = "Print what was written as one JSON object (files, sizes, images)
     default=None,
     help=OUTPUT_HELP.format("samples-seed<S>.png"),
 )
+@click.option(
+    "--class",
+    "classes",
+    multiple=True,
+    metavar="CLASS",
+    help="A conditional model's class to draw, by name or index; repeat it for several, "
+    "one row each [default: one row per class, -n shared among them].",
+)
 @click.option("--json", "as_json", is_flag=True, help=PICTURE_JSON)
 @user_errors
-def sample(run_dir, count, seed, binary, output, as_json):
+def sample(run_dir, count, seed, binary, classes, output, as_json):
     """Decode images from the prior z ~ N(0, I) into a grid picture.
 
     \b
-    Example:
+    Examples:
       tfvae sample runs/mnist -n 100 --seed 3 -o samples.png
+      tfvae sample runs/mnist-conditional --class 7 -n 64
     """
     from tfvae import plots
     from tfvae.runs import load_model
 
     path, chosen = _output(run_dir, output, f"samples-seed{seed}.png")
     model = load_model(run_dir)
-    picture = plots.samples(model, count, seed=seed, binary=binary)
+    labels = [model.class_index(name) for name in classes]
     facts = {"images": count, "image_shape": list(model.image_shape), "seed": seed}
+    if len(labels) == 1:
+        picture = plots.samples(model, count, seed, binary, labels=labels * count)
+    elif model.conditional:
+        labels = labels or list(range(len(model.classes)))
+        per_class = max(1, count // len(labels))
+        picture = plots.class_samples(model, per_class, seed, binary, classes=labels)
+        facts["images"] = count = per_class * len(labels)
+    else:
+        picture = plots.samples(model, count, seed=seed, binary=binary)
+    if model.conditional:
+        facts["classes"] = [model.classes[i] for i in labels]
     _write_picture(picture, path, chosen, as_json, **facts, binary=binary)
-    _progress(as_json).say(f"Wrote {count} samples to {path}")
+    drawn = f" of {', '.join(facts['classes'])}" if model.conditional else ""
+    _progress(as_json).say(f"Wrote {count} samples{drawn} to {path}")
 
 
 @main.command()
@@ -942,11 +972,12 @@ def reconstruct(run_dir, count, split, dataset, output, as_json):
       tfvae reconstruct runs/mnist -n 16 -o reconstructions.png
     """
     from tfvae import plots
-    from tfvae.runs import run_images
+    from tfvae.runs import open_run
 
     path, chosen = _output(run_dir, output, f"reconstruct-{split}.png")
-    run, images = run_images(run_dir, split, limit=count, dataset=dataset)
-    picture = plots.reconstructions(run.model, images)
+    run = open_run(run_dir)
+    images, labels = run.split(split, limit=count, dataset=dataset)
+    picture = plots.reconstructions(run.model, images, labels=labels)
     facts = {"images": len(images), "image_shape": list(images.shape[1:]), "split": split}
     _write_picture(picture, path, chosen, as_json, **facts)
     _progress(as_json).say(f"Wrote {len(images)} originals and reconstructions to {path}")
@@ -999,15 +1030,17 @@ def interpolate(run_dir, first, last, count, split, dataset, spherical, output, 
       tfvae interpolate runs/mnist --from 3 --to 5 -n 16 --spherical
     """
     from tfvae import plots
-    from tfvae.runs import run_images
+    from tfvae.runs import open_run
 
     path, chosen = _output(run_dir, output, f"interpolate-{split}-{first}-{last}.png")
-    run, images = run_images(run_dir, split, limit=max(first, last) + 1, dataset=dataset)
+    run = open_run(run_dir)
+    images, labels = run.split(split, limit=max(first, last) + 1, dataset=dataset)
     if max(first, last) >= len(images):
         raise click.ClickException(
             f"--from/--to {max(first, last)}: the {split} split has {len(images)} images"
         )
-    row = plots.interpolation(run.model, images[first], images[last], count, spherical)
+    ends = None if labels is None else labels[[first, last]]
+    row = plots.interpolation(run.model, images[first], images[last], count, spherical, ends)
     facts = {"steps": count, "image_shape": list(images.shape[1:]), "split": split}
     _write_picture(row, path, chosen, as_json, **facts, indices=[first, last])
     _progress(as_json).say(

@@ -134,6 +134,7 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
             Bad(("--blocks", "two"), NOT_INT),
         ],
         "latent_dim": positive_list("--latent-dim", "32"),
+        "conditional": flag("--conditional"),
         "prior": [
             Bad(("--prior", "gaussian"), r"normal, or vamp:K"),
             Bad(("--prior", "vamp:0"), r"normal, or vamp:K"),
@@ -253,6 +254,8 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
             Bad(("--seed", str(2**32)), r"x<="),
         ],
         "binary": flag("--binary"),
+        # A name or an index of the model's classes, checked once the model loads.
+        "classes": [Bad(("--class",), "requires an argument")],
         "output": [Bad(("-o", A_FOLDER), "is a directory"), Bad(("--output", A_FOLDER), "")],
         "as_json": flag("--json"),
     },

@@ -153,10 +153,12 @@ class Summaries(keras.callbacks.Callback):
     `pictures/` (`plots.run_pictures`, the same as the finished run's PNGs,
     so the last epoch's equal them)."""
 
-    def __init__(self, log_dir: Path, held_out: str, images: np.ndarray, pictures_every: int):
+    def __init__(
+        self, log_dir: Path, held_out: str, images: np.ndarray, pictures_every: int, labels=None
+    ):
         super().__init__()
         self.log_dir, self.held_out = Path(log_dir), held_out
-        self.images, self.pictures_every = images, pictures_every
+        self.images, self.labels, self.pictures_every = images, labels, pictures_every
         self._writers: dict[str, object] = {}
 
     def _writer(self, name: str):
@@ -183,7 +185,7 @@ class Summaries(keras.callbacks.Callback):
 
     def _pictures(self, step: int) -> None:
         with self._writer("pictures").as_default(step=step):
-            for name, picture in plots.run_pictures(self.model, self.images).items():
+            for name, picture in plots.run_pictures(self.model, self.images, self.labels).items():
                 pixels = np.asarray(picture)
                 pixels = pixels[..., None] if pixels.ndim == 2 else pixels
                 tf.summary.image(name, pixels[None])

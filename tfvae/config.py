@@ -46,6 +46,8 @@ def pixel_treatment(pixels: str = "dynamic", binarize: str | None = None) -> str
 # Welling, 2018), a mixture of the posteriors at K learned pseudo-inputs.
 PRIOR = re.compile(r"normal|vamp:[1-9][0-9]*")
 MAX_PSEUDO_INPUTS = 10_000
+# A conditional VAE's classes: each is one input of the encoder's and decoder's.
+MAX_CLASSES = 10_000
 # The grey levels of 8-bit pixels: dequantized images are (level + u) / LEVELS.
 LEVELS = 256
 STRATEGIES = ("auto", "default", "one-device", "mirrored", "multi-worker", "tpu")
@@ -154,7 +156,7 @@ class Settings:
         if unknown:
             raise ConfigError(f"config: unknown settings {sorted(unknown)}")
         values = dict(values)
-        for field in ("hidden_units", "resize", "latent_dim", "channels"):
+        for field in ("hidden_units", "resize", "latent_dim", "channels", "classes"):
             if isinstance(values.get(field), list):
                 values[field] = tuple(values[field])
         for field in ("learning_rate", "adam_epsilon", "beta", "free_bits", "clip_norm"):
@@ -213,9 +215,23 @@ class ModelConfig(Settings):
     # halves the grid, and the residual blocks in each.
     channels: tuple[int, ...] = (32, 64)
     blocks: int = 2
+    # A conditional VAE's class names, by label index (None: unconditional):
+    # q(z|x, y) and p(x|z, y) read the class as a one-hot vector.
+    classes: tuple[str, ...] | None = None
 
     RULES: ClassVar[dict[str, Rule]] = {
         "arch": _one_of(ARCHS),
+        "classes": (
+            lambda names: (
+                names is None
+                or (
+                    isinstance(names, tuple)
+                    and 2 <= len(names) <= MAX_CLASSES
+                    and all(isinstance(name, str) for name in names)
+                )
+            ),
+            f"null, or 2 to {MAX_CLASSES} class names",
+        ),
         "encoder_body": _BODY,
         "decoder_body": _BODY,
         "channels": (
@@ -297,13 +313,18 @@ class ModelConfig(Settings):
         for key, default in (("likelihood", "bernoulli"), ("prior", "normal")):
             if settings[key] == default:
                 del settings[key]
-        for key in ("encoder_body", "decoder_body"):
+        for key in ("encoder_body", "decoder_body", "classes"):
             if settings[key] is None:
                 del settings[key]
         if self.arch != "resnet":
             for name in RESNET_SETTINGS:
                 del settings[name]
         return settings
+
+    @property
+    def num_classes(self) -> int:
+        """The classes a conditional VAE reads (0: unconditional)."""
+        return len(self.classes) if self.classes else 0
 
     @property
     def halvings(self) -> int:
@@ -396,6 +417,8 @@ class TrainConfig(ModelConfig):
     validation: int = 0
     init_from: str | None = None
     pictures_every: int = 1
+    # Condition on the data set's labels; `classes` is filled from the set.
+    conditional: bool = False
 
     RULES: ClassVar[dict[str, Rule]] = {
         **ModelConfig.RULES,
@@ -432,6 +455,7 @@ class TrainConfig(ModelConfig):
         "limit": (lambda v: v is None or (is_int(v) and v >= 1), "> 0"),
         "validation": (lambda v: is_int(v) and v >= 0, "a number of images >= 0"),
         "pictures_every": (lambda v: is_int(v) and v >= 0, "epochs >= 0 (0: none)"),
+        "conditional": (lambda v: isinstance(v, bool), "true or false"),
         "init_from": (
             lambda v: v is None or (isinstance(v, str) and bool(v)),
             "a finished run folder or null",
@@ -508,9 +532,15 @@ class TrainConfig(ModelConfig):
         prior = "N(0, I)" if not self.pseudo_inputs else f"a VampPrior of {self.pseudo_inputs}"
         if self.objective == "iwae":
             gradient = ", DReG gradients" if self.gradient_estimator == "dreg" else ""
-            return f"IWAE bound, k={self.k}{gradient}; {model}, prior {prior}"
+            return f"IWAE bound, k={self.k}{gradient}; {model}, prior {prior}{self._given_class()}"
         kl = "analytic" if not self.pseudo_inputs else "analytic below the top, sampled on top"
-        return f"ELBO, KL {kl}; {model}, prior {prior}"
+        return f"ELBO, KL {kl}; {model}, prior {prior}{self._given_class()}"
+
+    def _given_class(self) -> str:
+        if not self.conditional:
+            return ""
+        count = f" ({len(self.classes)} classes)" if self.classes else ""
+        return f"; conditional on the class{count}: q(z|x, y), p(x|z, y)"
 
     @property
     def pixels(self) -> str:

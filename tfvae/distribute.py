@@ -234,17 +234,25 @@ class Placement:
         Under multi-worker, a streamed set gives each worker an endless
         pipeline that decodes only its own rows of every global batch;
         otherwise one pipeline of one pass, which `tf.distribute` splits."""
-        images = data.data
-        held_out = image_pipeline(data.scored(data.held_out), max(config.batch_size, 500))
+        images, conditional = data.data, config.conditional
+        held_out_labels = data.facts(data.held_out)[0] if conditional else None
+        held_out = image_pipeline(
+            data.scored(data.held_out), max(config.batch_size, 500), labels=held_out_labels
+        )
         held_out = held_out.with_options(_split_by_data())
         if images.streamed and self.multi_worker:
             batches = self.strategy.distribute_datasets_from_function(
                 lambda context: train_pipeline(
-                    images, config.batch_size, config.pixels, seed, Share.of(context)
+                    images,
+                    config.batch_size,
+                    config.pixels,
+                    seed,
+                    Share.of(context),
+                    labels=conditional,
                 )
             )
             return batches, math.ceil(len(images.train_images) / config.batch_size), held_out
-        batches = train_pipeline(images, config.batch_size, config.pixels, seed)
+        batches = train_pipeline(images, config.batch_size, config.pixels, seed, labels=conditional)
         return batches.with_options(_split_by_data()), None, held_out
 
     @contextlib.contextmanager

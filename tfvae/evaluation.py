@@ -3,7 +3,9 @@ estimate and the number of active latent units, of a model on fixed images
 or of a run folder on its data set (as `tfvae evaluate` reports them).
 
 All figures are per image, in nats, averaged in float64; every random draw is
-seeded so the same model and data always give the same numbers.
+seeded so the same model and data always give the same numbers. A
+conditional VAE's are of p(x|y), given each image's class (`labels`, int
+`[n]`; an unconditional VAE ignores them).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ IW_NUMBERS = 20_000 * 784
 
 
 def elbo_term_batches(
-    model, images: np.ndarray, batch_size: int = 1000, seed: int = 1
+    model, images: np.ndarray, batch_size: int = 1000, seed: int = 1, labels=None
 ) -> Iterator[dict[str, np.ndarray]]:
     """Per-image `elbo`, `kl` and `log_likelihood`, float32 `[batch]` each,
     batch by batch in the order of `images`: one z per image, drawn as the
@@ -34,20 +36,21 @@ def elbo_term_batches(
     @tf.function(autograph=False)  # no tensor-dependent Python control flow to convert
     def terms(batch):
         x, noise = training_batch(batch, [1, model.noise_dim])
-        return model.elbo_terms(x, noise)
+        return model.elbo_terms(x, noise, labels=batch.get("labels"))
 
-    for batch in image_pipeline(images, batch_size, seed):
+    labels = labels if model.conditional else None
+    for batch in image_pipeline(images, batch_size, seed, labels):
         out = terms(batch)
         yield {name: out[name].numpy() for name in ("elbo", "kl", "log_likelihood")}
 
 
 def evaluate_elbo(
-    model, images: np.ndarray, batch_size: int = 1000, seed: int = 1
+    model, images: np.ndarray, batch_size: int = 1000, seed: int = 1, labels=None
 ) -> dict[str, float]:
     """Mean `elbo`, `kl` and `log_likelihood` over `images` (`elbo_term_batches`),
     so a run's final test scores are its last epoch's validation figures."""
     sums = {"elbo": 0.0, "kl": 0.0, "log_likelihood": 0.0}
-    for batch in elbo_term_batches(model, images, batch_size, seed):
+    for batch in elbo_term_batches(model, images, batch_size, seed, labels):
         for name in sums:
             sums[name] += float(np.sum(batch[name], dtype=np.float64))
     return {name: total / len(images) for name, total in sums.items()}
@@ -60,6 +63,7 @@ def iw_log_likelihood(
     batch_size: int = 100,
     seed: int = 2,
     progress: Callable[[int], None] | None = None,
+    labels=None,
 ) -> np.ndarray:
     """Per-image importance-weighted estimate of log p(x), shape `[n]`.
 
@@ -77,22 +81,22 @@ def iw_log_likelihood(
     chunk = max(1, min(k, rows // batch_size))
 
     @tf.function(reduce_retracing=True, autograph=False)
-    def log_sum_weights(x, n_samples, chunk_seed):
+    def log_sum_weights(x, y, n_samples, chunk_seed):
         shape = tf.stack([tf.cast(n_samples, tf.int32), tf.shape(x)[0], model.noise_dim])
         # z ~ q(z|x) from explicit philox noise, so the figures do not depend
         # on how a TFP version draws its samples.
         noise = tf.random.stateless_normal(shape, seed=chunk_seed, alg="philox")
-        draw = model.draw(x, noise)  # z [samples, batch, n_i] per layer
+        draw = model.draw(x, noise, y)  # z [samples, batch, n_i] per layer
         return tf.reduce_logsumexp(model.log_weights(draw), axis=0)  # [batch]
 
     out = np.empty(len(images), dtype=np.float64)
     for start, x in array_batches(images, batch_size):
-        x = tf.constant(x)
+        x, y = tf.constant(x), model.batch_labels(labels, start, len(x))
         total = np.full(len(x), -np.inf)
         for first in range(0, k, chunk):
             n_samples = min(chunk, k - first)
             chunk_seed = tf.constant([seed, start * k + first], tf.int32)
-            part = log_sum_weights(x, tf.constant(n_samples), chunk_seed).numpy()
+            part = log_sum_weights(x, y, tf.constant(n_samples), chunk_seed).numpy()
             total = np.logaddexp(total, part.astype(np.float64))
             if progress is not None:
                 progress(n_samples * len(x))
@@ -100,13 +104,15 @@ def iw_log_likelihood(
     return out
 
 
-def active_units(model, images: np.ndarray, threshold: float = 0.01) -> int:
+def active_units(model, images: np.ndarray, threshold: float = 0.01, labels=None) -> int:
     """Latent dimensions whose posterior mean varies across the data, summed
     over the layers (`active_units_per_layer`)."""
-    return sum(active_units_per_layer(model, images, threshold))
+    return sum(active_units_per_layer(model, images, threshold, labels))
 
 
-def active_units_per_layer(model, images: np.ndarray, threshold: float = 0.01) -> list[int]:
+def active_units_per_layer(
+    model, images: np.ndarray, threshold: float = 0.01, labels=None
+) -> list[int]:
     """Each layer's latent dimensions whose posterior mean varies across the
     data, bottom layer first.
 
@@ -116,5 +122,5 @@ def active_units_per_layer(model, images: np.ndarray, threshold: float = 0.01) -
     """
     return [
         int(np.sum(np.var(means.astype(np.float64), axis=0) > threshold))
-        for means in model.layer_means(images)
+        for means in model.layer_means(images, labels=labels)
     ]

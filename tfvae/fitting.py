@@ -88,9 +88,11 @@ def fit(job: Job, model: VAE, data: RunData, epoch: int) -> None:
     ]
     if job.placement.is_chief:
         shown = np.asarray(data.scored("test", RECONSTRUCTION_IMAGES))
+        labels = data.facts("test")[0]
+        labels = None if labels is None else labels[:RECONSTRUCTION_IMAGES]
         callbacks += [
             EpochLog(job.progress, config.epochs, data.held_out),
-            Summaries(folder / LOGS_DIR, data.held_out, shown, config.pictures_every),
+            Summaries(folder / LOGS_DIR, data.held_out, shown, config.pictures_every, labels),
         ]
     with warnings.catch_warnings():
         # A streamed set's one pass has no length Keras knows: it learns it

@@ -74,7 +74,7 @@ def _decoder_body(
     height, width, channels = image_shape
     channels *= pixel_parameters(config.likelihood)
     if own is not None:
-        code_size = config.latent_dims[0]
+        code_size = config.latent_dims[0] + config.num_classes
         return keras.Sequential(decoder_layers(own, image_shape, code_size, channels), name="body")
     layers: list[keras.layers.Layer] = [
         keras.layers.Dense(units, activation=activation) for units in reversed(config.hidden_units)
@@ -154,6 +154,28 @@ class _Coder(keras.layers.Layer):
         self.image_shape = tuple(int(d) for d in image_shape)
         self.model_config = model_config or settings or ModelConfig()
         self.latent_dim = self.model_config.latent_dim
+        self.num_classes = self.model_config.num_classes
+
+    def conditioned(self, x, labels):
+        """`x` `[..., n]` with each row's class appended as a one-hot vector,
+        `[..., n + classes]`, for a conditional VAE (`labels` int `[...]`, the
+        trailing axes of `x`'s leading ones; a label of -1 appends zeros, no
+        class; float `labels` `[..., classes]` are the vectors themselves, a
+        blend of classes); `x` itself for an unconditional one."""
+        if not self.num_classes:
+            return x
+        if labels is None:
+            raise ValueError(
+                f"this VAE is conditional on the class ({self.num_classes} classes): "
+                "give each image's label (labels=)"
+            )
+        labels = tf.convert_to_tensor(labels)
+        if labels.dtype.is_floating:
+            one_hot = tf.cast(labels, x.dtype)
+        else:
+            one_hot = tf.one_hot(tf.cast(labels, tf.int32), self.num_classes, dtype=x.dtype)
+        shape = tf.concat([tf.shape(x)[:-1], [self.num_classes]], axis=0)
+        return tf.concat([x, tf.broadcast_to(one_hot, shape)], axis=-1)
 
     def get_config(self):
         # Flat, as tfvae 0.1.0 wrote it, so files load in either version.
@@ -170,40 +192,49 @@ class GaussianEncoder(_Coder):
     shape `[batch]`, event shape `[latent]`.
 
     The body outputs 2 * latent numbers per image: the mean and a raw scale
-    that softplus (plus a small floor) makes positive.
+    that softplus (plus a small floor) makes positive. A conditional VAE's,
+    q(z|x, y), reads the body's features and the class (`labels` `[batch]`)
+    in a last dense layer, the `head`.
     """
 
     def __init__(self, image_shape, model_config: ModelConfig | None = None, body=None, **kwargs):
         super().__init__(image_shape, model_config, **kwargs)
         own = _own_body(self.model_config, "encoder_body", body)
-        self.body = _encoder_body(self.image_shape, self.model_config, own=own)
+        head = not self.num_classes
+        self.body = _encoder_body(self.image_shape, self.model_config, head=head, own=own)
+        if self.num_classes:
+            self.head = keras.layers.Dense(2 * self.latent_dim, name="head")
 
     def build(self, input_shape=None):
         self.body.build((None, *self.image_shape))
+        if self.num_classes:
+            self.head.build((None, self.model_config.hidden_units[-1] + self.num_classes))
 
-    def params(self, images):
+    def params(self, images, labels=None):
         """`(z_mean, z_stddev)`, each `[batch, latent]`: the raw tensors for export."""
-        return gaussian_params(self.body(images))
+        if not self.num_classes:
+            return gaussian_params(self.body(images))
+        return gaussian_params(self.head(self.conditioned(self.body(images), labels)))
 
-    def top_params(self, images):
+    def top_params(self, images, labels=None):
         """q(z|x)'s parameters, the top (and only) layer's."""
-        return self.params(images)
+        return self.params(images, labels)
 
-    def draw(self, images, noise: list):
+    def draw(self, images, noise: list, labels=None):
         """q's `(mean, stddev)` `[batch, latent]`, no p below it, and codes
         z = mean + stddev * noise `[k, batch, latent]` for the one layer's
         `noise` (a list of one, as `TopDownEncoder.draw` takes)."""
         (noise,) = noise
-        q = self.params(images)
+        q = self.params(images, labels)
         return [q], [None], [q[0] + q[1] * noise]
 
-    def log_prob_at(self, images, z: list):
+    def log_prob_at(self, images, z: list, labels=None):
         """log q(z|x) `[k, batch]` of given codes (a list of one)."""
         (z,) = z
-        return diag_normal(*self.params(images)).log_prob(z)
+        return diag_normal(*self.params(images, labels)).log_prob(z)
 
-    def call(self, images):
-        return diag_normal(*self.params(images))
+    def call(self, images, labels=None):
+        return diag_normal(*self.params(images, labels))
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -254,7 +285,7 @@ class TopDownEncoder(_Coder):
         for i, layer in enumerate(self.down):
             layer.build((None, dims[i + 1]))
         for i, layer in enumerate(self.q_heads):
-            layer.build((None, width if i == len(dims) - 1 else 2 * width))
+            layer.build((None, width + self.num_classes if i == len(dims) - 1 else 2 * width))
 
     @property
     def generative_variables(self) -> list:
@@ -268,9 +299,13 @@ class TopDownEncoder(_Coder):
             found.append(layer(found[-1]))
         return found
 
-    def top_params(self, images):
-        """q(z_L | x)'s `(mean, stddev)` `[batch, n_L]`: from the bottom-up pass alone."""
-        return gaussian_params(self.q_heads[-1](self.features(images)[-1]))
+    def top_params(self, images, labels=None):
+        """q(z_L | x)'s `(mean, stddev)` `[batch, n_L]`: from the bottom-up pass
+        alone (and a conditional VAE's class, `labels` `[batch]`)."""
+        return self._top(self.features(images), labels)
+
+    def _top(self, features, labels):
+        return gaussian_params(self.q_heads[-1](self.conditioned(features[-1], labels)))
 
     def prior_params(self, i: int, z_above):
         """p(z_i | z_(i+1))'s `(mean, stddev)` for layer `i` (0: the bottom),
@@ -288,7 +323,7 @@ class TopDownEncoder(_Coder):
         ratio = tf.nn.softplus(tf.cast(raw_ratio, tf.float32) + _SOFTPLUS_OF_ONE) + SCALE_FLOOR
         return (p_mean + tf.cast(shift, tf.float32), p_stddev * ratio), (p_mean, p_stddev)
 
-    def draw(self, images, noise: list):
+    def draw(self, images, noise: list, labels=None):
         """z ~ q(z|x) top down from each layer's standard normal `noise`
         (bottom first, `[k, batch, n_i]`): every layer's q and p as
         `(mean, stddev)` (p None on top, where it is the model's prior) and
@@ -296,27 +331,26 @@ class TopDownEncoder(_Coder):
         found = self.features(images)
         last = len(found) - 1
         q, p, z = [None] * len(found), [None] * len(found), [None] * len(found)
-        q[last] = gaussian_params(self.q_heads[last](found[last]))
+        q[last] = self._top(found, labels)
         z[last] = q[last][0] + q[last][1] * noise[last]
         for i in reversed(range(last)):
             q[i], p[i] = self.posterior_params(i, found[i], z[i + 1])
             z[i] = q[i][0] + q[i][1] * noise[i]
         return q, p, z
 
-    def log_prob_at(self, images, z: list):
+    def log_prob_at(self, images, z: list, labels=None):
         """log q(z|x) `[k, batch]` of given codes (bottom first), summed over
         the layers, each given the codes above it."""
         found = self.features(images)
-        top = gaussian_params(self.q_heads[-1](found[-1]))
-        total = diag_normal(*top).log_prob(z[-1])
+        total = diag_normal(*self._top(found, labels)).log_prob(z[-1])
         for i in reversed(range(len(found) - 1)):
             q_i, _ = self.posterior_params(i, found[i], z[i + 1])
             total = total + diag_normal(*q_i).log_prob(z[i])
         return total
 
-    def call(self, images):
+    def call(self, images, labels=None):
         found = self.features(images)
-        top = gaussian_params(self.q_heads[-1](found[-1]))
+        top = self._top(found, labels)
         return self._joint(top, lambda i, z: self.posterior_params(i, found[i], z)[0])
 
     def prior(self, top: tfd.Distribution) -> tfd.Distribution:
@@ -350,7 +384,9 @@ class ImageDecoder(_Coder):
 
     The body's output is the likelihood's per-pixel parameters (logits, or a
     location and a scale); a Bernoulli is built from logits, never
-    probabilities, so log p(x|z) stays exact for saturated pixels.
+    probabilities, so log p(x|z) stays exact for saturated pixels. A
+    conditional VAE's, p(x|z, y), reads the codes with the class appended
+    (`labels` `[batch]`).
     """
 
     def __init__(self, image_shape, model_config: ModelConfig | None = None, body=None, **kwargs):
@@ -360,24 +396,24 @@ class ImageDecoder(_Coder):
         self.body = _decoder_body(self.image_shape, self.model_config, own)
 
     def build(self, input_shape=None):
-        self.body.build((None, self.model_config.latent_dims[0]))
+        self.body.build((None, self.model_config.latent_dims[0] + self.num_classes))
 
-    def outputs(self, z):
+    def outputs(self, z, labels=None):
         """The body's output for codes `[batch, latent]`: pixel logits
         `[batch, h, w, c]`, or locations then raw scales `[batch, h, w, 2c]`
         (`Likelihood.split`)."""
-        return tf.cast(self.body(z), tf.float32)
+        return tf.cast(self.body(self.conditioned(z, labels)), tf.float32)
 
-    def call(self, z):
-        return self.likelihood.distribution(self.outputs(z))
+    def call(self, z, labels=None):
+        return self.likelihood.distribution(self.outputs(z, labels))
 
-    def mean(self, z):
+    def mean(self, z, labels=None):
         """E[x|z] as intensities in [0, 1], `[batch, h, w, c]`."""
-        return self.likelihood.mean(self.outputs(z))
+        return self.likelihood.mean(self.outputs(z, labels))
 
-    def exported(self, z):
+    def exported(self, z, labels=None):
         """The exported decoders' outputs for codes `z` (`Likelihood.exported`)."""
-        return self.likelihood.exported(self.outputs(z))
+        return self.likelihood.exported(self.outputs(z, labels))
 
 
 # The name of tfvae 0.1.0, whose only likelihood was the Bernoulli (the default).

@@ -22,6 +22,7 @@ import tensorflow_probability as tfp
 from tfvae.bodies import SIDES
 from tfvae.config import ModelConfig, ObjectiveConfig
 from tfvae.data.pipelines import array_batches
+from tfvae.errors import ConfigError
 from tfvae.layers import GaussianEncoder, ImageDecoder, TopDownEncoder, diag_normal
 from tfvae.metrics import METRICS, MeanTerms
 from tfvae.noise import training_batch
@@ -41,14 +42,15 @@ class Draw:
     """z drawn from q(z|x) for a batch, layer by layer, bottom (z_1) first:
     each layer's q and p as `(mean, stddev)` (p given the layer above's z;
     None for the top layer, whose p is `top_prior`, the model's prior, made
-    once per draw), its codes `z` `[k, batch, n_i]`, and log p(x|z_1)
-    `[k, batch]`."""
+    once per draw), its codes `z` `[k, batch, n_i]`, log p(x|z_1)
+    `[k, batch]`, and for a conditional VAE the images' `labels` `[batch]`."""
 
     q: list[tuple[tf.Tensor, tf.Tensor]]
     p: list[tuple[tf.Tensor, tf.Tensor] | None]
     z: list[tf.Tensor]
     log_px_z: tf.Tensor
     top_prior: tfd.Distribution
+    labels: tf.Tensor | None = None
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -62,6 +64,12 @@ class VAE(keras.Model):
     drawn per image in training (IWAE's k; 1 for the ELBO). Codes `z` of one
     layer are `[batch, latent]`; with several layers, the decoder reads z_1
     and pictures and exports decode the top layer's codes (`code_dim`).
+
+    A conditional VAE (`ModelConfig.classes`) models p(x|y) for the class y
+    of each image: q(z|x, y) and p(x|z, y), with the prior p(z) as above.
+    Its methods then take `labels`, int `[batch]` (the class indices, in
+    the order of `classes`), beside the images or codes; an unconditional
+    VAE ignores them.
     """
 
     def __init__(
@@ -103,6 +111,7 @@ class VAE(keras.Model):
         self.latent_dim = self.model_config.latent_dim
         self.latent_dims = self.model_config.latent_dims
         self.code_dim = self.model_config.code_dim
+        self.classes = self.model_config.classes
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
         self.terms = MeanTerms(METRICS)
@@ -113,6 +122,31 @@ class VAE(keras.Model):
                 name="pseudo_inputs",
             )
         self.build()
+
+    @property
+    def conditional(self) -> bool:
+        """True for a VAE of p(x|y), conditioned on each image's class."""
+        return bool(self.classes)
+
+    def class_index(self, name: str | int) -> int:
+        """The label index of a class given by its name or its index."""
+        if not self.conditional:
+            raise ConfigError(
+                "this model is not conditional: --class needs a model trained with --conditional"
+            )
+        if str(name) in self.classes:
+            return self.classes.index(str(name))
+        if str(name).isdigit() and int(name) < len(self.classes):
+            return int(name)
+        shown = ", ".join(self.classes[:20]) + (", ..." if len(self.classes) > 20 else "")
+        raise ConfigError(
+            f"--class {name!r}: not a class of this model ({shown}); give a name or an index "
+            f"0..{len(self.classes) - 1}"
+        )
+
+    def _labels(self, labels):
+        """`labels` as the layers take them: None for an unconditional VAE."""
+        return labels if self.conditional else None
 
     @property
     def objective(self) -> str:
@@ -149,11 +183,15 @@ class VAE(keras.Model):
     def top_prior(self) -> tfd.Distribution:
         """p(z_L), event shape `[code_dim]`: N(0, I), or the VampPrior
         (Tomczak & Welling, 2018), the equal mixture of q(z_L | u_k) at the K
-        pseudo-inputs u_k (learned images, clipped to [0, 1])."""
-        if not self.model_config.pseudo_inputs:
+        pseudo-inputs u_k (learned images, clipped to [0, 1]). A
+        conditional VAE's pseudo-inputs have no class (a zero one-hot vector),
+        so its prior stays p(z), the same for every class."""
+        count = self.model_config.pseudo_inputs
+        if not count:
             return diag_normal(tf.zeros([self.code_dim]), tf.ones([self.code_dim]))
         pseudo_inputs = tf.clip_by_value(self.pseudo_inputs, 0.0, 1.0)
-        components = diag_normal(*self.encoder.top_params(pseudo_inputs))  # batch [K]
+        no_class = self._labels(tf.fill([count], -1))
+        components = diag_normal(*self.encoder.top_params(pseudo_inputs, no_class))  # batch [K]
         mix = tfd.Categorical(logits=tf.zeros([self.model_config.pseudo_inputs]))
         return tfd.MixtureSameFamily(mix, components)
 
@@ -164,14 +202,14 @@ class VAE(keras.Model):
         top = self.top_prior()
         return top if len(self.latent_dims) == 1 else self.encoder.prior(top)
 
-    def encode(self, images) -> tfd.Distribution:
+    def encode(self, images, labels=None) -> tfd.Distribution:
         """q(z|x): batch shape `[batch]`, event shape `[latent]`; with several
         layers, one joint distribution drawn top first (`TopDownEncoder`)."""
-        return self.encoder(images)
+        return self.encoder(images, self._labels(labels))
 
-    def decode(self, z) -> tfd.Distribution:
+    def decode(self, z, labels=None) -> tfd.Distribution:
         """p(x|z_1): batch shape `[batch]`, event shape `[height, width, channels]`."""
-        return self.decoder(z)
+        return self.decoder(z, self._labels(labels))
 
     def build(self, input_shape=None):
         """Create every weight up front: a custom `train_step` never calls `call`,
@@ -188,45 +226,59 @@ class VAE(keras.Model):
         with self.distribute_strategy.scope():
             self._symbolic_build()
 
-    def call(self, images):
+    def call(self, images, labels=None):
         """Deterministic reconstruction: the pixel means of p(x | z) at the
         posterior means (layer by layer, each given the means above), as
         intensities in [0, 1] (for the Bernoulli, its probabilities)."""
+        labels = self._labels(labels)
         if len(self.latent_dims) == 1:
-            return self.decoder.mean(self.encode(images).mean())
-        _, _, z = self._mean_path(images)
-        return self.decoder.mean(z[0][0])
+            return self.decoder.mean(self.encode(images, labels).mean(), labels)
+        _, _, z = self._mean_path(images, labels)
+        return self.decoder.mean(z[0][0], labels)
 
-    def _mean_path(self, images):
+    def _mean_path(self, images, labels=None):
         """q's and p's `(mean, stddev)` and z of every layer for zero noise:
         each layer at its posterior mean given the means above, `[1, batch, n_i]`."""
         noise = tf.zeros([1, tf.shape(images)[0], self.noise_dim])
-        return self.encoder.draw(images, self._noise_by_layer(noise))
+        return self.encoder.draw(images, self._noise_by_layer(noise), self._labels(labels))
 
-    def layer_means(self, images, batch_size: int = DECODE_BATCH) -> list[np.ndarray]:
+    def _batches(self, images, labels, batch_size: int):
+        """`(x, labels)` of an array or streamed split, `batch_size` at a time
+        (labels None but for a conditional VAE)."""
+        for start, x in array_batches(images, batch_size):
+            yield x, self.batch_labels(labels, start, len(x))
+
+    def batch_labels(self, labels, start: int, size):
+        """A conditional VAE's `labels[start : start + size]`, else None."""
+        return None if not self.conditional else labels[start : start + size]
+
+    def layer_means(self, images, batch_size: int = DECODE_BATCH, labels=None) -> list[np.ndarray]:
         """E_q[z_i | x] of every layer, bottom first, each `[n, n_i]`, for every
         image of an array or streamed split (below the top, given the means
         of the layers above)."""
         batches = []
-        for _, x in array_batches(images, batch_size):
-            q, _, _ = self._mean_path(x)
+        for x, y in self._batches(images, labels, batch_size):
+            q, _, _ = self._mean_path(x, y)
             batches.append([np.asarray(mean).reshape(len(x), -1) for mean, _ in q])
         return [np.concatenate(layer) for layer in zip(*batches, strict=True)]
 
-    def posterior_means(self, images, batch_size: int = DECODE_BATCH) -> np.ndarray:
+    def posterior_means(self, images, batch_size: int = DECODE_BATCH, labels=None) -> np.ndarray:
         """E_q[z_L | x], the top layer's codes, for every image of an array or
         streamed split, `[n, code_dim]`."""
         return np.concatenate(
             [
-                np.asarray(self.encoder.top_params(x)[0])
-                for _, x in array_batches(images, batch_size)
+                np.asarray(self.encoder.top_params(x, y)[0])
+                for x, y in self._batches(images, labels, batch_size)
             ]
         )
 
-    def reconstruct(self, images):
+    def reconstruct(self, images, labels=None):
         """`call` on `images` `[n, height, width, channels]`, `DECODE_BATCH` at a
         time, so memory stays bounded whatever n is."""
-        parts = [self(images[i : i + DECODE_BATCH]) for i in range(0, len(images), DECODE_BATCH)]
+        parts = [
+            self(images[i : i + DECODE_BATCH], labels=self.batch_labels(labels, i, DECODE_BATCH))
+            for i in range(0, len(images), DECODE_BATCH)
+        ]
         return tf.concat(parts, axis=0)
 
     def descend(self, codes, seed=None):
@@ -245,21 +297,21 @@ class VAE(keras.Model):
                 )
         return z
 
-    def exported_decode(self, codes):
+    def exported_decode(self, codes, labels=None):
         """The exported decoders' outputs (`Likelihood.exported`) for top-layer
         `codes` `[batch, code_dim]`, the layers below at the prior's means."""
-        return self.decoder.exported(self.descend(codes))
+        return self.decoder.exported(self.descend(codes), self._labels(labels))
 
-    def decoded_means(self, codes):
+    def decoded_means(self, codes, labels=None):
         """E[x | z_L] as intensities `[batch, h, w, c]` for top-layer `codes`,
         the layers below at the prior's means (`descend`)."""
-        return self.decoder.mean(self.descend(codes))
+        return self.decoder.mean(self.descend(codes), self._labels(labels))
 
-    def sample(self, n: int, seed: int | None = None, binary: bool = False):
+    def sample(self, n: int, seed: int | None = None, binary: bool = False, labels=None):
         """`n` images from the prior as intensities in [0, 1]: pixel means, or
         draws from p(x|z) if `binary` (Bernoulli pixels for the Bernoulli).
         Ancestral: the top layer from its prior, each layer below from
-        p(z_i | z_(i+1)).
+        p(z_i | z_(i+1)); a conditional VAE's of the classes `labels` `[n]`.
 
         The same `seed` always gives the same images; without one the model's
         seed generator advances. A Python `n` is decoded `DECODE_BATCH` codes
@@ -280,7 +332,8 @@ class VAE(keras.Model):
         step = DECODE_BATCH if eager else n
         likelihood, parts = self.decoder.likelihood, []
         for chunk, start in enumerate(range(0, n, step) if eager else [0]):
-            outputs = self.decoder.outputs(z[start : start + step])  # z ~ p(z)
+            y = self.batch_labels(labels, start, step)
+            outputs = self.decoder.outputs(z[start : start + step], y)  # z ~ p(z)
             pixel_seed = tf.random.experimental.stateless_fold_in(x_seed, chunk)
             parts.append(
                 likelihood.draw(outputs, pixel_seed) if binary else likelihood.mean(outputs)
@@ -295,13 +348,15 @@ class VAE(keras.Model):
             return [noise]
         return tf.split(noise, list(self.latent_dims), axis=-1)
 
-    def draw(self, images, noise) -> Draw:
+    def draw(self, images, noise, labels=None) -> Draw:
         """z ~ q(z|x) for `images` from standard normal `noise` `[k, batch,
         noise_dim]`: z = mean + stddev * noise layer by layer, the
         reparameterization written out (the distributions' bijectors keep
         every traced graph alive in a global cache), and log p(x|z_1)."""
-        q, p, z = self.encoder.draw(images, self._noise_by_layer(noise))
-        return Draw(q, p, z, self.log_likelihood(images, z[0]), self.top_prior())
+        labels = self._labels(labels)
+        q, p, z = self.encoder.draw(images, self._noise_by_layer(noise), labels)
+        log_px_z = self.log_likelihood(images, z[0], labels)
+        return Draw(q, p, z, log_px_z, self.top_prior(), labels)
 
     def log_weights(self, draw: Draw):
         """Importance log-weights log p(x|z) + log p(z) - log q(z|x), `[k, batch]`,
@@ -313,10 +368,13 @@ class VAE(keras.Model):
             log_w = log_w + p_z.log_prob(z_i) - diag_normal(*q_i).log_prob(z_i)
         return log_w
 
-    def log_likelihood(self, images, z):
+    def log_likelihood(self, images, z, labels=None):
         """log p(x|z_1) `[samples, batch]` for codes `z` `[samples, batch, n_1]`."""
         shape = tf.shape(z)
-        outputs = self.decoder.outputs(tf.reshape(z, [-1, self.latent_dims[0]]))
+        labels = self._labels(labels)
+        if labels is not None:
+            labels = tf.reshape(tf.broadcast_to(labels, shape[:2]), [-1])
+        outputs = self.decoder.outputs(tf.reshape(z, [-1, self.latent_dims[0]]), labels)
         outputs = tf.reshape(outputs, tf.concat([shape[:2], tf.shape(outputs)[1:]], 0))
         return self.decoder.likelihood.log_prob(images, outputs)
 
@@ -336,7 +394,7 @@ class VAE(keras.Model):
                 found.append(tfd.kl_divergence(q_z, draw.top_prior))
         return found
 
-    def elbo_terms(self, images, noise=None, seed=None) -> dict[str, tf.Tensor]:
+    def elbo_terms(self, images, noise=None, seed=None, labels=None) -> dict[str, tf.Tensor]:
         """Per-image terms of the objective, each `[batch]`, in nats.
 
         z = z_mean + z_stddev * noise, the reparameterization, with noise ~ N(0, I)
@@ -348,15 +406,15 @@ class VAE(keras.Model):
         ln (1/k) sum_k p(x, z_k) / q(z_k|x) (Burda et al.), which equals a
         one-sample ELBO estimate for k = 1.
         """
-        return self._terms(self._drawn(images, noise, seed))
+        return self._terms(self._drawn(images, noise, seed, labels))
 
-    def _drawn(self, images, noise=None, seed=None) -> Draw:
+    def _drawn(self, images, noise=None, seed=None, labels=None) -> Draw:
         if noise is None:
             noise = self._standard_normal([tf.shape(images)[0], self.noise_dim], seed)
         noise = tf.convert_to_tensor(noise, tf.float32)
         if noise.shape.rank == 2:
             noise = noise[:, tf.newaxis, :]
-        return self.draw(images, tf.transpose(noise, [1, 0, 2]))  # [k, batch, noise_dim]
+        return self.draw(images, tf.transpose(noise, [1, 0, 2]), labels)  # [k, batch, noise_dim]
 
     def _terms(self, draw: Draw) -> dict[str, tf.Tensor]:
         log_w = self.log_weights(draw)
@@ -384,7 +442,7 @@ class VAE(keras.Model):
         grows; the expectation is unchanged."""
         log_w = self.log_weights(draw)
         fixed = [tf.stop_gradient(z) for z in draw.z]
-        log_q = self.encoder.log_prob_at(images, fixed)
+        log_q = self.encoder.log_prob_at(images, fixed, draw.labels)
         weights = tf.stop_gradient(tf.nn.softmax(log_w, axis=0))
         return tf.reduce_sum(tf.square(weights) * (log_w + log_q), axis=0)
 
@@ -440,7 +498,8 @@ class VAE(keras.Model):
         return [self.terms]
 
     def _unpack(self, batch):
-        """Images and reparameterization noise `[batch, k, latent]` of a batch.
+        """Images, reparameterization noise `[batch, k, latent]` and labels
+        (None but for a conditional VAE) of a batch.
 
         In the one batch format (`tfvae.data.train_pipeline`, `image_pipeline`)
         each image's noise comes from its key, so the same weights always give
@@ -450,8 +509,13 @@ class VAE(keras.Model):
         scores grey levels as targets, and the figures vary from call to call
         (`tfvae.evaluate_elbo` gives the fixed ones)."""
         if isinstance(batch, dict) and "keys" in batch:
-            return training_batch(batch, [self.k, self.noise_dim])
-        images = batch[0] if isinstance(batch, tuple | list) else batch
+            images, noise = training_batch(batch, [self.k, self.noise_dim])
+            return images, noise, self._labels(batch.get("labels"))
+        labels = None
+        if isinstance(batch, tuple | list):
+            images, labels = batch[0], (batch[1] if len(batch) > 1 else None)
+        else:
+            images = batch
         if isinstance(images, dict) or images is None:
             raise TypeError(
                 "the VAE trains and evaluates on image arrays [batch, height, width, "
@@ -461,16 +525,16 @@ class VAE(keras.Model):
         scale = 255.0 if images.dtype == tf.uint8 else 1.0
         images = tf.cast(images, tf.float32) / scale
         noise = self._standard_normal([tf.shape(images)[0], self.k, self.noise_dim])
-        return images, noise
+        return images, noise, self._labels(labels)
 
     # tfvae's steps branch on Python values only, so AutoGraph has nothing to
     # convert: skipping it saves about 3 s of source rewriting per process.
     @tf.autograph.experimental.do_not_convert
     def train_step(self, data):
-        images, noise = self._unpack(data)
+        images, noise, labels = self._unpack(data)
         dreg = self.gradient_estimator == "dreg"
         with tf.GradientTape(persistent=dreg) as tape:
-            drawn = self._drawn(images, noise)
+            drawn = self._drawn(images, noise, labels=labels)
             terms = self._terms(drawn)
             per_example = self.per_example_loss(terms)
             # Divide by the *global* batch: Keras sums replica gradients, so
@@ -495,8 +559,8 @@ class VAE(keras.Model):
 
     @tf.autograph.experimental.do_not_convert
     def test_step(self, data):
-        images, noise = self._unpack(data)
-        terms = self.elbo_terms(images, noise)
+        images, noise, labels = self._unpack(data)
+        terms = self.elbo_terms(images, noise, labels=labels)
         return self._record(terms, self.per_example_loss(terms))
 
     # --- serialization ------------------------------------------------------

@@ -28,6 +28,10 @@ def grid_capacity(image_shape, scale: int = 2, gap: int = 2) -> int:
     return max(1, min(MAX_GRID_IMAGES, MAX_GRID_PIXELS // cell))
 
 
+# Rows of a conditional VAE's samples picture: its first classes.
+CLASS_ROWS = 20
+
+
 def check_grid(n_images: int, image_shape, what: str, per_image: int = 1) -> None:
     """Refuse, before anything is decoded, `what` asked of `n_images` that
     would make a grid of more than `grid_capacity` images (`per_image` of
@@ -98,11 +102,12 @@ def save_picture(picture: Image.Image, path: Path) -> Path:
     return Path(path)
 
 
-def reconstructions(model, images: np.ndarray, columns: int = 16) -> Image.Image:
+def reconstructions(model, images: np.ndarray, columns: int = 16, labels=None) -> Image.Image:
     """Rows of originals, each directly above its reconstruction, `columns`
-    pairs to a row (the last row holds the rest)."""
+    pairs to a row (the last row holds the rest); a conditional VAE's given
+    each image's class (`labels`)."""
     check_grid(len(images), images.shape[1:], "reconstructions", per_image=2)
-    recon = np.asarray(model.reconstruct(images))
+    recon = np.asarray(model.reconstruct(images, labels))
     rows = [divmod(i, columns) for i in range(len(images))]
     cells = [(2 * row, column) for row, column in rows]
     cells += [(2 * row + 1, column) for row, column in rows]
@@ -111,11 +116,24 @@ def reconstructions(model, images: np.ndarray, columns: int = 16) -> Image.Image
     )
 
 
-def samples(model, n: int = 64, seed: int = 0, binary: bool = False) -> Image.Image:
-    """Images decoded from prior draws z ~ N(0, I)."""
+def samples(
+    model, n: int = 64, seed: int = 0, binary: bool = False, labels=None, columns=None
+) -> Image.Image:
+    """Images decoded from prior draws z ~ N(0, I), `columns` to a row (a
+    square by default); a conditional VAE's of the classes `labels` `[n]`."""
     check_grid(n, model.image_shape, "samples")
-    images = np.asarray(model.sample(n, seed=seed, binary=binary))
-    return image_grid(images, columns=math.ceil(math.sqrt(n)))
+    images = np.asarray(model.sample(n, seed=seed, binary=binary, labels=labels))
+    return image_grid(images, columns=columns or math.ceil(math.sqrt(n)))
+
+
+def class_samples(
+    model, per_class: int = 8, seed: int = 0, binary: bool = False, classes=None
+) -> Image.Image:
+    """A conditional VAE's samples, one row of `per_class` for each of
+    `classes` (label indices; by default the first `CLASS_ROWS` classes)."""
+    classes = np.arange(min(len(model.classes), CLASS_ROWS)) if classes is None else classes
+    labels = np.repeat(np.asarray(classes, np.int32), per_class)
+    return samples(model, len(labels), seed, binary, labels=labels, columns=per_class)
 
 
 def captioned(images: np.ndarray, captions: list[str], columns: int = 8) -> Image.Image:
@@ -133,15 +151,16 @@ def captioned(images: np.ndarray, captions: list[str], columns: int = 8) -> Imag
     return canvas
 
 
-def run_pictures(model, images: np.ndarray) -> dict[str, Image.Image]:
+def run_pictures(model, images: np.ndarray, labels=None) -> dict[str, Image.Image]:
     """The pictures of a run, by name: the reconstructions of `images`, 64
-    samples (seed 0) and, for a 2-D latent space, the manifold. The one
-    drawing of them, for the finished run's PNGs and TensorBoard alike."""
+    samples (seed 0; a conditional VAE's, one row per class) and, for a 2-D
+    latent space, the manifold (an unconditional VAE's). The one drawing of
+    them, for the finished run's PNGs and TensorBoard alike."""
     pictures = {
-        "reconstructions": reconstructions(model, images),
-        "samples": samples(model, 64, seed=0),
+        "reconstructions": reconstructions(model, images, labels=labels),
+        "samples": class_samples(model) if model.conditional else samples(model, 64, seed=0),
     }
-    if model.code_dim == 2:
+    if model.code_dim == 2 and not model.conditional:
         pictures["manifold"] = manifold(model)
     return pictures
 
@@ -161,19 +180,26 @@ def latent_path(z_from: np.ndarray, z_to: np.ndarray, n: int, spherical: bool = 
     return path.astype(np.float32)
 
 
-def interpolate(model, image_from, image_to, n: int = 10, spherical: bool = False):
+def interpolate(model, image_from, image_to, n: int = 10, spherical: bool = False, labels=None):
     """The decoder's means `[n, h, w, c]` along `latent_path` between the
     posterior means of two images `[h, w, c]`: in the top layer's codes,
-    the layers below at the prior's means (`VAE.decoded_means`)."""
-    z_mean = model.posterior_means(np.stack([image_from, image_to]))
-    return np.asarray(model.decoded_means(latent_path(z_mean[0], z_mean[1], n, spherical)))
+    the layers below at the prior's means (`VAE.decoded_means`). A
+    conditional VAE encodes each image with its own class (`labels`, two)
+    and decodes the path with the one-hot classes blended along it."""
+    z_mean = model.posterior_means(np.stack([image_from, image_to]), labels=labels)
+    codes = latent_path(z_mean[0], z_mean[1], n, spherical)
+    blend = None
+    if model.conditional:
+        one_hot = np.eye(len(model.classes), dtype=np.float32)[np.asarray(labels)]
+        blend = latent_path(one_hot[0], one_hot[1], n)
+    return np.asarray(model.decoded_means(codes, blend))
 
 
-def interpolation(model, image_from, image_to, n: int = 10, spherical: bool = False):
+def interpolation(model, image_from, image_to, n: int = 10, spherical: bool = False, labels=None):
     """One row: the first image, the `n` decoded steps from it to the second
     (`interpolate`), the second image."""
     check_grid(n + 2, model.image_shape, "an interpolation")
-    path = interpolate(model, image_from, image_to, n, spherical)
+    path = interpolate(model, image_from, image_to, n, spherical, labels)
     row = np.concatenate([image_from[None], path, image_to[None]])
     return image_grid(row, columns=n + 2)
 
@@ -197,7 +223,7 @@ def latent_scatter(model, images: np.ndarray, labels: np.ndarray | None, path: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    z_mean = model.posterior_means(images)
+    z_mean = model.posterior_means(images, labels=labels)
     figure, axes = plt.subplots(figsize=(6.4, 5.4), dpi=100)
     if labels is None:
         axes.scatter(z_mean[:, 0], z_mean[:, 1], s=2, alpha=0.6, rasterized=True)

@@ -346,6 +346,34 @@ class Run:
         """A split of `data(dataset)` as scored (the first `limit` images)."""
         return self.data(dataset, progress).scored(split, limit)
 
+    def split(
+        self,
+        split: str = "test",
+        limit: int | None = None,
+        dataset: str | None = None,
+        progress: Progress | None = None,
+    ):
+        """`images(...)` and their labels: the classes a conditional model
+        reads (`[n]`, by the model's class indices), None for another."""
+        data = self.data(dataset, progress)
+        images = data.scored(split, limit)
+        if not self.model.conditional:
+            return images, None
+        labels = data.facts(split)[0]
+        name = dataset or self.state.config.dataset
+        if labels is None:
+            raise DataError(
+                f"{name}: its {split} images have no labels, and this conditional model reads "
+                "each image's class; give a labelled set with --dataset"
+            )
+        classes = data.data.class_names()
+        if tuple(classes) != tuple(self.model.classes):
+            raise DataError(
+                f"{name}: its classes ({', '.join(classes[:10])}) are not the model's "
+                f"({', '.join(self.model.classes[:10])}); give a set of the model's classes"
+            )
+        return images, labels if limit is None else labels[:limit]
+
 
 def _size(shape) -> str:
     return "x".join(map(str, shape))
@@ -410,7 +438,8 @@ class RunFolder:
                 "--epochs N' extends it, --overwrite trains it again, or choose another --run-dir"
             )
         old, new = state.config.to_dict(), config.to_dict()
-        free = (*PLACEMENT, "epochs") if extend else PLACEMENT
+        # The class names come from the data set once it loads (`training`).
+        free = (*PLACEMENT, "classes", *(("epochs",) if extend else ()))
         changed = [
             f"{k}: {old[k]!r} -> {new[k]!r}" for k in old if old[k] != new[k] and k not in free
         ]
@@ -473,9 +502,10 @@ class RunFolder:
         test `images`, and for a 2-D latent space the latent scatter plot,
         coloured by `labels`."""
         shown = np.asarray(images[:RECONSTRUCTION_IMAGES])
+        shown_labels = None if labels is None else labels[:RECONSTRUCTION_IMAGES]
         paths = [
             plots.save_picture(picture, self.path / f"{name}.png")
-            for name, picture in plots.run_pictures(model, shown).items()
+            for name, picture in plots.run_pictures(model, shown, shown_labels).items()
         ]
         if model.code_dim == 2:
             plotted = np.asarray(images[:LATENT_PLOT_IMAGES])
@@ -535,11 +565,12 @@ class RunFolder:
             self.remove()
             job.progress.say("Worker finished; the chief wrote the run folder")
             return {}
-        test_images = data.scored("test")
-        scores = {"test": evaluate_elbo(model, test_images)}
+        test_images, test_labels = data.scored("test"), data.facts("test")[0]
+        scores = {"test": evaluate_elbo(model, test_images, labels=test_labels)}
         if data.validation is not None:
-            scores["validation"] = evaluate_elbo(model, data.validation)
-        self.save_pictures(model, test_images, data.data.test_labels)
+            labels = data.validation_facts[0]
+            scores["validation"] = evaluate_elbo(model, data.validation, labels=labels)
+        self.save_pictures(model, test_images, test_labels)
         state.status = "finished"
         state.extra.update(scores)
         state.extra["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
@@ -711,18 +742,20 @@ def score_run(
     data's `split` (or `dataset`'s): ELBO, KL, log-likelihood, IW negative
     log-likelihood (K samples) and the number of active units, in nats per
     image, and the NLL in bits per dimension where the likelihood scores
-    8-bit levels (else None). `progress` hears each stage, and how far the IW
-    estimate is."""
+    8-bit levels (else None). A conditional model's are of p(x|y), each
+    image given its class (`conditional` says which). `progress` hears each
+    stage, and how far the IW estimate is."""
     progress = progress or Progress.quiet()
     run = open_run(source)
-    images = run.images(split, dataset=dataset, progress=progress)
+    images, labels = run.split(split, dataset=dataset, progress=progress)
     model = run.model
     with progress.stage(f"Scoring the {len(images):,} {split} images: ELBO, active units"):
-        scores = evaluate_elbo(model, images)
-        units = active_units_per_layer(model, images)
+        scores = evaluate_elbo(model, images, labels=labels)
+        units = active_units_per_layer(model, images, labels=labels)
     what = f"Importance-weighted NLL, K={k:,}: {len(images) * k:,} samples of z"
     with progress.stage(what, total=len(images) * k) as advance:
-        nll = float(-np.mean(iw_log_likelihood(model, images, k=k, progress=advance)))
+        log_px = iw_log_likelihood(model, images, k=k, progress=advance, labels=labels)
+        nll = float(-np.mean(log_px))
     per_level = model.decoder.likelihood.per_level
     return {
         "split": split,
@@ -734,6 +767,7 @@ def score_run(
         "active_units": sum(units),
         "active_units_per_layer": units,
         "latent_dim": model.latent_dim,
+        "conditional": model.conditional,
     }
 
 

@@ -96,7 +96,7 @@ def complexity_bits(levels: tf.Tensor) -> tf.Tensor:
 
 
 def likelihood_regret(
-    model, images: np.ndarray, batch_size: int = 500, seed: int = REGRET_SEED
+    model, images: np.ndarray, batch_size: int = 500, seed: int = REGRET_SEED, labels=None
 ) -> np.ndarray:
     """Each image's Likelihood Regret (Xiao, Yan & Amit, 2020), `[n]` float64
     nats (`regret_of_batch`, `batch_size` images at a time, the draws of z
@@ -104,12 +104,13 @@ def likelihood_regret(
     check_regret(model)
 
     @tf.function(autograph=False, reduce_retracing=True)
-    def regret(x, first):
-        return regret_of_batch(model, x, seed=tf.stack([seed, first]))
+    def regret(x, y, first):
+        return regret_of_batch(model, x, seed=tf.stack([seed, first]), labels=y)
 
     out = []
     for first, x in array_batches(images, batch_size):
-        out.append(regret(tf.constant(x), tf.constant(first)).numpy().astype(np.float64))
+        y = model.batch_labels(labels, first, len(x))
+        out.append(regret(tf.constant(x), y, tf.constant(first)).numpy().astype(np.float64))
     return np.concatenate(out)
 
 
@@ -119,7 +120,7 @@ def check_regret(model) -> None:
         raise TfvaeError("the Likelihood Regret refits a one-layer q(z|x); this model has several")
 
 
-def regret_of_batch(model, x: tf.Tensor, seed) -> tf.Tensor:
+def regret_of_batch(model, x: tf.Tensor, seed, labels=None) -> tf.Tensor:
     """How much each image's ELBO rises when q(z|x) is fitted to that image
     alone, `[batch]` float32 nats: `REGRET_STEPS` Adam steps on q's mean and
     log-stddev from the encoder's, the ELBO averaged over `REGRET_SAMPLES`
@@ -127,7 +128,8 @@ def regret_of_batch(model, x: tf.Tensor, seed) -> tf.Tensor:
     like the training images gains little (the encoder already fits it); an
     unlike one gains much. Xiao et al. refit the encoder's weights per image;
     refitting q's parameters directly measures the same gap, batched, and in
-    a graph (the SavedModel's `score` signature). One stochastic layer only."""
+    a graph (the SavedModel's `score` signature). One stochastic layer only;
+    a conditional VAE's given the images' `labels`."""
     prior = model.top_prior()
     shape = tf.stack([REGRET_SAMPLES, tf.shape(x)[0], model.latent_dims[0]])
     noise = tf.random.stateless_normal(shape, seed=seed, alg="philox")
@@ -136,7 +138,8 @@ def regret_of_batch(model, x: tf.Tensor, seed) -> tf.Tensor:
         mean, log_std = tf.split(params, 2, axis=-1)
         z = mean + tf.exp(log_std) * noise
         q = diag_normal(mean, tf.exp(log_std))  # no bijector: its cache would keep every graph
-        return tf.reduce_mean(model.log_likelihood(x, z) + prior.log_prob(z) - q.log_prob(z), 0)
+        log_px_z = model.log_likelihood(x, z, labels)
+        return tf.reduce_mean(log_px_z + prior.log_prob(z) - q.log_prob(z), 0)
 
     def step(i, params, m, v):
         with tf.GradientTape() as tape:
@@ -148,7 +151,7 @@ def regret_of_batch(model, x: tf.Tensor, seed) -> tf.Tensor:
         m_hat, v_hat = m / (1 - 0.9**t), v / (1 - 0.999**t)
         return i + 1, params - REGRET_LEARNING_RATE * m_hat / (tf.sqrt(v_hat) + 1e-8), m, v
 
-    mean, std = model.encoder.top_params(x)
+    mean, std = model.encoder.top_params(x, labels)
     start = tf.concat([mean, tf.math.log(std)], -1)
     zeros = tf.zeros_like(start)
     _, fitted, _, _ = tf.while_loop(lambda i, *_: i < REGRET_STEPS, step, (0, start, zeros, zeros))
@@ -173,19 +176,21 @@ def score(
     k: int = 1,
     progress: Callable[[int], None] | None = None,
     regret: bool = False,
+    labels=None,
 ) -> dict[str, np.ndarray]:
     """Per-image columns, each `[n]` float64 in the order of `images`
     (float32 `[n, h, w, c]`, as the model scores them): `elbo`, `kl`,
     `log_likelihood` (one z per image from its fixed key), `nll` (the IW
     estimate at `k`, nats), `bits_per_dim`, `complexity_bits`, and a
     `score_<name>` column per anomaly score of `SCORES` (`regret` only with
-    `regret=True`: it costs a hundred gradient steps an image)."""
+    `regret=True`: it costs a hundred gradient steps an image). A
+    conditional model's are given each image's class (`labels` `[n]`)."""
     terms = {name: [] for name in ("elbo", "kl", "log_likelihood")}
-    for batch in elbo_term_batches(model, images):
+    for batch in elbo_term_batches(model, images, labels=labels):
         for name in terms:
             terms[name].append(batch[name].astype(np.float64))
     columns = {name: np.concatenate(parts) for name, parts in terms.items()}
-    columns["nll"] = -iw_log_likelihood(model, images, k=k, progress=progress)
+    columns["nll"] = -iw_log_likelihood(model, images, k=k, progress=progress, labels=labels)
     dims = math.prod(images.shape[1:])
     columns["bits_per_dim"] = columns["nll"] / (dims * math.log(2))
 
@@ -197,7 +202,7 @@ def score(
     columns["complexity_bits"] = np.concatenate(bits).astype(np.float64)
     scores = anomaly_scores(columns["nll"], columns["complexity_bits"])
     if regret:
-        scores["regret"] = likelihood_regret(model, images)
+        scores["regret"] = likelihood_regret(model, images, labels=labels)
     return columns | {f"score_{name}": values for name, values in scores.items()}
 
 
@@ -396,7 +401,13 @@ def _normal_source(
             "no normal images are left to set the threshold on; train with --validation N, "
             "or score without a threshold (--no-threshold)"
         )
-    as_test = dataclasses.replace(full, test_images=unseen, test_labels=None, test_paths=None)
+    unseen_labels = None
+    if full.train_labels is not None:
+        unseen_labels = full.train_labels[config.limit or len(full.train_labels) :]
+        unseen_labels = unseen_labels[:MAX_NORMAL_IMAGES]
+    as_test = dataclasses.replace(
+        full, test_images=unseen, test_labels=unseen_labels, test_paths=None
+    )
     return RunData(as_test, None, run_data.pixels), "test", "unseen training"
 
 
@@ -404,10 +415,15 @@ def _score_split(
     run, source: RunData, split: str, k: int, progress: Progress, regret: bool = False
 ) -> ScoredSplit:
     images = source.scored(split)
+    labels, paths = source.facts(split)
+    if run.model.conditional and labels is None:
+        raise DataError(
+            f"the {split} images have no labels, and this conditional model scores each image "
+            "given its class; give a labelled set with --dataset"
+        )
     what = f"Scoring the {len(images):,} {split} images, K={k:,}"
     with progress.stage(what, total=len(images) * k) as advance:
-        columns = score(run.model, images, k=k, progress=advance, regret=regret)
-    labels, paths = source.facts(split)
+        columns = score(run.model, images, k=k, progress=advance, regret=regret, labels=labels)
     n = len(images)
     facts = {"split": np.full(n, split), "index": np.arange(n)}
     if paths is not None:

@@ -18,7 +18,7 @@ from tfvae import memory
 from tfvae.config import PLACEMENT, TrainConfig
 from tfvae.data import RunData
 from tfvae.distribute import Placement
-from tfvae.errors import RunError
+from tfvae.errors import DataError, RunError
 from tfvae.fitting import compiled_vae, fit
 from tfvae.model import VAE
 from tfvae.progress import Progress
@@ -85,8 +85,9 @@ def _train(job: Job, replace: bool, extend: bool) -> TrainResult:
     """Data → model → the run begun → its epochs → the finished run. Nothing
     is written before the data set and the starting weights have loaded, so
     a bad request leaves no folder behind."""
+    data = RunData.load(job.config, progress=job.progress)
+    job = dataclasses.replace(job, config=_with_classes(job.config, data))
     config, run, placement, progress = job.config, job.run, job.placement, job.progress
-    data = RunData.load(config, progress)
     progress.say(f"Data: {data.describe()}")
     progress.say(f"Likelihood: {config.describe_likelihood()}")
     progress.say(f"Objective: {config.describe_objective()}")
@@ -101,6 +102,21 @@ def _train(job: Job, replace: bool, extend: bool) -> TrainResult:
         run.save_model(model)
     test = run.finish(job, model, data, state)
     return TrainResult(run.path, test, epoch, model, config.epochs)
+
+
+def _with_classes(config: TrainConfig, data: RunData) -> TrainConfig:
+    """A conditional run's settings with the class names of its data set
+    (refused for a set without labels, or one whose classes are not those
+    the run began with)."""
+    if not config.conditional:
+        return config
+    names = data.data.class_names()
+    if config.classes is not None and tuple(config.classes) != names:
+        raise DataError(
+            f"{config.dataset}: its classes ({', '.join(names)}) are not those the run began "
+            f"with ({', '.join(config.classes)}); train a new run on it"
+        )
+    return dataclasses.replace(config, classes=names)
 
 
 def resume(

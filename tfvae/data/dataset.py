@@ -91,6 +91,28 @@ class ImageDataset:
             paths = None if paths is None else paths[-last:]
         return labels, paths
 
+    def class_names(self) -> tuple[str, ...]:
+        """The names of the classes a conditional VAE reads, by label index:
+        the set's own (folders, TFDS), or the labels as numbers (the digits
+        of MNIST). A set without labels is refused."""
+        from tfvae.errors import DataError
+
+        if self.train_labels is None and self.test_labels is not None:
+            raise DataError(
+                f"{self.name}: its training labels are not read when its images stream from "
+                "TFDS records, and --conditional reads each image's class; hold the set in "
+                "memory (TFVAE_STREAM_ABOVE_MB above its size)"
+            )
+        if self.train_labels is None:
+            raise DataError(
+                f"{self.name}: this set has no labels, and --conditional reads each image's "
+                "class; use a labelled set (class folders, IDX labels, a TFDS set with a label)"
+            )
+        if self.classes:
+            return self.classes
+        labels = [x for x in (self.train_labels, self.test_labels) if x is not None]
+        return tuple(str(i) for i in range(int(max(x.max() for x in labels)) + 1))
+
     def intensities(self, images: np.ndarray) -> np.ndarray:
         """Pixel values in [0, 1] as float32, the Bernoulli means."""
         scale = 1.0 if self.binary else 255.0

@@ -66,10 +66,12 @@ def train_pipeline(
     share: Share | None = None,
     *,
     binarize: str | None = None,
+    labels: bool = False,
 ):
     """Shuffled batches of training images, each a dict with the images' `keys`
     (uint32 `[batch, 2]`) and either `intensities` (uint8 `[batch, h, w, c]`, to
-    binarize) or `images` (float32, used as they are).
+    binarize) or `images` (float32, used as they are); with `labels` (for a
+    conditional VAE), their classes too (`labels`, int32 `[batch]`).
 
     `pixels` is the pixel treatment (`binarize=`, its name before it also
     carried `dequantize`, still works). `dynamic` binarizes every batch
@@ -88,8 +90,9 @@ def train_pipeline(
     `tf.distribute`).
     """
     pixels = pixel_treatment(pixels, binarize)
+    classes = _label_table(data.train_labels) if labels else None
     if data.streamed:
-        return _streamed_train(data.train_images, batch_size, pixels, seed, share)
+        return _streamed_train(data.train_images, batch_size, pixels, seed, share, classes)
     import tensorflow as tf
 
     n = len(data.train_images)
@@ -102,12 +105,30 @@ def train_pipeline(
     def gather(idx, keys):
         batch = tf.gather(images, idx)
         if dynamic:
-            return {"intensities": batch, "keys": keys}
-        if pixels == "dequantize":
-            return {"levels": batch, "keys": keys}
-        return {"images": _as_float(batch, binary), "keys": keys}
+            found = {"intensities": batch, "keys": keys}
+        elif pixels == "dequantize":
+            found = {"levels": batch, "keys": keys}
+        else:
+            found = {"images": _as_float(batch, binary), "keys": keys}
+        return _with_labels(found, classes, idx)
 
     return _quiet(_shuffled(n, batch_size, seed).map(gather))
+
+
+def _label_table(labels: np.ndarray | None):
+    """A split's labels as one int32 tensor to gather batches' from."""
+    import tensorflow as tf
+
+    if labels is None:
+        raise ValueError("labels=True needs a data set with labels")
+    return tf.constant(np.asarray(labels, np.int32))
+
+
+def _with_labels(batch: dict, table, idx) -> dict:
+    """`batch` with the labels of its images (rows `idx` of `table`), if any."""
+    import tensorflow as tf
+
+    return batch if table is None else {**batch, "labels": tf.gather(table, idx)}
 
 
 def _shuffled(n: int, batch_size: int, seed: int):
@@ -131,7 +152,9 @@ def _keys(size, pair):
     )
 
 
-def _streamed_train(images, batch_size: int, pixels: str, seed: int, share: Share | None):
+def _streamed_train(
+    images, batch_size: int, pixels: str, seed: int, share: Share | None, classes=None
+):
     """`train_pipeline` for `streams.StreamedImages`: `(index, uint8 images,
     keys)` batches (`_file_batches` or `_record_batches`) in the one batch
     format.
@@ -154,6 +177,9 @@ def _streamed_train(images, batch_size: int, pixels: str, seed: int, share: Shar
     batches = read(images, batch_size, seed, share)
 
     def as_batch(idx, levels, keys):
+        return _with_labels(pixels_of(idx, levels, keys), classes, idx)
+
+    def pixels_of(idx, levels, keys):
         if images.binary:
             return {"images": tf.cast(levels, tf.float32), "keys": keys}
         if pixels == "dynamic":
@@ -261,19 +287,28 @@ def fixed_keys(n: int, seed: int = 1):
     return tf.cast(tf.stack([index, tf.fill([n], tf.cast(seed, tf.int64))], axis=1), tf.uint32)
 
 
-def image_pipeline(images: np.ndarray | ScoredImages, batch_size: int, seed: int = 1):
+def image_pipeline(
+    images: np.ndarray | ScoredImages,
+    batch_size: int,
+    seed: int = 1,
+    labels: np.ndarray | None = None,
+):
     """Batches of float32 `images` `[n, height, width, channels]` in order, in
-    the training batch format (`{"images", "keys"}`) with fixed keys, so
-    every evaluation of the same weights gives the same numbers. Streamed
-    images (`streams.ScoredImages`) are decoded as the batches are read."""
+    the training batch format (`{"images", "keys"}`, and `labels` when
+    given) with fixed keys, so every evaluation of the same weights gives the
+    same numbers. Streamed images (`streams.ScoredImages`) are decoded as the
+    batches are read."""
     import tensorflow as tf
 
+    fixed = {"keys": fixed_keys(len(images), seed)}
+    if labels is not None:
+        fixed["labels"] = np.asarray(labels, np.int32)
     if not isinstance(images, np.ndarray):
-        keys = tf.data.Dataset.from_tensor_slices(fixed_keys(len(images), seed)).batch(batch_size)
-        batches = tf.data.Dataset.zip(images.batches(batch_size), keys)
-        return batches.map(lambda x, key: {"images": x, "keys": key}).prefetch(PREFETCH)
+        facts = tf.data.Dataset.from_tensor_slices(fixed).batch(batch_size)
+        batches = tf.data.Dataset.zip(images.batches(batch_size), facts)
+        return batches.map(lambda x, batch: {"images": x, **batch}).prefetch(PREFETCH)
     batches = tf.data.Dataset.from_tensor_slices(
-        {"images": np.asarray(images, np.float32), "keys": fixed_keys(len(images), seed)}
+        {"images": np.asarray(images, np.float32), **fixed}
     )
     return _quiet(batches.batch(batch_size))
 
