@@ -46,7 +46,7 @@ def measure(
     unlimited = {"mean": np.inf, "p99": np.inf}
     saved = dict(export.FIDELITY), files.keras_reference
     export.FIDELITY.update({q: unlimited for q in export.QUANTIZATIONS})
-    files.keras_reference = lambda _, x: saved[1](reference_model, x)
+    files.keras_reference = lambda _, x, labels: saved[1](reference_model, x, labels)
     try:
         with tempfile.TemporaryDirectory() as out:
             if fmt == "onnx":

@@ -161,7 +161,9 @@ def refuse_against_intact(model_0_1_0_and_test_images, monkeypatch):
     a damaged copy is what a conversion that broke the model would give."""
     model, _ = model_0_1_0_and_test_images
     reference = files.keras_reference
-    monkeypatch.setattr(files, "keras_reference", lambda _, images: reference(model, images))
+    monkeypatch.setattr(
+        files, "keras_reference", lambda _, images, labels: reference(model, images, labels)
+    )
 
 
 @pytest.mark.parametrize("how", DAMAGES)

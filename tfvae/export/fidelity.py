@@ -74,15 +74,21 @@ def check_fidelity(label: str, report: dict, limits: dict[str, float]) -> None:
 
 
 def check_inputs(
-    model: VAE, check_images: np.ndarray | None, what: str = "check_images"
-) -> tuple[np.ndarray, str]:
-    """The images as float32 and a note saying what they are; `what` names
-    the argument in errors (the int8 calibration images are checked here too)."""
+    model: VAE, check_images: np.ndarray | None, what: str = "check_images", labels=None
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """The images as float32, their labels (a conditional model's: given, or
+    for its own samples every class in turn; else None) and a note saying
+    what they are; `what` names the argument in errors (the int8
+    calibration images are checked here too)."""
     if check_images is None:
         # In-distribution without a data set: the model's own samples, drawn binary
         # as the training images were.
-        images = np.asarray(model.sample(DEFAULT_CHECK_IMAGES, seed=0, binary=True), np.float32)
-        return images, f"{DEFAULT_CHECK_IMAGES} binary samples of the model (seed 0)"
+        labels = None
+        if model.conditional:
+            labels = np.arange(DEFAULT_CHECK_IMAGES, dtype=np.int32) % len(model.classes)
+        images = model.sample(DEFAULT_CHECK_IMAGES, seed=0, binary=True, labels=labels)
+        note = f"{DEFAULT_CHECK_IMAGES} binary samples of the model (seed 0)"
+        return np.asarray(images, np.float32), labels, note
     images = np.asarray(check_images, dtype=np.float32)
     if images.ndim != 4 or tuple(images.shape[1:]) != tuple(model.image_shape) or not len(images):
         raise ExportError(
@@ -91,17 +97,41 @@ def check_inputs(
         )
     if not np.isfinite(images).all():
         raise ExportError(f"{what} must be finite pixels in [0, 1]; found NaN or Inf")
-    return images, f"{len(images)} given images"
+    return images, _checked_labels(model, labels, len(images), what), f"{len(images)} given images"
 
 
-def keras_reference(model: VAE, images: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+def _checked_labels(model: VAE, labels, n: int, what: str) -> np.ndarray | None:
+    """A conditional model's labels of `n` given images as int32, checked."""
+    if not model.conditional:
+        return None
+    found = None if labels is None else np.asarray(labels)
+    if (
+        found is None
+        or found.shape != (n,)
+        or not np.issubdtype(found.dtype, np.integer)
+        or not ((found >= 0) & (found < len(model.classes))).all()
+    ):
+        raise ExportError(
+            f"{what} of a conditional model need their labels: {n} class indices in "
+            f"0..{len(model.classes) - 1}"
+        )
+    return found.astype(np.int32)
+
+
+def keras_reference(
+    model: VAE, images: np.ndarray, labels: np.ndarray | None = None
+) -> dict[str, dict[str, np.ndarray]]:
     """Inputs and Keras outputs of each file: the encoder on `images`, the
-    decoder on their posterior means and on as many draws from the prior."""
-    z_mean, z_stddev = model.encoder.top_params(tf.constant(images))
+    decoder on their posterior means and on as many draws from the prior (a
+    conditional model's given the images' `labels`, both times)."""
+    z_mean, z_stddev = model.encoder.top_params(tf.constant(images), labels)
     prior_z = tf.random.stateless_normal(tf.shape(z_mean), seed=(0, 1), alg="philox")
     z = tf.concat([z_mean, prior_z], axis=0)
-    decoded = {key: value.numpy() for key, value in model.exported_decode(z).items()}
-    return {
-        "encoder": {"images": images, "z_mean": z_mean.numpy(), "z_stddev": z_stddev.numpy()},
-        "decoder": {"z": z.numpy(), **decoded},
-    }
+    classes = {}
+    if labels is not None:
+        classes = {"labels": labels}
+        labels = np.concatenate([labels, labels])
+    decoded = {key: value.numpy() for key, value in model.exported_decode(z, labels).items()}
+    encoder = {"images": images, **classes, "z_mean": z_mean.numpy(), "z_stddev": z_stddev.numpy()}
+    decoder_classes = {} if labels is None else {"labels": labels}
+    return {"encoder": encoder, "decoder": {"z": z.numpy(), **decoder_classes, **decoded}}

@@ -58,8 +58,8 @@ def export_run(
     progress = progress or Progress.quiet()
     run = open_run(run_dir)
     request = _Request(
-        run, _images(run, "test"), Path(out), name or default_name(run_dir), version, quantize,
-        batch, litert_js,
+        run, *_images(run, "test"), Path(out), name or default_name(run_dir), version,
+        quantize, batch, litert_js,
     )  # fmt: skip
     stages = _stages(formats)
     written = []
@@ -71,10 +71,12 @@ def export_run(
 
 @dataclasses.dataclass(frozen=True)
 class _Request:
-    """One `export_run`: the model, its check images and the options."""
+    """One `export_run`: the model, its check images (and a conditional
+    model's labels of them) and the options."""
 
     run: Run
     images: np.ndarray
+    labels: np.ndarray | None
     out: Path
     name: str
     version: int | None
@@ -92,13 +94,17 @@ class _Request:
         return f"checked against Keras on {len(self.images)} {what}"
 
 
-def _images(run: Run, split: str) -> np.ndarray:
-    """Images to check (`test`) or calibrate (`train`) the files on: the
-    run's own, or for a model file its draws from p(x|z)."""
+def _images(run: Run, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images to check (`test`) or calibrate (`train`) the files on, and a
+    conditional model's labels of them: the run's own, or for a model file
+    its draws from p(x|z) (of every class in turn)."""
     count, seed = _IMAGES[split]
     if run.file is None:
-        return run.images(split, count)
-    return np.asarray(run.model.sample(count, seed=seed, binary=True))
+        return run.split(split, count)
+    labels = None
+    if run.model.conditional:
+        labels = np.arange(count, dtype=np.int32) % len(run.model.classes)
+    return np.asarray(run.model.sample(count, seed=seed, binary=True, labels=labels)), labels
 
 
 def _savedmodel(request: _Request, progress: Progress, head: str) -> dict[str, Any]:
@@ -111,7 +117,7 @@ def _savedmodel(request: _Request, progress: Progress, head: str) -> dict[str, A
 
 def _tflite(request: _Request, progress: Progress, head: str) -> dict[str, Any]:
     _say_replaced(progress, request.out / request.name / "tflite", request.quantize, request.batch)
-    calibration = None
+    calibration = None, None
     if request.quantize == "int8":  # calibrated on training images, checked on test images
         calibration = _images(request.run, "train")
     with progress.stage(f"{head}TFLite ({request.quantize}): converting, {request.checked}"):
@@ -121,15 +127,23 @@ def _tflite(request: _Request, progress: Progress, head: str) -> dict[str, Any]:
             request.name,
             request.quantize,
             check_images=request.images,
-            calibration_images=calibration,
+            calibration_images=calibration[0],
             batch=request.batch,
+            check_labels=request.labels,
+            calibration_labels=calibration[1],
         )
     return {**_record("tflite", path), "quantization": request.quantize, "batch": request.batch}
 
 
 def _onnx(request: _Request, progress: Progress, head: str) -> dict[str, Any]:
     with progress.stage(f"{head}ONNX: converting, {request.checked}"):
-        path = export_onnx(request.model, request.out, request.name, check_images=request.images)
+        path = export_onnx(
+            request.model,
+            request.out,
+            request.name,
+            check_images=request.images,
+            check_labels=request.labels,
+        )
     return _record("onnx", path)
 
 
@@ -141,6 +155,7 @@ def _web(request: _Request, progress: Progress, head: str) -> dict[str, Any]:
             request.name,
             check_images=request.images,
             litert_js=request.litert_js,
+            check_labels=request.labels,
         )
     return _record("web", path)
 

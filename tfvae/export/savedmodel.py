@@ -6,6 +6,11 @@ values outside that range are clipped to it; NaN or +-Inf pixels (and codes
 values"), and the batch shape is checked again inside the graph (TF
 Serving's C++ runtime does not check fed shapes). An empty batch gives empty
 outputs.
+
+A conditional VAE's signatures also take each image's (or code's) class,
+`labels` int32 `[batch]` (indices into the model's `classes`), and `sample`
+takes one `label` for all its images; a label outside the classes is
+refused with an `InvalidArgumentError`.
 """
 
 from __future__ import annotations
@@ -67,6 +72,29 @@ def z_spec(model: VAE, batch: int | None = None) -> tf.TensorSpec:
     return tf.TensorSpec([batch, model.code_dim], tf.float32, name="z")
 
 
+def labels_spec(batch: int | None = None) -> tf.TensorSpec:
+    """`[batch]` int32 class indices of a conditional VAE's inputs."""
+    return tf.TensorSpec([batch], tf.int32, name="labels")
+
+
+def class_inputs(model: VAE, batch: int | None = None) -> list[tf.TensorSpec]:
+    """The class input a conditional VAE's signatures take beside the
+    images or codes; none for an unconditional one."""
+    return [labels_spec(batch)] if model.conditional else []
+
+
+def _checked_labels(model: VAE, labels: tf.Tensor) -> tf.Tensor:
+    """Labels that are class indices of the model, or an `InvalidArgumentError`."""
+    message = f"labels must be class indices in 0..{len(model.classes) - 1}"
+    with tf.control_dependencies(
+        [
+            tf.debugging.assert_non_negative(labels, message=message),
+            tf.debugging.assert_less(labels, len(model.classes), message=message),
+        ]
+    ):
+        return tf.identity(labels)
+
+
 def _checked_images(model: VAE, images: tf.Tensor) -> tf.Tensor:
     """Shape check, NaN/Inf refusal and clipping to [0, 1] (see the module docstring)."""
     images = tf.ensure_shape(images, [None, *model.image_shape])
@@ -81,20 +109,25 @@ def _checked_z(model: VAE, z: tf.Tensor) -> tf.Tensor:
 
 def _serving_endpoints(model: VAE) -> dict[str, tuple[Callable, list[tf.TensorSpec]]]:
     """The signatures: name -> (function returning a dict of named outputs, inputs)."""
-    images, z = images_spec(model), z_spec(model)
+    images, z, y = images_spec(model), z_spec(model), class_inputs(model)
     mean_name = model.decoder.likelihood.mean_name
 
-    def reconstruct(images):
-        return {mean_name: model(_checked_images(model, images))}
+    def labels_of(given: tuple) -> tf.Tensor | None:
+        return _checked_labels(model, given[0]) if given else None
 
-    def encode(images):
-        z_mean, z_stddev = model.encoder.top_params(_checked_images(model, images))
+    def reconstruct(images, *labels):
+        return {mean_name: model(_checked_images(model, images), labels=labels_of(labels))}
+
+    def encode(images, *labels):
+        z_mean, z_stddev = model.encoder.top_params(
+            _checked_images(model, images), labels_of(labels)
+        )
         return {"z_mean": z_mean, "z_stddev": z_stddev}
 
-    def decode(z):
-        return model.exported_decode(_checked_z(model, z))
+    def decode(z, *labels):
+        return model.exported_decode(_checked_z(model, z), labels_of(labels))
 
-    def sample(count, seed):
+    def sample(count, seed, *label):
         with tf.control_dependencies(
             [
                 tf.debugging.assert_non_negative(count, message="count must be >= 0"),
@@ -104,49 +137,54 @@ def _serving_endpoints(model: VAE) -> dict[str, tuple[Callable, list[tf.TensorSp
             ]
         ):
             count = tf.identity(count)
-        return {mean_name: model.sample(count, seed=seed)}
+        labels = labels_of(tuple(tf.fill([count], value) for value in label))
+        return {mean_name: model.sample(count, seed=seed, labels=labels)}
 
-    def elbo(images):
-        terms = model.elbo_terms(_checked_images(model, images), seed=ELBO_SEED)
+    def elbo(images, *labels):
+        checked = _checked_images(model, images)
+        terms = model.elbo_terms(checked, seed=ELBO_SEED, labels=labels_of(labels))
         return {key: terms[key] for key in ("elbo", "kl", "log_likelihood")}
 
-    def score(images):
-        return serving_scores(model, _checked_images(model, images))
+    def score(images, *labels):
+        return serving_scores(model, _checked_images(model, images), labels_of(labels))
 
     scalar = [
         tf.TensorSpec([], tf.int32, name="count"),
         tf.TensorSpec([], tf.int32, name="seed"),
     ]
+    label = [tf.TensorSpec([], tf.int32, name="label")] if model.conditional else []
     return {
-        "serving_default": (reconstruct, [images]),
-        "reconstruct": (reconstruct, [images]),
-        "encode": (encode, [images]),
-        "decode": (decode, [z]),
-        "sample": (sample, scalar),
-        "elbo": (elbo, [images]),
-        "score": (score, [images]),
+        "serving_default": (reconstruct, [images, *y]),
+        "reconstruct": (reconstruct, [images, *y]),
+        "encode": (encode, [images, *y]),
+        "decode": (decode, [z, *y]),
+        "sample": (sample, scalar + label),
+        "elbo": (elbo, [images, *y]),
+        "score": (score, [images, *y]),
     }
 
 
-def serving_scores(model: VAE, images: tf.Tensor) -> dict[str, tf.Tensor]:
+def serving_scores(model: VAE, images: tf.Tensor, labels=None) -> dict[str, tf.Tensor]:
     """What the `score` signature returns for `images` `[B, h, w, c]`, each
     `[B]` float32: the `elbo` signature's terms, `nll` (the IW estimate at
     `SCORE_K` from `SCORE_SEED`, nats), `bits_per_dim`, `complexity_bits`
     and `score`, the anomaly score `tfvae score` gives by default
     (`scoring.default_score`; the Likelihood Regret from `REGRET_SEED`, as
-    `tfvae score` draws it for the first 500 images)."""
-    terms = model.elbo_terms(images, seed=ELBO_SEED)
+    `tfvae score` draws it for the first 500 images); a conditional VAE's
+    given the images' `labels`."""
+    terms = model.elbo_terms(images, seed=ELBO_SEED, labels=labels)
     batch = tf.shape(images)[0]
     log_sums = []
     for chunk in range(SCORE_K // SCORE_CHUNK):  # bounded memory: one chunk of z at a time
         shape = tf.stack([SCORE_CHUNK, batch, model.noise_dim])
         noise = tf.random.stateless_normal(shape, seed=[SCORE_SEED[0], SCORE_SEED[1] + chunk])
-        log_sums.append(tf.reduce_logsumexp(model.log_weights(model.draw(images, noise)), 0))
+        draw = model.draw(images, noise, labels)
+        log_sums.append(tf.reduce_logsumexp(model.log_weights(draw), 0))
     nll = math.log(SCORE_K) - tf.reduce_logsumexp(tf.stack(log_sums), axis=0)
     bits = complexity_bits(image_levels(model, images))
     scores = anomaly_scores(nll, bits)
     if default_score(model) == "regret":
-        scores["regret"] = regret_of_batch(model, images, seed=[REGRET_SEED, 0])
+        scores["regret"] = regret_of_batch(model, images, seed=[REGRET_SEED, 0], labels=labels)
     dims = math.prod(model.image_shape)
     return {
         **{key: terms[key] for key in ("elbo", "kl", "log_likelihood")},
@@ -164,9 +202,11 @@ def _warmup_requests(
 ) -> dict[str, dict[str, np.ndarray]]:
     """Signature -> inputs of one real batch-1 request: the first of
     `warmup_images` (else one binary sample of the model, in-distribution
-    without a data set), its posterior mean as `z`, one seeded sample."""
+    without a data set), its posterior mean as `z`, one seeded sample; a
+    conditional VAE's of its first class."""
+    first = np.zeros([1], np.int32) if model.conditional else None
     if warmup_images is None:
-        image = np.asarray(model.sample(1, seed=0, binary=True), np.float32)
+        image = np.asarray(model.sample(1, seed=0, binary=True, labels=first), np.float32)
     else:
         given = np.asarray(warmup_images, np.float32)
         image = given[:1] if given.ndim else given
@@ -177,8 +217,9 @@ def _warmup_requests(
                 f"{', '.join(map(str, model.image_shape))}] array of finite pixels, "
                 f"got shape {given.shape}"
             )
-    z = model.encoder.top_params(tf.constant(image))[0].numpy()
+    z = model.encoder.top_params(tf.constant(image), first)[0].numpy()
     feeds = {"images": image, "z": z, "count": np.int32(1), "seed": np.int32(0)}
+    feeds |= {"labels": np.zeros([1], np.int32), "label": np.int32(0)}
     return {
         name: {spec.name: feeds[spec.name] for spec in specs}
         for name, (_, specs) in endpoints.items()

@@ -6,7 +6,8 @@ only, so the folder holds TFLite files with a fixed batch: the encoder at 1,
 the decoder at 1 and at `SAMPLE_BATCH` (the sample grid and the 2-D manifold
 in few calls). Each is converted and checked against Keras by
 `export_tflite(batch=...)` before the page is written around it, and the
-folder is published atomically like every export.
+folder is published atomically like every export. A conditional model's
+files also take the class (`labels`), and the page gets a class picker.
 """
 
 from __future__ import annotations
@@ -59,13 +60,20 @@ def import_map(litert_js: str | None = None) -> dict[str, Any]:
     return {"imports": {f"@litertjs/{p}": url for p, url in urls.items()}}
 
 
-def _static_files(model: VAE, scratch: Path, images: np.ndarray) -> dict[str, list[dict]]:
+def _static_files(
+    model: VAE, scratch: Path, images: np.ndarray, labels: np.ndarray | None
+) -> dict[str, list[dict]]:
     """`{encoders, decoders}`: the checked static-shape files, copied into
     `scratch`, each with its batch, input shape and measured fidelity."""
     found: dict[str, list[dict]] = {"encoders": [], "decoders": []}
     for batch in (1, SAMPLE_BATCH):
         folder = export_tflite(
-            model, scratch / "tflite", f"b{batch}", check_images=images, batch=batch
+            model,
+            scratch / "tflite",
+            f"b{batch}",
+            check_images=images,
+            batch=batch,
+            check_labels=labels,
         )
         manifest = json.loads((folder / "manifest.json").read_text())
         for part, shape in (("decoder", [model.code_dim]), ("encoder", list(model.image_shape))):
@@ -82,10 +90,10 @@ def _static_files(model: VAE, scratch: Path, images: np.ndarray) -> dict[str, li
     return found
 
 
-def _explore(model: VAE, images: np.ndarray) -> dict[str, Any]:
+def _explore(model: VAE, images: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
     """The units the sliders move: those whose posterior means spread most
     over the images (for a 2-D space, both, shown as the manifold)."""
-    spread = model.posterior_means(images).std(axis=0)
+    spread = model.posterior_means(images, labels=labels).std(axis=0)
     units = [int(u) for u in np.argsort(-spread)[: min(SLIDERS, model.code_dim)]]
     return {"units": units, "spread": [round(float(spread[u]), 4) for u in units]}
 
@@ -103,37 +111,43 @@ def export_web(
     name: str,
     check_images: np.ndarray | None = None,
     litert_js: str | None = None,
+    check_labels: np.ndarray | None = None,
 ) -> Path:
     """Write `out_dir/<name>/web/`: `index.html`, `app.js`, the static-shape
     TFLite files, `model.json` (shapes, files, fidelity) and `examples.json`
     (the first `EXAMPLES` check images, shown with their reconstructions).
 
     `check_images` are real images of the model's data (default: its own
-    samples); `litert_js` is where the page loads LiteRT.js from (see
+    samples; a conditional model's with their `check_labels`, also shipped
+    in `examples.json`); `litert_js` is where the page loads LiteRT.js from (see
     `import_map`). Serve the folder over HTTP (`python -m http.server`):
     browsers load neither ES modules nor WASM from `file://`.
     """
     check_model(model)
-    images, _ = check_inputs(model, check_images)
+    images, labels, _ = check_inputs(model, check_images, labels=check_labels)
     base = model_dir(out_dir, name)
     remove_stale_temps(base)
     target = base / "web"
     with temp_folder(base, "web") as temp, write_errors(target):
-        files = _static_files(model, temp, images)
+        files = _static_files(model, temp, images, labels)
         info = {
             "name": name,
             "image_shape": list(model.image_shape),
             "latent_dim": int(model.code_dim),
+            "classes": list(model.classes) if model.conditional else None,
             # The decoder output the page draws: E[x|z] as intensities.
             "mean_output": model.decoder.likelihood.mean_name,
             **files,
-            "explore": _explore(model, images),
+            "explore": _explore(model, images, labels),
             "litert_js": import_map(litert_js)["imports"],
             "tensorflow_version": tf.__version__,
         }
         (temp / "model.json").write_text(json.dumps(info, indent=1) + "\n")
         examples = images[:EXAMPLES].reshape(min(EXAMPLES, len(images)), -1)
-        (temp / "examples.json").write_text(json.dumps({"images": examples.tolist()}))
+        shown = {"images": examples.tolist()}
+        if labels is not None:
+            shown["labels"] = labels[:EXAMPLES].tolist()
+        (temp / "examples.json").write_text(json.dumps(shown))
         (temp / "index.html").write_text(_page(name, litert_js))
         (temp / "app.js").write_bytes((_ASSETS / "app.js").read_bytes())
         publish_folder(temp, target)

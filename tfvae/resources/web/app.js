@@ -2,9 +2,11 @@
 // (WASM, one thread, so a plain HTTP server is enough: no COOP/COEP headers).
 //
 // window.tfvaeReady   a promise, resolved when the files are compiled
-// window.tfvaeDecode(z)   z: an array of codes, each latent_dim numbers;
-//                     resolves to one array per code of the per-pixel means
-//                     of p(x|z), flat in H x W x C order
+// window.tfvaeDecode(z, labels)   z: an array of codes, each latent_dim numbers
+//                     (and for a conditional model `labels`, each code's class
+//                     index); resolves to one array per code of the per-pixel
+//                     means of p(x|z), flat in H x W x C order
+// window.tfvaeChooseClass(index)   a conditional model: draw that class
 // <body data-state>   loading | ready | error
 import {loadLiteRt, loadAndCompile, Tensor} from '@litertjs/core';
 
@@ -30,21 +32,26 @@ async function compile(file) {
   return loadAndCompile(new URL(file, import.meta.url).href, {accelerator: 'wasm'});
 }
 
-/** Run a static-shape file on `rows` (Float32Arrays of `width` numbers),
+/** Run a static-shape file on `rows` (Float32Arrays of `width` numbers) and,
+ * for a conditional model, their class `labels` (int32 `labels` input),
  * padding the last batch; returns one Float32Array of `output` per row. */
-async function runRows(entries, input, output, rows, width) {
+async function runRows(entries, input, output, rows, width, labels = null) {
   const out = [];
   for (let i = 0; i < rows.length;) {
     const entry = entries.find((e) => e.batch <= rows.length - i) || entries[entries.length - 1];
     const data = new Float32Array(entry.batch * width);
     const take = Math.min(entry.batch, rows.length - i);
     for (let j = 0; j < take; j++) data.set(rows[i + j], j * width);
-    const tensor = new Tensor(data, [entry.batch, ...entry.shape]);
+    const feeds = {[input]: new Tensor(data, [entry.batch, ...entry.shape])};
+    if (labels) {
+      feeds.labels = new Tensor(Int32Array.from(labels.slice(i, i + entry.batch).concat(
+        Array(entry.batch - take).fill(0))), [entry.batch]);
+    }
     let results;
     try {
-      results = await entry.model.run({[input]: tensor});
+      results = await entry.model.run(feeds);
     } finally {
-      tensor.delete();
+      Object.values(feeds).forEach((t) => t.delete());
     }
     try {
       const values = results[output].toTypedArray();
@@ -56,6 +63,15 @@ async function runRows(entries, input, output, rows, width) {
     i += take;
   }
   return out;
+}
+
+function checkedLabels(labels, rows, classes) {
+  if (!classes) return null;
+  if (!Array.isArray(labels) || labels.length !== rows.length ||
+      !labels.every((y) => Number.isInteger(y) && y >= 0 && y < classes.length)) {
+    throw new TypeError(`labels must be one class index in 0..${classes.length - 1} per row`);
+  }
+  return labels;
 }
 
 function checkedRows(values, width, what) {
@@ -85,12 +101,18 @@ async function init() {
   const [height, width, channels] = info.image_shape;
   const pixels = height * width * channels;
   const latent = info.latent_dim;
+  const classes = info.classes;
+  const run = (entries, input, output, rows, width, what, labels) => {
+    const checked = checkedRows(rows, width, what);
+    return runRows(entries, input, output, checked, width, checkedLabels(labels, checked, classes));
+  };
   const api = {
-    info, examples, latent, shape: info.image_shape,
-    decode: async (z) =>
-      runRows(decoders, 'z', info.mean_output, checkedRows(z, latent, 'code'), latent),
-    encode: async (images) =>
-      runRows(encoders, 'images', 'z_mean', checkedRows(images, pixels, 'image'), pixels),
+    info, examples, latent, classes, shape: info.image_shape,
+    label: 0,  // the class a conditional model draws (the picker's)
+    decode: async (z, labels) => run(decoders, 'z', info.mean_output, z, latent, 'code', labels),
+    encode: async (images, labels) =>
+      run(encoders, 'images', 'z_mean', images, pixels, 'image', labels),
+    chosen: (n) => (classes ? Array(n).fill(api.label) : undefined),
   };
   api.loadMs = performance.now() - start;
   return api;
@@ -163,10 +185,26 @@ function normalQuantile(p) {
 // --- the three panels -------------------------------------------------------------
 
 async function showCode(api, z) {
-  const [means] = await api.decode([z]);
+  const [means] = await api.decode([z], api.chosen(1));
   paint(document.getElementById('decoded'), [means], api.shape, 1, 224 / (api.shape[1] + 4), 2);
   document.getElementById('code').textContent =
     `z = (${Array.from(z, (v) => v.toFixed(2)).join(', ')})`;
+}
+
+/** A conditional model's class picker: the explorer and the samples draw
+ * the class chosen (`redraw` repaints the explorer). */
+function classPicker(api, redraw) {
+  const select = document.getElementById('class');
+  api.classes.forEach((name, i) => select.append(new Option(name, String(i))));
+  const choose = async (index) => {
+    api.label = index;
+    select.value = String(index);
+    await redraw();
+    await sample(api);
+  };
+  select.addEventListener('change', () => choose(Number(select.value)));
+  document.getElementById('class-picker').hidden = false;
+  window.tfvaeChooseClass = choose;
 }
 
 /** A 2-D latent space: the decoder over a grid at the normal quantiles, and a
@@ -179,9 +217,15 @@ async function manifoldExplorer(api, root) {
   const canvas = document.createElement('canvas');
   canvas.id = 'manifold';
   root.append(canvas);
-  // 20 images a side: about 420 px for MNIST, beside the decoded image.
-  paint(canvas, await api.decode(grid), api.shape, steps, 420 / (steps * api.shape[1]), 0);
-  const background = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+  let background;
+  let point = [0.5, 0.5];
+  const drawGrid = async () => {
+    // 20 images a side: about 420 px for MNIST, beside the decoded image.
+    const images = await api.decode(grid, api.chosen(grid.length));
+    paint(canvas, images, api.shape, steps, 420 / (steps * api.shape[1]), 0);
+    background = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+  };
+  await drawGrid();
   let busy = false;
   let pending = null;
   const moveTo = async (u, v) => {
@@ -193,6 +237,7 @@ async function manifoldExplorer(api, root) {
     context.strokeStyle = '#d22';
     context.lineWidth = 2;
     context.stroke();
+    point = [u, v];
     pending = [normalQuantile(clamp(u)), normalQuantile(clamp(1 - v))];
     if (busy) return;  // the decode under way picks the newest point up next
     busy = true;
@@ -212,6 +257,10 @@ async function manifoldExplorer(api, root) {
   canvas.addEventListener('pointermove', pointer);
   window.tfvaeMoveTo = moveTo;
   await moveTo(0.5, 0.5);
+  return async () => {
+    await drawGrid();
+    await moveTo(...point);
+  };
 }
 
 /** More than 2 dimensions: a slider for each of the most active units (the
@@ -241,29 +290,35 @@ async function sliderExplorer(api, root) {
   note.textContent = `The ${units.length} most active of ${api.latent} units; the others are 0.`;
   root.append(note);
   await showCode(api, z);
+  return () => showCode(api, z);
 }
 
 async function sample(api) {
   const seed = Number(document.getElementById('seed').value) || 0;
   const noise = normals(seed, 16 * api.latent);
   const codes = Array.from({length: 16}, (_, i) => noise.slice(i * api.latent, (i + 1) * api.latent));
-  paint(document.getElementById('samples'), await api.decode(codes), api.shape, 4, 2.5);
+  paint(document.getElementById('samples'), await api.decode(codes, api.chosen(16)), api.shape,
+    4, 2.5);
 }
 
 async function reconstruct(api) {
   const images = api.examples.images;
-  const means = await api.decode(await api.encode(images));
+  const labels = api.examples.labels;  // a conditional model's: each image's own class
+  const means = await api.decode(await api.encode(images, labels), labels);
   paint(document.getElementById('reconstructions'), [...images, ...means], api.shape,
     images.length, 2.5);
 }
 
 window.tfvaeReady = init().then(async (api) => {
   const plain = (rows) => rows.map((row) => Array.from(row));
-  window.tfvaeDecode = async (z) => plain(await api.decode(z));
-  window.tfvaeEncode = async (images) => plain(await api.encode(images));
-  window.tfvaeInfo = {loadMs: api.loadMs, latentDim: api.latent, imageShape: api.shape};
+  window.tfvaeDecode = async (z, labels) => plain(await api.decode(z, labels));
+  window.tfvaeEncode = async (images, labels) => plain(await api.encode(images, labels));
+  window.tfvaeInfo = {
+    loadMs: api.loadMs, latentDim: api.latent, imageShape: api.shape, classes: api.classes,
+  };
   const root = document.getElementById('explorer');
-  await (api.latent === 2 ? manifoldExplorer(api, root) : sliderExplorer(api, root));
+  const redraw = await (api.latent === 2 ? manifoldExplorer(api, root) : sliderExplorer(api, root));
+  if (api.classes) classPicker(api, redraw);
   await sample(api);
   await reconstruct(api);
   const button = document.getElementById('sample');
