@@ -13,7 +13,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from harness import TINY_SETTINGS, quiet, tfvae
+from harness import TINY_SETTINGS, tfvae
 from PIL import Image
 
 import tfvae as api
@@ -78,7 +78,9 @@ def own_run(user_module, tmp_path_factory):
     settings = {**TINY_SETTINGS, "epochs": 3, "latent_dim": 4}
     config = TrainConfig(**settings, encoder_body=module.encoder(), decoder_body=module.decoder())
     run = tmp_path_factory.mktemp("own") / "run"
-    result = api.train(config, run, verbose=0, echo=quiet)
+    said = []
+    result = api.train(config, run, verbose=0, echo=said.append)
+    assert "Networks: encoder body your own Sequential, decoder body your own Sequential" in said
     return run, result.model
 
 

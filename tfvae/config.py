@@ -518,6 +518,17 @@ class TrainConfig(ModelConfig):
         kind = "for image folders" if self.dataset.startswith("images:") else "here"
         return f"{what} (the default {kind}; --likelihood changes it)"
 
+    def describe_bodies(self) -> str | None:
+        """What the log says of the networks when one is the user's (None
+        when both are the arch's)."""
+        sides = {"encoder": self.encoder_body, "decoder": self.decoder_body}
+        if not any(sides.values()):
+            return None
+        return ", ".join(
+            f"{side} body your own {body.get('class_name')}" if body else f"{side} {self.arch}"
+            for side, body in sides.items()
+        )
+
     def kl_terms(self) -> list[str]:
         """How each layer's KL is computed, bottom first: `analytic` between
         Gaussians, or `sampled` on top under the VampPrior."""

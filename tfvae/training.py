@@ -91,6 +91,8 @@ def _train(job: Job, replace: bool, extend: bool) -> TrainResult:
     progress.say(f"Data: {data.describe()}")
     progress.say(f"Likelihood: {config.describe_likelihood()}")
     progress.say(f"Objective: {config.describe_objective()}")
+    if bodies := config.describe_bodies():
+        progress.say(f"Networks: {bodies}")
     memory.check(memory.training_need(config, data.image_shape, *data.in_memory()), "training")
     model = compiled_vae(config, data, placement)
     state, epoch = run.begin(job, model, replace, extend)
