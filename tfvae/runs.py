@@ -344,7 +344,7 @@ class Run:
         progress: Progress | None = None,
     ):
         """A split of `data(dataset)` as scored (the first `limit` images)."""
-        return self.data(dataset, progress).scored(split, limit)
+        return self.split(split, limit, dataset, progress)[0]
 
     def split(
         self,

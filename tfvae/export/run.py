@@ -89,6 +89,11 @@ class _Request:
         return self.run.model
 
     @property
+    def check(self) -> dict[str, np.ndarray | None]:
+        """The check images and labels, as every export takes them."""
+        return {"check_images": self.images, "check_labels": self.labels}
+
+    @property
     def checked(self) -> str:
         what = "test images" if self.run.file is None else "images drawn from the model"
         return f"checked against Keras on {len(self.images)} {what}"
@@ -126,36 +131,24 @@ def _tflite(request: _Request, progress: Progress, head: str) -> dict[str, Any]:
             request.out,
             request.name,
             request.quantize,
-            check_images=request.images,
             calibration_images=calibration[0],
             batch=request.batch,
-            check_labels=request.labels,
             calibration_labels=calibration[1],
+            **request.check,
         )
     return {**_record("tflite", path), "quantization": request.quantize, "batch": request.batch}
 
 
 def _onnx(request: _Request, progress: Progress, head: str) -> dict[str, Any]:
     with progress.stage(f"{head}ONNX: converting, {request.checked}"):
-        path = export_onnx(
-            request.model,
-            request.out,
-            request.name,
-            check_images=request.images,
-            check_labels=request.labels,
-        )
+        path = export_onnx(request.model, request.out, request.name, **request.check)
     return _record("onnx", path)
 
 
 def _web(request: _Request, progress: Progress, head: str) -> dict[str, Any]:
     with progress.stage(f"{head}Web page: converting its four TFLite files, {request.checked}"):
         path = export_web(
-            request.model,
-            request.out,
-            request.name,
-            check_images=request.images,
-            litert_js=request.litert_js,
-            check_labels=request.labels,
+            request.model, request.out, request.name, litert_js=request.litert_js, **request.check
         )
     return _record("web", path)
 
