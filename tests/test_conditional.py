@@ -160,10 +160,10 @@ def test_streamed_folder_batches_carry_their_folders_class(tmp_path, monkeypatch
     monkeypatch.setenv(STREAM_ENV, "0")
     data = load_dataset(f"images:{folder}")
     assert data.streamed and data.class_names() == ("cat", "dog")
-    paths = dict(zip(range(len(data.train_paths)), data.train_paths, strict=True))
+    images = np.asarray(data.train_images[0 : len(data.train_images)])  # decoded at once
     decoded = {
-        np.asarray(data.train_images[i : i + 1])[0].tobytes(): Path(paths[i]).parent.name
-        for i in range(len(data.train_images))
+        image.tobytes(): Path(path).parent.name
+        for image, path in zip(images, data.train_paths, strict=True)
     }
     for batch in train_pipeline(data, 7, seed=1, labels=True):
         for image, label in zip(batch["intensities"].numpy(), batch["labels"].numpy(), strict=True):
