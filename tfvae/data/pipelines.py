@@ -104,13 +104,9 @@ def train_pipeline(
 
     def gather(idx, keys):
         batch = tf.gather(images, idx)
-        if dynamic:
-            found = {"intensities": batch, "keys": keys}
-        elif pixels == "dequantize":
-            found = {"levels": batch, "keys": keys}
-        else:
-            found = {"images": _as_float(batch, binary), "keys": keys}
-        return _with_labels(found, classes, idx)
+        name = "intensities" if dynamic else "levels" if pixels == "dequantize" else "images"
+        pixels_of = batch if name != "images" else _as_float(batch, binary)
+        return _with_labels({name: pixels_of, "keys": keys}, classes, idx)
 
     return _quiet(_shuffled(n, batch_size, seed).map(gather))
 

@@ -126,20 +126,20 @@ def _export_pair(
     out_dir: str | os.PathLike,
     name: str,
     fmt: str,
-    check_images: np.ndarray | None,
+    check: tuple[np.ndarray | None, np.ndarray | None],
     convert: Callable[[Path, str, str], _Converted],
     limits: dict[str, float],
     manifest: dict[str, Any],
-    check_labels: np.ndarray | None = None,
 ) -> Path:
     """Write `out_dir/<name>/<fmt>/{encoder,decoder}.<fmt>` and `manifest.json`.
 
     `convert(temp, part, signature)` writes `<part>.<fmt>` into `temp`; each
-    file then runs on the check inputs and is compared with Keras
+    file then runs on the `check` images (and a conditional model's labels
+    of them) and is compared with Keras
     (`check_fidelity`) before the folder replaces any previous one atomically.
     """
     check_model(model)
-    images, labels, images_note = check_inputs(model, check_images, labels=check_labels)
+    images, labels, images_note = check_inputs(model, check[0], labels=check[1])
     base = model_dir(out_dir, name)
     remove_stale_temps(base)
     target = base / fmt
@@ -357,13 +357,8 @@ def export_tflite(
     """
     check_model(model)
     _check_tflite_options(model, quantize, batch)
-    manifest, representative = _tflite_manifest(
-        model,
-        quantize,
-        batch,
-        (check_images, check_labels),
-        (calibration_images, calibration_labels),
-    )
+    check, calibration = (check_images, check_labels), (calibration_images, calibration_labels)
+    manifest, representative = _tflite_manifest(model, quantize, batch, check, calibration)
     archive = export_archive(model, _deterministic_endpoints(model, batch))
 
     base = model_dir(out_dir, name)
@@ -382,9 +377,7 @@ def export_tflite(
             )
 
         limits = FIDELITY[quantize]
-        return _export_pair(
-            model, out_dir, name, "tflite", check_images, convert, limits, manifest, check_labels
-        )
+        return _export_pair(model, out_dir, name, "tflite", check, convert, limits, manifest)
 
 
 def _tflite_manifest(
@@ -454,17 +447,8 @@ def export_onnx(
         "tf2onnx_version": tf2onnx.__version__,
         "input_policy": _FLOAT_INPUT_POLICY,
     }
-    return _export_pair(
-        model,
-        out_dir,
-        name,
-        "onnx",
-        check_images,
-        convert,
-        FIDELITY["none"],
-        manifest,
-        check_labels,
-    )
+    check = (check_images, check_labels)
+    return _export_pair(model, out_dir, name, "onnx", check, convert, FIDELITY["none"], manifest)
 
 
 def _onnx_info(node) -> dict[str, Any]:

@@ -102,6 +102,19 @@ def _checked_images(model: VAE, images: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(images, 0.0, 1.0)
 
 
+def _checked_count(count: tf.Tensor) -> tf.Tensor:
+    """A `sample` request's count, refused outside 0..`MAX_SAMPLE_COUNT`."""
+    with tf.control_dependencies(
+        [
+            tf.debugging.assert_non_negative(count, message="count must be >= 0"),
+            tf.debugging.assert_less_equal(
+                count, MAX_SAMPLE_COUNT, message=f"count must be <= {MAX_SAMPLE_COUNT}"
+            ),
+        ]
+    ):
+        return tf.identity(count)
+
+
 def _checked_z(model: VAE, z: tf.Tensor) -> tf.Tensor:
     z = tf.ensure_shape(z, [None, model.code_dim])
     return tf.debugging.check_numerics(z, "z must be finite")
@@ -128,15 +141,7 @@ def _serving_endpoints(model: VAE) -> dict[str, tuple[Callable, list[tf.TensorSp
         return model.exported_decode(_checked_z(model, z), labels_of(labels))
 
     def sample(count, seed, *label):
-        with tf.control_dependencies(
-            [
-                tf.debugging.assert_non_negative(count, message="count must be >= 0"),
-                tf.debugging.assert_less_equal(
-                    count, MAX_SAMPLE_COUNT, message=f"count must be <= {MAX_SAMPLE_COUNT}"
-                ),
-            ]
-        ):
-            count = tf.identity(count)
+        count = _checked_count(count)
         labels = labels_of(tuple(tf.fill([count], value) for value in label))
         return {mean_name: model.sample(count, seed=seed, labels=labels)}
 
