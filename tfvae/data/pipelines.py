@@ -95,7 +95,6 @@ def train_pipeline(
         return _streamed_train(data.train_images, batch_size, pixels, seed, share, classes)
     import tensorflow as tf
 
-    n = len(data.train_images)
     images, binary = tf.constant(data.train_images), data.binary
     if pixels == "static" and not data.binary:
         images = tf.constant(fixed_binarization(data, data.train_images, seed).astype(np.uint8))
@@ -108,7 +107,7 @@ def train_pipeline(
         pixels_of = batch if name != "images" else _as_float(batch, binary)
         return _with_labels({name: pixels_of, "keys": keys}, classes, idx)
 
-    return _quiet(_shuffled(n, batch_size, seed).map(gather))
+    return _quiet(_shuffled(len(data.train_images), batch_size, seed).map(gather))
 
 
 def _label_table(labels: np.ndarray | None):
