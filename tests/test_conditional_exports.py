@@ -60,7 +60,7 @@ def test_the_savedmodel_signatures_take_the_class(conditional, tmp_path):
         serving["decode"](z=tf.constant(z[:1]), labels=tf.constant([10]))
 
 
-@pytest.mark.parametrize("quantize", ["none", "dynamic"])
+@pytest.mark.parametrize("quantize", ["none", "float16", "dynamic"])
 def test_tflite_files_take_the_class_and_match_keras(conditional, tmp_path, quantize):
     """The export's own check ran each file on the test images with their
     labels; here the decoder runs again in LiteRT on other codes and classes."""
