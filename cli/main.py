@@ -931,18 +931,13 @@ def sample(run_dir, count, seed, binary, classes, output, as_json):
     path, chosen = _output(run_dir, output, f"samples-seed{seed}.png")
     model = load_model(run_dir)
     labels = [model.class_index(name) for name in classes]
-    facts = {"images": count, "image_shape": list(model.image_shape), "seed": seed}
-    if len(labels) == 1:
-        picture = plots.samples(model, count, seed, binary, labels=labels * count)
-    elif model.conditional:
-        labels = labels or list(range(len(model.classes)))
-        per_class = max(1, count // len(labels))
-        picture = plots.class_samples(model, per_class, seed, binary, classes=labels)
-        facts["images"] = count = per_class * len(labels)
+    facts = {"image_shape": list(model.image_shape), "seed": seed}
+    if model.conditional:
+        picture, labels, count = plots.samples_of_classes(model, count, seed, binary, labels)
+        facts["classes"] = [model.classes[i] for i in labels]
     else:
         picture = plots.samples(model, count, seed=seed, binary=binary)
-    if model.conditional:
-        facts["classes"] = [model.classes[i] for i in labels]
+    facts = {"images": count, **facts}
     _write_picture(picture, path, chosen, as_json, **facts, binary=binary)
     drawn = f" of {', '.join(facts['classes'])}" if model.conditional else ""
     _progress(as_json).say(f"Wrote {count} samples{drawn} to {path}")

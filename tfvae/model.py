@@ -144,6 +144,11 @@ class VAE(keras.Model):
             f"0..{len(self.classes) - 1}"
         )
 
+    def every_class(self, n: int) -> np.ndarray | None:
+        """Labels for `n` draws of a conditional VAE, every class in turn,
+        int32 `[n]`; None for an unconditional VAE."""
+        return np.arange(n, dtype=np.int32) % len(self.classes) if self.conditional else None
+
     def _labels(self, labels):
         """`labels` as the layers take them: None for an unconditional VAE."""
         return labels if self.conditional else None
@@ -192,7 +197,7 @@ class VAE(keras.Model):
         pseudo_inputs = tf.clip_by_value(self.pseudo_inputs, 0.0, 1.0)
         no_class = self._labels(tf.fill([count], -1))
         components = diag_normal(*self.encoder.top_params(pseudo_inputs, no_class))  # batch [K]
-        mix = tfd.Categorical(logits=tf.zeros([self.model_config.pseudo_inputs]))
+        mix = tfd.Categorical(logits=tf.zeros([count]))
         return tfd.MixtureSameFamily(mix, components)
 
     @property

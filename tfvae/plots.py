@@ -136,6 +136,20 @@ def class_samples(
     return samples(model, len(labels), seed, binary, labels=labels, columns=per_class)
 
 
+def samples_of_classes(
+    model, n: int, seed: int = 0, binary: bool = False, classes=()
+) -> tuple[Image.Image, list[int], int]:
+    """A conditional VAE's samples, the label indices drawn and how many
+    images: `n` of one class in a square, or, for several `classes` (or
+    none: every class), one row each, `n` shared among them."""
+    if len(classes) == 1:
+        return samples(model, n, seed, binary, labels=list(classes) * n), list(classes), n
+    classes = list(classes) or list(range(len(model.classes)))
+    per_class = max(1, n // len(classes))
+    picture = class_samples(model, per_class, seed, binary, classes)
+    return picture, classes, per_class * len(classes)
+
+
 def captioned(images: np.ndarray, captions: list[str], columns: int = 8) -> Image.Image:
     """`image_grid` with a line of text under each image (its score, say),
     so a picture of flagged images shows why each was flagged."""

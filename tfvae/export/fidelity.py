@@ -83,9 +83,7 @@ def check_inputs(
     if check_images is None:
         # In-distribution without a data set: the model's own samples, drawn binary
         # as the training images were.
-        labels = None
-        if model.conditional:
-            labels = np.arange(DEFAULT_CHECK_IMAGES, dtype=np.int32) % len(model.classes)
+        labels = model.every_class(DEFAULT_CHECK_IMAGES)
         images = model.sample(DEFAULT_CHECK_IMAGES, seed=0, binary=True, labels=labels)
         note = f"{DEFAULT_CHECK_IMAGES} binary samples of the model (seed 0)"
         return np.asarray(images, np.float32), labels, note

@@ -106,9 +106,7 @@ def _images(run: Run, split: str) -> tuple[np.ndarray, np.ndarray | None]:
     count, seed = _IMAGES[split]
     if run.file is None:
         return run.split(split, count)
-    labels = None
-    if run.model.conditional:
-        labels = np.arange(count, dtype=np.int32) % len(run.model.classes)
+    labels = run.model.every_class(count)
     return np.asarray(run.model.sample(count, seed=seed, binary=True, labels=labels)), labels
 
 

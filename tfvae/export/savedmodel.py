@@ -209,7 +209,7 @@ def _warmup_requests(
     `warmup_images` (else one binary sample of the model, in-distribution
     without a data set), its posterior mean as `z`, one seeded sample; a
     conditional VAE's of its first class."""
-    first = np.zeros([1], np.int32) if model.conditional else None
+    first = model.every_class(1)
     if warmup_images is None:
         image = np.asarray(model.sample(1, seed=0, binary=True, labels=first), np.float32)
     else:
