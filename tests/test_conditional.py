@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -103,6 +104,29 @@ def test_a_blend_of_classes_is_a_blend_of_one_hot_vectors():
     labels = np.array([0, 1, 2])
     np.testing.assert_allclose(
         vae.decoder.mean(z, np.eye(3, dtype=np.float32)[labels]), vae.decoder.mean(z, labels)
+    )
+
+
+def test_the_vamp_priors_pseudo_inputs_have_no_class():
+    """Its components are q at the pseudo-inputs given a zero class vector:
+    the encoder's head on the features with zeros appended."""
+    vae = VAE(SHAPE, latent_dim=3, hidden_units=(8,), classes=CLASSES, prior="vamp:4", seed=0)
+    u = tf.clip_by_value(vae.pseudo_inputs, 0.0, 1.0)
+    raw = vae.encoder.head(tf.concat([vae.encoder.body(u), tf.zeros([4, 3])], axis=1)).numpy()
+    components = vae.top_prior().components_distribution
+    np.testing.assert_allclose(components.mean(), raw[:, :3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        components.stddev(), np.log1p(np.exp(raw[:, 3:])) + SCALE_FLOOR, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_a_users_decoder_body_reads_the_codes_with_the_class_appended():
+    body = keras.Sequential([keras.layers.Reshape((1, 6)), keras.layers.Flatten()])
+    vae = VAE(SHAPE, latent_dim=3, hidden_units=(8,), classes=CLASSES, decoder_body=body, seed=0)
+    z, labels = np.ones((2, 3), np.float32), np.array([2, 0])
+    codes = np.concatenate([z, np.eye(3, dtype=np.float32)[labels]], axis=1)
+    np.testing.assert_allclose(
+        vae.decoder.outputs(z, labels), vae.decoder.body(codes), rtol=1e-6, atol=1e-6
     )
 
 

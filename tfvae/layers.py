@@ -156,26 +156,48 @@ class _Coder(keras.layers.Layer):
         self.latent_dim = self.model_config.latent_dim
         self.num_classes = self.model_config.num_classes
 
-    def conditioned(self, x, labels):
-        """`x` `[..., n]` with each row's class appended as a one-hot vector,
-        `[..., n + classes]`, for a conditional VAE (`labels` int `[...]`, the
-        trailing axes of `x`'s leading ones; a label of -1 appends zeros, no
-        class; float `labels` `[..., classes]` are the vectors themselves, a
-        blend of classes); `x` itself for an unconditional one."""
-        if not self.num_classes:
-            return x
+    def _class_labels(self, labels) -> tf.Tensor:
         if labels is None:
             raise ValueError(
                 f"this VAE is conditional on the class ({self.num_classes} classes): "
                 "give each image's label (labels=)"
             )
-        labels = tf.convert_to_tensor(labels)
+        return tf.convert_to_tensor(labels)
+
+    def conditioned(self, x, labels):
+        """`x` `[..., n]` with each row's class appended as a one-hot vector,
+        `[..., n + classes]`, for a conditional VAE (`labels` int `[...]`, the
+        trailing axes of `x`'s leading ones; float `labels` `[..., classes]`
+        are the vectors themselves, a blend of classes, zeros for none); `x`
+        itself for an unconditional one. What a user's decoder body reads."""
+        if not self.num_classes:
+            return x
+        labels = self._class_labels(labels)
         if labels.dtype.is_floating:
             one_hot = tf.cast(labels, x.dtype)
         else:
             one_hot = tf.one_hot(tf.cast(labels, tf.int32), self.num_classes, dtype=x.dtype)
         shape = tf.concat([tf.shape(x)[:-1], [self.num_classes]], axis=0)
         return tf.concat([x, tf.broadcast_to(one_hot, shape)], axis=-1)
+
+    def class_dense(self, dense: keras.layers.Dense, x, labels):
+        """`dense(self.conditioned(x, labels))`, computed as `x`'s product with
+        the kernel's first n rows plus the class's own row (a blend's
+        combination of rows): the same numbers with no one-hot vector in the
+        graph, whose 0 and 1 an int8 file would quantize on `x`'s scale."""
+        if not self.num_classes:
+            return dense(x)
+        labels = self._class_labels(labels)
+        kernel = tf.cast(dense.kernel, x.dtype)
+        n = x.shape[-1]
+        if labels.dtype.is_floating:
+            rows = tf.matmul(tf.cast(labels, x.dtype), kernel[n:])
+        else:
+            rows = tf.gather(kernel[n:], tf.cast(labels, tf.int32))
+        out = tf.matmul(x, kernel[:n]) + rows
+        if dense.use_bias:
+            out += tf.cast(dense.bias, x.dtype)
+        return dense.activation(out)
 
     def get_config(self):
         # Flat, as tfvae 0.1.0 wrote it, so files load in either version.
@@ -214,7 +236,7 @@ class GaussianEncoder(_Coder):
         """`(z_mean, z_stddev)`, each `[batch, latent]`: the raw tensors for export."""
         if not self.num_classes:
             return gaussian_params(self.body(images))
-        return gaussian_params(self.head(self.conditioned(self.body(images), labels)))
+        return gaussian_params(self.class_dense(self.head, self.body(images), labels))
 
     def top_params(self, images, labels=None):
         """q(z|x)'s parameters, the top (and only) layer's."""
@@ -305,7 +327,7 @@ class TopDownEncoder(_Coder):
         return self._top(self.features(images), labels)
 
     def _top(self, features, labels):
-        return gaussian_params(self.q_heads[-1](self.conditioned(features[-1], labels)))
+        return gaussian_params(self.class_dense(self.q_heads[-1], features[-1], labels))
 
     def prior_params(self, i: int, z_above):
         """p(z_i | z_(i+1))'s `(mean, stddev)` for layer `i` (0: the bottom),
@@ -402,7 +424,13 @@ class ImageDecoder(_Coder):
         """The body's output for codes `[batch, latent]`: pixel logits
         `[batch, h, w, c]`, or locations then raw scales `[batch, h, w, 2c]`
         (`Likelihood.split`)."""
-        return tf.cast(self.body(self.conditioned(z, labels)), tf.float32)
+        first, *rest = self.body.layers
+        if not self.num_classes or not isinstance(first, keras.layers.Dense):
+            return tf.cast(self.body(self.conditioned(z, labels)), tf.float32)
+        x = self.class_dense(first, z, labels)
+        for layer in rest:
+            x = layer(x)
+        return tf.cast(x, tf.float32)
 
     def call(self, z, labels=None):
         return self.likelihood.distribution(self.outputs(z, labels))

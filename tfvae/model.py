@@ -195,7 +195,7 @@ class VAE(keras.Model):
         if not count:
             return diag_normal(tf.zeros([self.code_dim]), tf.ones([self.code_dim]))
         pseudo_inputs = tf.clip_by_value(self.pseudo_inputs, 0.0, 1.0)
-        no_class = self._labels(tf.fill([count], -1))
+        no_class = self._labels(tf.zeros([count, len(self.classes or ())]))
         components = diag_normal(*self.encoder.top_params(pseudo_inputs, no_class))  # batch [K]
         mix = tfd.Categorical(logits=tf.zeros([count]))
         return tfd.MixtureSameFamily(mix, components)
