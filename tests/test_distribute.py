@@ -107,7 +107,8 @@ WORKER_SCRIPT = textwrap.dedent(
 
     streams.ImageFiles.decode = watched
     config = TrainConfig(strategy=strategy, limit=600, epochs=2, hidden_units=(32,),
-                         latent_dim=2, batch_size=100, dataset=dataset, jit_compile=False)
+                         latent_dim=2, batch_size=100, dataset=dataset, jit_compile=False,
+                         conditional=sys.argv[6] == "conditional")
     result = train(config, run_dir, verbose=0)
     np.savez(out, *[w.numpy() for w in result.model.weights],
              decoded=np.concatenate(decoded) if decoded else np.zeros(0, np.int64),
@@ -193,7 +194,7 @@ def streamed_folder(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["mnist", "streamed"])
+@pytest.mark.parametrize("source", ["mnist", "streamed", "streamed-conditional"])
 def test_two_workers_train_the_weights_of_one_process_and_only_the_chief_writes(
     tmp_path, source, request
 ):
@@ -209,21 +210,22 @@ def test_two_workers_train_the_weights_of_one_process_and_only_the_chief_writes(
     weights, and each worker decodes only its own rows: every batch worker 0
     decoded is the first half of a global batch of the one process's
     sequence (recomputed here), worker 1's the second half, and both decoded
-    their halves of every batch that trained."""
+    their halves of every batch that trained. A conditional VAE's workers
+    read each row's label beside it, and end equal to the one process too."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER_SCRIPT)
     ports = free_ports(2)
     run = tmp_path / "jobs" / "run"
     run.parent.mkdir()
     dataset, n_train = "mnist", 600
-    if source == "streamed":
+    if source.startswith("streamed"):
         dataset, n_train = f"images:{request.getfixturevalue('streamed_folder')}", 216
 
     def start(strategy, run_dir, out, env):
         command = [sys.executable, str(script), strategy, str(run_dir), str(tmp_path / out)]
         env = dict(env or os.environ, TFVAE_STREAM_ABOVE_MB="0")
         return subprocess.Popen(
-            [*command, dataset, str(n_train)],
+            [*command, dataset, str(n_train), source.rpartition("-")[2]],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -242,7 +244,7 @@ def test_two_workers_train_the_weights_of_one_process_and_only_the_chief_writes(
     for key in weights:
         np.testing.assert_array_equal(w0[key], w1[key])
         np.testing.assert_allclose(w0[key], single[key], rtol=0, atol=1e-4)
-    if source == "streamed":
+    if source.startswith("streamed"):
         # Passes beyond the 2 epochs: a worker's endless stream reads ahead
         # while the run scores and saves (a fresh-clone CI run of the whole
         # suite went past 5 passes; the buffers bound it, not the epochs).
@@ -256,6 +258,7 @@ def test_two_workers_train_the_weights_of_one_process_and_only_the_chief_writes(
             trained = {",".join(map(str, replica_rows(b, share))) for b in expected[:6]}
             assert trained <= {",".join(map(str, batch)) for batch in decoded}
     state = json.loads((run / "config.json").read_text())
+    assert state["config"]["conditional"] is source.endswith("conditional")
     assert state["status"] == "finished" and state["replicas"] == 2
     assert state["strategy_class"] == "CollectiveAllReduceStrategy"
     assert len((run / "metrics.csv").read_text().splitlines()) == 3
