@@ -33,31 +33,42 @@ def _binary_images(n: int, seed: int = 0) -> np.ndarray:
 # --- the model ---------------------------------------------------------------
 
 
+def _dense(layer, x: np.ndarray, one_hot: np.ndarray, relu: bool) -> np.ndarray:
+    """A dense layer on `x` with the one-hot class appended, in numpy."""
+    kernel, bias = (w.numpy() for w in layer.weights)
+    out = np.concatenate([x, one_hot], axis=1) @ kernel + bias
+    return np.maximum(out, 0) if relu else out
+
+
 @pytest.mark.parametrize("latent_dim", [3, (3, 2)])
 def test_the_elbo_given_the_class_is_the_closed_form(latent_dim):
-    """elbo_terms with labels against the model written out by hand: the
-    one-hot class appended to the encoder's features and to z, Bernoulli
-    log p(x|z, y) from the logits, and the analytic Gaussian KL."""
-    vae = _small_vae(latent_dim=latent_dim)
+    """elbo_terms with labels against the model written out by hand in
+    numpy: the one-hot class appended to the input of every dense layer (the
+    encoder's hidden layer and head, the decoder's hidden layer and output),
+    Bernoulli log p(x|z, y) from the logits, and the analytic Gaussian KL."""
+    vae = VAE(
+        SHAPE, latent_dim=latent_dim, hidden_units=(8,), classes=CLASSES, activation="relu", seed=0
+    )
     x, labels = _binary_images(4), np.array([0, 2, 1, 2])
     noise = np.random.default_rng(1).standard_normal((4, vae.noise_dim)).astype(np.float32)
     terms = vae.elbo_terms(x, noise, labels=labels)
-    one_hot = np.eye(3, dtype=np.float32)[labels]
+    one_hot, flat = np.eye(3, dtype=np.float32)[labels], x.reshape(4, -1)
+    hidden = _dense(vae.encoder.body.layers[1], flat, one_hot, relu=True)
 
     if latent_dim == 3:
-        features = vae.encoder.body(x)
-        raw = vae.encoder.head(tf.concat([features, one_hot], axis=1)).numpy()
+        raw = _dense(vae.encoder.head, hidden, one_hot, relu=False)
         mean, stddev = raw[:, :3], np.log1p(np.exp(raw[:, 3:])) + SCALE_FLOOR
         z = mean + stddev * noise
         kl = 0.5 * np.sum(mean**2 + stddev**2 - 1 - 2 * np.log(stddev), axis=1)
         np.testing.assert_allclose(terms["kl"], kl, rtol=1e-5, atol=1e-5)
-    else:  # the top layer reads the class; the layers below it through z_2
+    else:  # the top head reads the class (d_2 = up(d_1)); the layers below through z_2
         draw = vae.draw(x, noise.T[:, :, None].transpose(2, 1, 0), labels)
-        top = vae.encoder.q_heads[-1](tf.concat([vae.encoder.features(x)[-1], one_hot], 1))
-        np.testing.assert_allclose(draw.q[-1][0], top.numpy()[:, :2], rtol=1e-5, atol=1e-6)
+        kernel, bias = (w.numpy() for w in vae.encoder.up[0].weights)
+        top = _dense(vae.encoder.q_heads[-1], np.maximum(hidden @ kernel + bias, 0), one_hot, False)
+        np.testing.assert_allclose(draw.q[-1][0], top[:, :2], rtol=1e-5, atol=1e-6)
         z = draw.z[0][0].numpy()
-    logits = vae.decoder.body(tf.concat([z, one_hot], axis=1)).numpy().reshape(4, -1)
-    flat = x.reshape(4, -1)
+    first, last = (layer for layer in vae.decoder.body.layers if "dense" in layer.name)
+    logits = _dense(last, _dense(first, z, one_hot, relu=True), one_hot, relu=False)
     log_px = np.sum(flat * logits - np.logaddexp(0, logits), axis=1)
     np.testing.assert_allclose(terms["log_likelihood"], log_px, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(terms["elbo"], terms["log_likelihood"] - terms["kl"], atol=1e-4)
@@ -112,7 +123,8 @@ def test_the_vamp_priors_pseudo_inputs_have_no_class():
     the encoder's head on the features with zeros appended."""
     vae = VAE(SHAPE, latent_dim=3, hidden_units=(8,), classes=CLASSES, prior="vamp:4", seed=0)
     u = tf.clip_by_value(vae.pseudo_inputs, 0.0, 1.0)
-    raw = vae.encoder.head(tf.concat([vae.encoder.body(u), tf.zeros([4, 3])], axis=1)).numpy()
+    hidden = _dense(vae.encoder.body.layers[1], u.numpy().reshape(4, -1), np.zeros((4, 3)), True)
+    raw = _dense(vae.encoder.head, hidden, np.zeros((4, 3)), relu=False)
     components = vae.top_prior().components_distribution
     np.testing.assert_allclose(components.mean(), raw[:, :3], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
@@ -304,9 +316,10 @@ def test_ten_epochs_draw_each_class_a_classifier_recognises(tmp_path, mnist):
     """`tfvae train --conditional --epochs 10`, then 64 samples of each
     class: a linear classifier fitted on the MNIST training pixels (93% on
     the test images) calls most of each class's samples that class, where
-    it would call a tenth of them so by chance. Measured (2026-12-07): 55%
-    for the worst class (0), 68% over all; `RESULTS.md` has the figures of
-    longer runs."""
+    it would call a tenth of them so by chance. `RESULTS.md` ("A
+    class-conditional VAE") has the measured shares: the mean's bound here
+    fails the model whose class joined only the encoder's head and the
+    decoder's input."""
     run = tmp_path / "run"
     tfvae("train", "--conditional", "--epochs", "10", "--run-dir", run, timeout=1200)
     out = tfvae("sample", run, "--class", "7", "-n", "64", "--json", "-o", tmp_path / "7.png")
@@ -320,7 +333,7 @@ def test_ten_epochs_draw_each_class_a_classifier_recognises(tmp_path, mnist):
     for label in range(10):
         drawn = np.asarray(model.sample(64, seed=label, labels=np.full(64, label)))
         right.append(np.mean(classify(drawn) == label))
-    assert min(right) >= 0.4 and np.mean(right) >= 0.6, right
+    assert min(right) >= 0.5 and np.mean(right) >= 0.72, right
 
 
 def test_score_rows_are_the_likelihoods_given_each_images_class(conditional_run, tmp_path):

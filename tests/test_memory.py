@@ -3,6 +3,7 @@ anything is allocated, and what still runs out turned into the same kind of
 line. The command-line cases run in real processes under an address-space
 limit (`RLIMIT_AS`), as on a machine with `ulimit -v`."""
 
+import dataclasses
 import json
 import os
 import resource
@@ -28,21 +29,26 @@ ADDRESS_SPACE = 12 * 2**30
 
 
 @pytest.mark.parametrize(
-    ("arch", "image_shape", "hidden", "latent"),
+    ("arch", "image_shape", "hidden", "latent", "classes"),
     [
-        ("mlp", (28, 28, 1), (400,), 20),
-        ("mlp", (28, 28, 1), (200, 100), 50),
-        ("conv", (28, 28, 1), (64,), 2),
-        ("conv", (30, 22, 3), (32, 16), 5),
-        ("resnet", (28, 28, 1), (64,), 2),
-        ("resnet", (30, 22, 3), (32, 16), 5),
+        ("mlp", (28, 28, 1), (400,), 20, None),
+        ("mlp", (28, 28, 1), (200, 100), 50, None),
+        ("mlp", (28, 28, 1), (200, 100), 50, tuple("0123456789")),
+        ("mlp", (28, 28, 1), (64,), (8, 4), ("a", "b", "c")),
+        ("conv", (28, 28, 1), (64,), 2, None),
+        ("conv", (30, 22, 3), (32, 16), 5, None),
+        ("conv", (30, 22, 3), (32, 16), (5, 3), ("a", "b", "c")),
+        ("resnet", (28, 28, 1), (64,), 2, None),
+        ("resnet", (30, 22, 3), (32, 16), 5, None),
+        ("resnet", (30, 22, 3), (32, 16), 5, ("a", "b")),
     ],
 )
-def test_weight_count_is_the_models(arch, image_shape, hidden, latent):
+def test_weight_count_is_the_models(arch, image_shape, hidden, latent, classes):
     """The estimate's weight count, from the layer sizes alone, equals the
-    count of the model `tfvae.layers` builds."""
+    count of the model `tfvae.layers` builds (a conditional one's too)."""
     stages = {"channels": (16, 24, 32)} if arch == "resnet" else {}
     config = TrainConfig(arch=arch, hidden_units=hidden, latent_dim=latent, **stages)
+    config = dataclasses.replace(config, classes=classes)
     model = VAE(image_shape, config.model)
     assert memory._parameters(config.model, image_shape) == model.count_params()
 

@@ -155,6 +155,8 @@ class _Coder(keras.layers.Layer):
         self.model_config = model_config or settings or ModelConfig()
         self.latent_dim = self.model_config.latent_dim
         self.num_classes = self.model_config.num_classes
+        # A user's body, run as given (`through`).
+        self.own_body = False
 
     def _class_labels(self, labels) -> tf.Tensor:
         if labels is None:
@@ -188,6 +190,7 @@ class _Coder(keras.layers.Layer):
         if not self.num_classes:
             return dense(x)
         labels = self._class_labels(labels)
+        x = tf.cast(x, dense.compute_dtype)
         kernel = tf.cast(dense.kernel, x.dtype)
         n = x.shape[-1]
         if labels.dtype.is_floating:
@@ -198,6 +201,29 @@ class _Coder(keras.layers.Layer):
         if dense.use_bias:
             out += tf.cast(dense.bias, x.dtype)
         return dense.activation(out)
+
+    def through(self, body: keras.Sequential, x, labels=None):
+        """`body` on `x`. In a conditional VAE built on tfvae's own networks
+        every dense layer reads the class beside its input (`class_dense`),
+        so the class shapes every stage rather than one (RESULTS.md, "A
+        class-conditional VAE"); a user's body runs as given."""
+        if not self.num_classes or self.own_body:
+            return body(x)
+        for layer in body.layers:
+            dense = isinstance(layer, keras.layers.Dense)
+            x = self.class_dense(layer, x, labels) if dense else layer(x)
+        return x
+
+    def build_through(self, body: keras.Sequential, shape) -> None:
+        """Build `body` for inputs of `shape` as `through` runs it."""
+        if not self.num_classes or self.own_body:
+            return body.build(shape)
+        x = keras.KerasTensor(shape)
+        for layer in body.layers:
+            if isinstance(layer, keras.layers.Dense):
+                x = keras.KerasTensor((*x.shape[:-1], x.shape[-1] + self.num_classes))
+            x = layer(x)
+        body.built = True
 
     def get_config(self):
         # Flat, as tfvae 0.1.0 wrote it, so files load in either version.
@@ -215,8 +241,9 @@ class GaussianEncoder(_Coder):
 
     The body outputs 2 * latent numbers per image: the mean and a raw scale
     that softplus (plus a small floor) makes positive. A conditional VAE's,
-    q(z|x, y), reads the body's features and the class (`labels` `[batch]`)
-    in a last dense layer, the `head`.
+    q(z|x, y), reads the class (`labels` `[batch]`) in a last dense layer,
+    the `head`, and in every dense layer of tfvae's own body
+    (`_Coder.through`).
     """
 
     def __init__(self, image_shape, model_config: ModelConfig | None = None, body=None, **kwargs):
@@ -224,11 +251,12 @@ class GaussianEncoder(_Coder):
         own = _own_body(self.model_config, "encoder_body", body)
         head = not self.num_classes
         self.body = _encoder_body(self.image_shape, self.model_config, head=head, own=own)
+        self.own_body = own is not None
         if self.num_classes:
             self.head = keras.layers.Dense(2 * self.latent_dim, name="head")
 
     def build(self, input_shape=None):
-        self.body.build((None, *self.image_shape))
+        self.build_through(self.body, (None, *self.image_shape))
         if self.num_classes:
             self.head.build((None, self.model_config.hidden_units[-1] + self.num_classes))
 
@@ -236,7 +264,8 @@ class GaussianEncoder(_Coder):
         """`(z_mean, z_stddev)`, each `[batch, latent]`: the raw tensors for export."""
         if not self.num_classes:
             return gaussian_params(self.body(images))
-        return gaussian_params(self.class_dense(self.head, self.body(images), labels))
+        features = self.through(self.body, images, labels)
+        return gaussian_params(self.class_dense(self.head, features, labels))
 
     def top_params(self, images, labels=None):
         """q(z|x)'s parameters, the top (and only) layer's."""
@@ -291,6 +320,7 @@ class TopDownEncoder(_Coder):
         dims, width, act = config.latent_dims, config.hidden_units[-1], config.activation
         own = _own_body(config, "encoder_body", body)
         self.body = _encoder_body(self.image_shape, config, head=False, own=own)
+        self.own_body = own is not None
         dense = keras.layers.Dense
         self.up = [dense(width, activation=act, name=f"up_{i + 1}") for i in range(1, len(dims))]
         self.down = [
@@ -301,7 +331,7 @@ class TopDownEncoder(_Coder):
 
     def build(self, input_shape=None):
         dims, width = self.model_config.latent_dims, self.model_config.hidden_units[-1]
-        self.body.build((None, *self.image_shape))
+        self.build_through(self.body, (None, *self.image_shape))
         for layer in self.up + self.p_heads:
             layer.build((None, width))
         for i, layer in enumerate(self.down):
@@ -314,9 +344,9 @@ class TopDownEncoder(_Coder):
         """The weights of the prior's top-down network (shared with inference)."""
         return [w for layer in self.down + self.p_heads for w in layer.trainable_weights]
 
-    def features(self, images) -> list[tf.Tensor]:
+    def features(self, images, labels=None) -> list[tf.Tensor]:
         """The bottom-up features `[d_1, ..., d_L]`, each `[batch, width]`."""
-        found = [self.body(images)]
+        found = [self.through(self.body, images, labels)]
         for layer in self.up:
             found.append(layer(found[-1]))
         return found
@@ -324,7 +354,7 @@ class TopDownEncoder(_Coder):
     def top_params(self, images, labels=None):
         """q(z_L | x)'s `(mean, stddev)` `[batch, n_L]`: from the bottom-up pass
         alone (and a conditional VAE's class, `labels` `[batch]`)."""
-        return self._top(self.features(images), labels)
+        return self._top(self.features(images, labels), labels)
 
     def _top(self, features, labels):
         return gaussian_params(self.class_dense(self.q_heads[-1], features[-1], labels))
@@ -350,7 +380,7 @@ class TopDownEncoder(_Coder):
         (bottom first, `[k, batch, n_i]`): every layer's q and p as
         `(mean, stddev)` (p None on top, where it is the model's prior) and
         its codes `[k, batch, n_i]`, bottom first."""
-        found = self.features(images)
+        found = self.features(images, labels)
         last = len(found) - 1
         q, p, z = [None] * len(found), [None] * len(found), [None] * len(found)
         q[last] = self._top(found, labels)
@@ -363,7 +393,7 @@ class TopDownEncoder(_Coder):
     def log_prob_at(self, images, z: list, labels=None):
         """log q(z|x) `[k, batch]` of given codes (bottom first), summed over
         the layers, each given the codes above it."""
-        found = self.features(images)
+        found = self.features(images, labels)
         total = diag_normal(*self._top(found, labels)).log_prob(z[-1])
         for i in reversed(range(len(found) - 1)):
             q_i, _ = self.posterior_params(i, found[i], z[i + 1])
@@ -371,7 +401,7 @@ class TopDownEncoder(_Coder):
         return total
 
     def call(self, images, labels=None):
-        found = self.features(images)
+        found = self.features(images, labels)
         top = self._top(found, labels)
         return self._joint(top, lambda i, z: self.posterior_params(i, found[i], z)[0])
 
@@ -407,8 +437,9 @@ class ImageDecoder(_Coder):
     The body's output is the likelihood's per-pixel parameters (logits, or a
     location and a scale); a Bernoulli is built from logits, never
     probabilities, so log p(x|z) stays exact for saturated pixels. A
-    conditional VAE's, p(x|z, y), reads the codes with the class appended
-    (`labels` `[batch]`).
+    conditional VAE's, p(x|z, y), reads the class (`labels` `[batch]`) in
+    every dense layer of its body (a user's body reads the codes with the
+    class appended).
     """
 
     def __init__(self, image_shape, model_config: ModelConfig | None = None, body=None, **kwargs):
@@ -416,21 +447,18 @@ class ImageDecoder(_Coder):
         self.likelihood = LIKELIHOOD[self.model_config.likelihood]
         own = _own_body(self.model_config, "decoder_body", body)
         self.body = _decoder_body(self.image_shape, self.model_config, own)
+        self.own_body = own is not None
 
     def build(self, input_shape=None):
-        self.body.build((None, self.model_config.latent_dims[0] + self.num_classes))
+        codes = self.model_config.latent_dims[0] + (self.num_classes if self.own_body else 0)
+        self.build_through(self.body, (None, codes))
 
     def outputs(self, z, labels=None):
         """The body's output for codes `[batch, latent]`: pixel logits
         `[batch, h, w, c]`, or locations then raw scales `[batch, h, w, 2c]`
         (`Likelihood.split`)."""
-        first, *rest = self.body.layers
-        if not self.num_classes or not isinstance(first, keras.layers.Dense):
-            return tf.cast(self.body(self.conditioned(z, labels)), tf.float32)
-        x = self.class_dense(first, z, labels)
-        for layer in rest:
-            x = layer(x)
-        return tf.cast(x, tf.float32)
+        codes = self.conditioned(z, labels) if self.own_body else z
+        return tf.cast(self.through(self.body, codes, labels), tf.float32)
 
     def call(self, z, labels=None):
         return self.likelihood.distribution(self.outputs(z, labels))

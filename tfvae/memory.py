@@ -195,6 +195,7 @@ def _parameters(config: ModelConfig, image_shape) -> int:
     extra = _hierarchy(config)[0] + config.pseudo_inputs * pixels
     if config.arch == "mlp":
         decoder = _dense([latent, *hidden[::-1], pixels * per_pixel])
+        extra += _class_rows(config, pixels * per_pixel)
         return _dense([pixels, *hidden, 2 * latent]) + decoder + extra
     channels = image_shape[2]
     out = channels * per_pixel
@@ -208,7 +209,17 @@ def _parameters(config: ModelConfig, image_shape) -> int:
         convs = 9 * channels * 32 + 32 + 9 * 32 * 64 + 64
         transposed = 9 * 64 * 64 + 64 + 9 * 64 * 32 + 32 + 9 * 32 * out + out
     encoder = convs + _dense([flat, *hidden, 2 * latent])
+    extra += _class_rows(config, flat)
     return encoder + _dense([latent, *hidden[::-1], flat]) + transposed + extra
+
+
+def _class_rows(config: ModelConfig, decoder_dense: int) -> int:
+    """The kernel rows a conditional VAE's class adds to every dense layer
+    (`layers._Coder.through`): the hidden layers of both networks, the
+    encoder's top head and the decoder's last dense layer, `decoder_dense`
+    wide."""
+    outputs = 2 * sum(config.hidden_units) + 2 * config.latent_dims[-1] + decoder_dense
+    return config.num_classes * outputs
 
 
 def _step_numbers(config: ModelConfig, image_shape) -> tuple[int, int]:
