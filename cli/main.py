@@ -915,15 +915,24 @@ PICTURE_JSON = "Print what was written as one JSON object (files, sizes, images)
     help="A conditional model's class to draw, by name or index; repeat it for several, "
     "one row each [default: one row per class, -n shared among them].",
 )
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Scale of the prior's standard deviations: 1 draws from the model; lower gives "
+    "more typical, less varied images; 0 decodes the prior's means.",
+)
 @click.option("--json", "as_json", is_flag=True, help=PICTURE_JSON)
 @user_errors
-def sample(run_dir, count, seed, binary, classes, output, as_json):
+def sample(run_dir, count, seed, binary, classes, temperature, output, as_json):
     """Decode images from the prior z ~ N(0, I) into a grid picture.
 
     \b
     Examples:
       tfvae sample runs/mnist -n 100 --seed 3 -o samples.png
       tfvae sample runs/mnist-conditional --class 7 -n 64
+      tfvae sample runs/mnist --temperature 0.7
     """
     from tfvae import plots
     from tfvae.runs import load_model
@@ -931,12 +940,14 @@ def sample(run_dir, count, seed, binary, classes, output, as_json):
     path, chosen = _output(run_dir, output, f"samples-seed{seed}.png")
     model = load_model(run_dir)
     labels = [model.class_index(name) for name in classes]
-    facts = {"image_shape": list(model.image_shape), "seed": seed}
+    facts = {"image_shape": list(model.image_shape), "seed": seed, "temperature": temperature}
     if model.conditional:
-        picture, labels, count = plots.samples_of_classes(model, count, seed, binary, labels)
+        picture, labels, count = plots.samples_of_classes(
+            model, count, seed, binary, labels, temperature
+        )
         facts["classes"] = [model.classes[i] for i in labels]
     else:
-        picture = plots.samples(model, count, seed=seed, binary=binary)
+        picture = plots.samples(model, count, seed=seed, binary=binary, temperature=temperature)
     facts = {"images": count, **facts}
     _write_picture(picture, path, chosen, as_json, **facts, binary=binary)
     drawn = f" of {', '.join(facts['classes'])}" if model.conditional else ""

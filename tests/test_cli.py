@@ -98,6 +98,27 @@ def test_sample_png_is_a_seeded_grid(run_2d_2_epochs, tmp_path):
     assert np.abs(pictures[0].astype(int) - pictures[2]).max() > 0
 
 
+@pytest.mark.slow
+def test_sample_at_temperature_zero_draws_one_image(run_2d_2_epochs, tmp_path):
+    """Every cell is the decoder's image of z = 0, and the JSON says the
+    temperature."""
+    out = tfvae(
+        "sample",
+        run_2d_2_epochs,
+        "-n",
+        "4",
+        "--temperature",
+        "0",
+        "--json",
+        "-o",
+        tmp_path / "t0.png",
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1])["temperature"] == 0.0
+    cell = grid_cells(np.asarray(Image.open(tmp_path / "t0.png")), (28, 28))
+    for row, column in [(0, 1), (1, 0), (1, 1)]:
+        np.testing.assert_array_equal(cell(row, column), cell(0, 0))
+
+
 def grid_cells(picture: np.ndarray, size: tuple[int, int], scale: int = 2, gap: int = 2):
     """`cell(row, column)`: the pixels of one cell of a picture grid."""
     height, width = size[0] * scale, size[1] * scale
@@ -406,6 +427,7 @@ def test_pictures_are_written_as_their_suffix_says_and_json_lists_them(
         "images": 4,
         "image_shape": [28, 28, 1],
         "seed": 2,
+        "temperature": 1.0,
         "binary": False,
     }
     assert result.stderr == f"Wrote 4 samples to {out}\n"

@@ -136,6 +136,26 @@ def test_sampling_is_ancestral_shaped_and_fixed_by_its_seed():
     assert set(np.unique(binary)) <= {0.0, 1.0}
 
 
+@pytest.mark.parametrize("latent_dim", [4, (5, 3, 2)])
+def test_a_temperature_scales_the_priors_spread(latent_dim):
+    """Temperature 1 is the model's own draw; 0 decodes the prior's means:
+    under N(0, I) the decoder at z = 0 (descended along the layers' means),
+    under a VampPrior one of its components' means; 0.5 lies between."""
+    for prior in ("normal", "vamp:3"):
+        vae = model(latent_dim, prior)
+        drawn = {t: vae.sample(6, seed=4, temperature=t).numpy() for t in (0.0, 0.5, 1.0)}
+        np.testing.assert_array_equal(drawn[1.0], vae.sample(6, seed=4).numpy())
+        if prior == "normal":
+            means = vae.decoded_means(np.zeros((1, vae.code_dim), np.float32)).numpy()
+        else:
+            centres = vae.top_prior().components_distribution.mean()
+            means = vae.decoded_means(centres).numpy()
+        gaps = np.abs(drawn[0.0][:, None] - means[None]).reshape(6, len(means), -1).max(-1)
+        assert gaps.min(axis=1).max() < 1e-5
+        spread = {t: np.abs(d - drawn[0.0]).mean() for t, d in drawn.items()}
+        assert 0 < spread[0.5] < spread[1.0]
+
+
 def test_a_hierarchical_vamp_model_survives_a_safe_mode_keras_round_trip(tmp_path):
     """Saved and loaded in safe mode: the same class and settings, and the
     same reconstructions and ELBO terms for the same noise."""

@@ -185,18 +185,21 @@ class VAE(keras.Model):
         """The N(0, 1) numbers one draw of z takes: every layer's, bottom first."""
         return sum(self.latent_dims)
 
-    def top_prior(self) -> tfd.Distribution:
+    def top_prior(self, temperature: float = 1.0) -> tfd.Distribution:
         """p(z_L), event shape `[code_dim]`: N(0, I), or the VampPrior
         (Tomczak & Welling, 2018), the equal mixture of q(z_L | u_k) at the K
         pseudo-inputs u_k (learned images, clipped to [0, 1]). A
         conditional VAE's pseudo-inputs have no class (a zero one-hot vector),
-        so its prior stays p(z), the same for every class."""
+        so its prior stays p(z), the same for every class. A `temperature`
+        scales its (each component's) standard deviations (`sample`)."""
         count = self.model_config.pseudo_inputs
         if not count:
-            return diag_normal(tf.zeros([self.code_dim]), tf.ones([self.code_dim]))
+            ones = tf.ones([self.code_dim])
+            return diag_normal(tf.zeros([self.code_dim]), temperature * ones)
         pseudo_inputs = tf.clip_by_value(self.pseudo_inputs, 0.0, 1.0)
         no_class = self._labels(tf.zeros([count, len(self.classes or ())]))
-        components = diag_normal(*self.encoder.top_params(pseudo_inputs, no_class))  # batch [K]
+        mean, stddev = self.encoder.top_params(pseudo_inputs, no_class)
+        components = diag_normal(mean, temperature * stddev)  # batch [K]
         mix = tfd.Categorical(logits=tf.zeros([count]))
         return tfd.MixtureSameFamily(mix, components)
 
@@ -286,10 +289,11 @@ class VAE(keras.Model):
         ]
         return tf.concat(parts, axis=0)
 
-    def descend(self, codes, seed=None):
+    def descend(self, codes, seed=None, temperature: float = 1.0):
         """z_1 `[batch, n_1]` from top-layer `codes` `[batch, code_dim]` down the
-        prior: each layer drawn from p(z_i | z_(i+1)) with stateless `seed`,
-        or without one its mean. One layer: the codes themselves."""
+        prior: each layer drawn from p(z_i | z_(i+1)) with stateless `seed`
+        (its standard deviation scaled by `temperature`), or without one its
+        mean. One layer: the codes themselves."""
         z = codes
         for i in reversed(range(len(self.latent_dims) - 1)):
             mean, stddev = self.encoder.prior_params(i, z)
@@ -297,7 +301,7 @@ class VAE(keras.Model):
                 z = mean
             else:
                 layer_seed = tf.random.experimental.stateless_fold_in(seed, i)
-                z = mean + stddev * tf.random.stateless_normal(
+                z = mean + temperature * stddev * tf.random.stateless_normal(
                     tf.shape(mean), layer_seed, alg="philox"
                 )
         return z
@@ -312,11 +316,24 @@ class VAE(keras.Model):
         the layers below at the prior's means (`descend`)."""
         return self.decoder.mean(self.descend(codes), self._labels(labels))
 
-    def sample(self, n: int, seed: int | None = None, binary: bool = False, labels=None):
+    def sample(
+        self,
+        n: int,
+        seed: int | None = None,
+        binary: bool = False,
+        labels=None,
+        temperature: float = 1.0,
+    ):
         """`n` images from the prior as intensities in [0, 1]: pixel means, or
         draws from p(x|z) if `binary` (Bernoulli pixels for the Bernoulli).
         Ancestral: the top layer from its prior, each layer below from
         p(z_i | z_(i+1)); a conditional VAE's of the classes `labels` `[n]`.
+
+        `temperature` t scales every layer's prior standard deviation (z ~
+        N(0, t^2 I) under the default prior), as Glow and NVAE sample: 1 draws
+        from the model itself; below 1, codes nearer the prior's centre, where
+        the decoder has seen more of them, give more typical and less varied
+        images; 0 decodes the prior's means.
 
         The same `seed` always gives the same images; without one the model's
         seed generator advances. A Python `n` is decoded `DECODE_BATCH` codes
@@ -328,11 +345,13 @@ class VAE(keras.Model):
             tf.random.experimental.stateless_split(_stateless_seed(draw), 2)
         )
         if self.model_config.pseudo_inputs:
-            z = self.top_prior().sample(n, seed=z_seed)
+            z = self.top_prior(temperature).sample(n, seed=z_seed)
         else:
-            z = tf.random.stateless_normal([n, self.code_dim], seed=z_seed, alg="philox")
+            normal = tf.random.stateless_normal([n, self.code_dim], seed=z_seed, alg="philox")
+            z = temperature * normal
         if len(self.latent_dims) > 1:
-            z = self.descend(z, tf.random.experimental.stateless_fold_in(z_seed, 1))
+            layer_seed = tf.random.experimental.stateless_fold_in(z_seed, 1)
+            z = self.descend(z, layer_seed, temperature)
         eager = isinstance(n, int | np.integer)
         step = DECODE_BATCH if eager else n
         likelihood, parts = self.decoder.likelihood, []

@@ -117,36 +117,51 @@ def reconstructions(model, images: np.ndarray, columns: int = 16, labels=None) -
 
 
 def samples(
-    model, n: int = 64, seed: int = 0, binary: bool = False, labels=None, columns=None
+    model,
+    n: int = 64,
+    seed: int = 0,
+    binary: bool = False,
+    labels=None,
+    columns=None,
+    temperature: float = 1.0,
 ) -> Image.Image:
     """Images decoded from prior draws z ~ N(0, I), `columns` to a row (a
-    square by default); a conditional VAE's of the classes `labels` `[n]`."""
+    square by default); a conditional VAE's of the classes `labels` `[n]`;
+    at a `temperature` (`VAE.sample`)."""
     check_grid(n, model.image_shape, "samples")
-    images = np.asarray(model.sample(n, seed=seed, binary=binary, labels=labels))
+    drawn = model.sample(n, seed=seed, binary=binary, labels=labels, temperature=temperature)
+    images = np.asarray(drawn)
     return image_grid(images, columns=columns or math.ceil(math.sqrt(n)))
 
 
 def class_samples(
-    model, per_class: int = 8, seed: int = 0, binary: bool = False, classes=None
+    model,
+    per_class: int = 8,
+    seed: int = 0,
+    binary: bool = False,
+    classes=None,
+    temperature: float = 1.0,
 ) -> Image.Image:
     """A conditional VAE's samples, one row of `per_class` for each of
     `classes` (label indices; by default the first `CLASS_ROWS` classes)."""
     classes = np.arange(min(len(model.classes), CLASS_ROWS)) if classes is None else classes
     labels = np.repeat(np.asarray(classes, np.int32), per_class)
-    return samples(model, len(labels), seed, binary, labels=labels, columns=per_class)
+    n = len(labels)
+    return samples(model, n, seed, binary, labels, per_class, temperature)
 
 
 def samples_of_classes(
-    model, n: int, seed: int = 0, binary: bool = False, classes=()
+    model, n: int, seed: int = 0, binary: bool = False, classes=(), temperature: float = 1.0
 ) -> tuple[Image.Image, list[int], int]:
     """A conditional VAE's samples, the label indices drawn and how many
     images: `n` of one class in a square, or, for several `classes` (or
     none: every class), one row each, `n` shared among them."""
     if len(classes) == 1:
-        return samples(model, n, seed, binary, labels=list(classes) * n), list(classes), n
+        labels = list(classes) * n
+        return samples(model, n, seed, binary, labels, temperature=temperature), list(classes), n
     classes = list(classes) or list(range(len(model.classes)))
     per_class = max(1, n // len(classes))
-    picture = class_samples(model, per_class, seed, binary, classes)
+    picture = class_samples(model, per_class, seed, binary, classes, temperature)
     return picture, classes, per_class * len(classes)
 
 
