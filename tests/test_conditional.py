@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from harness import TINY_OPTIONS, assert_clean_failure, invoke, tfvae
 from PIL import Image
+from tiny_tfds import write_tiny_streamed
 
 from tfvae.data import image_pipeline, load_dataset, train_pipeline
 from tfvae.data.streams import STREAM_ENV
@@ -204,6 +205,40 @@ def test_streamed_folder_batches_carry_their_folders_class(tmp_path, monkeypatch
     for batch in train_pipeline(data, 7, seed=1, labels=True):
         for image, label in zip(batch["intensities"].numpy(), batch["labels"].numpy(), strict=True):
             assert data.classes[label] == decoded[image.tobytes()]
+
+
+def test_streamed_tfds_batches_read_each_records_label(tmp_path, monkeypatch):
+    """tiny_streamed: pixel value = example index, label = index % 3. Its
+    records stream with each example's label beside its image, and the
+    held-out images' labels are read without their images."""
+    write_tiny_streamed(tmp_path, "grey")
+    monkeypatch.setenv(STREAM_ENV, "0")
+    data = load_dataset("tfds:tiny_streamed/grey", data_dir=str(tmp_path))
+    assert data.streamed and data.class_names() == ("0", "1", "2")
+    rest, _ = data.hold_out(6)
+    test_index = np.asarray(data.test_images)[:, 0, 0, 0].astype(int)
+    held, _ = data.facts("train", 6)
+    held_index = np.asarray(data.train_images[-6:])[:, 0, 0, 0].astype(int)
+    np.testing.assert_array_equal(held, held_index % 3)
+    seen = []
+    for batch in train_pipeline(rest, 7, seed=1, labels=True):
+        index = np.rint(batch["intensities"].numpy()[:, 0, 0, 0]).astype(int)
+        np.testing.assert_array_equal(batch["labels"].numpy(), index % 3)
+        seen += list(index)
+    assert sorted(seen + list(held_index)) == sorted(set(range(40)) - set(test_index))
+
+
+def test_a_conditional_run_trains_on_a_streamed_tfds_set(tmp_path, monkeypatch):
+    write_tiny_streamed(tmp_path, "grey")
+    monkeypatch.setenv(STREAM_ENV, "0")
+    run = tmp_path / "run"
+    options = ["--dataset", "tfds:tiny_streamed/grey", "--data-dir", tmp_path, "--conditional"]
+    result = invoke("train", *TINY_OPTIONS, *options, "--validation", "6", "--run-dir", run)
+    assert result.exit_code == 0, result.output
+    assert "streamed from disk" in result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["classes"] == ["0", "1", "2"]
+    assert config["status"] == "finished"
 
 
 # --- the command line ----------------------------------------------------------

@@ -282,13 +282,13 @@ TFDS_WORKER_SCRIPT = textwrap.dedent(
     # number): the real reader, watched.
     read, shuffled = [], TfdsImages.shuffled
 
-    def watched(self, seed, share=None):
+    def watched(self, seed, share=None, labels=False):
         def record(index, image):
             seen = tf.numpy_function(
                 lambda v: (read.append(int(v)), v)[1], [image[0, 0, 0]], tf.uint8, stateful=True)
             with tf.control_dependencies([seen]):
                 return index, tf.identity(image)
-        return shuffled(self, seed, share).map(record)
+        return shuffled(self, seed, share, labels).map(record)
 
     TfdsImages.shuffled = watched
     config = TrainConfig(strategy=strategy, dataset="tfds:tiny_streamed/grey", data_dir=data_dir,

@@ -12,6 +12,7 @@ from tfvae.config import LEVELS, pixel_treatment
 
 if TYPE_CHECKING:
     from tfvae.data.streams import ScoredImages, StreamedImages
+    from tfvae.data.tfds import TfdsLabels
 
 # The test split is binarized once with this seed (numpy PCG64), the same
 # draw as the PyTorch peer's, so test figures compare across runs and packages.
@@ -25,7 +26,8 @@ HELD_OUT_FRACTION = 0.1
 @dataclasses.dataclass(frozen=True)
 class ImageDataset:
     """Train and test images (uint8 `[n, h, w, c]`, in memory or streamed from
-    disk) with optional integer labels.
+    disk) with optional integer labels (a TFDS set streamed from its records
+    reads its training labels when they are used: `tfds.TfdsLabels`).
 
     `binary` marks sets whose pixels are already 0/1 (then they are never
     binarized again); otherwise pixels are grey levels 0..255.
@@ -34,7 +36,7 @@ class ImageDataset:
     name: str
     train_images: np.ndarray | StreamedImages
     test_images: np.ndarray | StreamedImages
-    train_labels: np.ndarray | None = None
+    train_labels: np.ndarray | TfdsLabels | None = None
     test_labels: np.ndarray | None = None
     binary: bool = False
     # The class names by label index, where the set names them (folders, TFDS).
@@ -89,7 +91,7 @@ class ImageDataset:
         if last is not None:
             labels = None if labels is None else labels[-last:]
             paths = None if paths is None else paths[-last:]
-        return labels, paths
+        return None if labels is None else np.asarray(labels), paths
 
     def class_names(self) -> tuple[str, ...]:
         """The names of the classes a conditional VAE reads, by label index:
@@ -97,12 +99,6 @@ class ImageDataset:
         of MNIST). A set without labels is refused."""
         from tfvae.errors import DataError
 
-        if self.train_labels is None and self.test_labels is not None:
-            raise DataError(
-                f"{self.name}: its training labels are not read when its images stream from "
-                "TFDS records, and --conditional reads each image's class; hold the set in "
-                "memory (TFVAE_STREAM_ABOVE_MB above its size)"
-            )
         if self.train_labels is None:
             raise DataError(
                 f"{self.name}: this set has no labels, and --conditional reads each image's "

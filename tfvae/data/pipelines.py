@@ -90,9 +90,9 @@ def train_pipeline(
     `tf.distribute`).
     """
     pixels = pixel_treatment(pixels, binarize)
-    classes = _label_table(data.train_labels) if labels else None
     if data.streamed:
-        return _streamed_train(data.train_images, batch_size, pixels, seed, share, classes)
+        return _streamed_train(data, batch_size, pixels, seed, share, labels)
+    classes = _label_table(data.train_labels) if labels else None
     import tensorflow as tf
 
     images, binary = tf.constant(data.train_images), data.binary
@@ -148,11 +148,17 @@ def _keys(size, pair):
 
 
 def _streamed_train(
-    images, batch_size: int, pixels: str, seed: int, share: Share | None, classes=None
+    data: ImageDataset,
+    batch_size: int,
+    pixels: str,
+    seed: int,
+    share: Share | None,
+    labels: bool = False,
 ):
     """`train_pipeline` for `streams.StreamedImages`: `(index, uint8 images,
     keys)` batches (`_file_batches` or `_record_batches`) in the one batch
-    format.
+    format; with `labels`, image files' gathered from the split's labels by
+    index, records' read beside their images.
 
     Alone it is one pass of unknown length: Keras then makes one iterator
     for each of the first two epochs, so one process trains on the passes 1
@@ -168,11 +174,17 @@ def _streamed_train(
 
     from tfvae.data.streams import scored
 
-    read = _file_batches if hasattr(images, "decode") else _record_batches
-    batches = read(images, batch_size, seed, share)
+    images, classes = data.train_images, None
+    if hasattr(images, "decode"):
+        batches = _file_batches(images, batch_size, seed, share)
+        classes = _label_table(data.train_labels) if labels else None
+    else:
+        batches = _record_batches(images, batch_size, seed, share, labels)
 
-    def as_batch(idx, levels, keys):
-        return _with_labels(pixels_of(idx, levels, keys), classes, idx)
+    def as_batch(idx, levels, *read):
+        *label, keys = read
+        batch = _with_labels(pixels_of(idx, levels, keys), classes, idx)
+        return {**batch, "labels": tf.cast(label[0], tf.int32)} if label else batch
 
     def pixels_of(idx, levels, keys):
         if images.binary:
@@ -206,12 +218,13 @@ def _file_batches(images, batch_size: int, seed: int, share: Share | None):
     )
 
 
-def _record_batches(images, batch_size: int, seed: int, share: Share | None):
-    """TFDS records, read in shuffled file order through a shuffle buffer;
-    with a `share`, each worker reads its own files (`_worker_batches`)."""
+def _record_batches(images, batch_size: int, seed: int, share: Share | None, labels: bool = False):
+    """TFDS records, read in shuffled file order through a shuffle buffer
+    (with their `labels` if asked); with a `share`, each worker reads its
+    own files (`_worker_batches`)."""
     import tensorflow as tf
 
-    examples = images.shuffled(seed, share)
+    examples = images.shuffled(seed, share, labels)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     if share is None:
         read = examples.batch(batch_size)
@@ -242,8 +255,9 @@ def _replica_rows(idx, keys, share: Share):
 
 
 def _worker_batches(examples, batch_size: int, share: Share):
-    """A worker's own `examples` (`(index, image)`), without end, as one batch
-    per replica of `share`, sized as `_replica_rows` splits a global batch.
+    """A worker's own `examples` (`(index, image)`, and labels if read),
+    without end, as one batch per replica of `share`, sized as
+    `_replica_rows` splits a global batch.
 
     The examples repeat before they are batched, so no batch is cut short
     where the worker's pass ends: the workers' passes differ in length (each
@@ -256,10 +270,10 @@ def _worker_batches(examples, batch_size: int, share: Share):
     offset = bounds[share.first]
     rows = examples.repeat().batch(bounds[share.first + share.replicas] - offset)
 
-    def replicas(index, pixels):
+    def replicas(*parts):
         def rows_of(j):
             start, stop = tf.gather(bounds, j) - offset, tf.gather(bounds, j + 1) - offset
-            return index[start:stop], pixels[start:stop]
+            return tuple(part[start:stop] for part in parts)
 
         return tf.data.Dataset.range(share.first, share.first + share.replicas).map(rows_of)
 

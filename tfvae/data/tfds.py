@@ -125,6 +125,8 @@ class TfdsImages(StreamedImages):
     image_shape: tuple[int, int, int]
     resize: tuple[int, int] | None = None
     binary: bool = False
+    # The integer label's feature, read beside the image for a conditional VAE.
+    label_key: str | None = None
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -145,10 +147,11 @@ class TfdsImages(StreamedImages):
         worker streams whole files of its own."""
         return len(self.builder.info.splits[self.sliced].file_instructions)
 
-    def _read(self, seed: int | None = None, context=None):
+    def _read(self, seed: int | None = None, context=None, labels: bool = False):
         """`(index, image)`: the examples in order, or, with a `seed`, in
         shuffled file order (the files of pipeline `context` only); `index` is
-        then a hash of the example's TFDS id, the same in every pass."""
+        then a hash of the example's TFDS id, the same in every pass. With
+        `labels`, `(index, image, label)`."""
         config = tfds.ReadConfig(
             try_autocache=False,
             shuffle_seed=seed,
@@ -166,7 +169,8 @@ class TfdsImages(StreamedImages):
             image = image if self.resize is None else area_resize(image, self.resize)
             if seed is None:
                 return image
-            return tf.strings.to_hash_bucket_fast(example["tfds_id"], 2**62), image
+            index = tf.strings.to_hash_bucket_fast(example["tfds_id"], 2**62)
+            return (index, image, example[self.label_key]) if labels else (index, image)
 
         return examples.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -175,10 +179,11 @@ class TfdsImages(StreamedImages):
         index = tf.data.Dataset.range(len(self)).batch(batch_size)
         return tf.data.Dataset.zip(index, images).prefetch(tf.data.AUTOTUNE)
 
-    def shuffled(self, seed: int, share=None):
-        """One pass in a shuffled order, `(index, image)` (see `_read`): the
-        files shuffled, then `SHUFFLE_BUFFER` examples; under a `share`
-        (`pipelines.Share`), only this worker's files."""
+    def shuffled(self, seed: int, share=None, labels: bool = False):
+        """One pass in a shuffled order, `(index, image)` (and the `labels`
+        if asked; see `_read`): the files shuffled, then `SHUFFLE_BUFFER`
+        examples; under a `share` (`pipelines.Share`), only this worker's
+        files."""
         context = None
         if share is not None:
             context = tf.distribute.InputContext(
@@ -186,7 +191,7 @@ class TfdsImages(StreamedImages):
                 input_pipeline_id=share.first // share.replicas,
                 num_replicas_in_sync=share.total,
             )
-        examples = self._read(seed, context)
+        examples = self._read(seed, context, labels)
         return examples.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
 
 
@@ -196,7 +201,7 @@ def _streamed(spec: str, builder, splits, keys, shape, resize) -> ImageDataset:
 
     def examples(split: str) -> TfdsImages:
         n = info.splits[split].num_examples
-        return TfdsImages(builder, split, 0, n, image_key, shape, resize)
+        return TfdsImages(builder, split, 0, n, image_key, shape, resize, label_key=label_key)
 
     train = examples(train_split)
     if test_split is not None:
@@ -210,21 +215,38 @@ def _streamed(spec: str, builder, splits, keys, shape, resize) -> ImageDataset:
         name=spec,
         train_images=train,
         test_images=test,
-        test_labels=None if label_key is None else _labels(test, label_key),
+        train_labels=None if label_key is None else TfdsLabels(train),
+        test_labels=None if label_key is None else np.asarray(TfdsLabels(test)),
         binary=binary,
     )
 
 
-def _labels(images: TfdsImages, label_key: str) -> np.ndarray:
-    """The labels of `images`, read without decoding the images."""
-    examples = images.builder.as_dataset(
-        split=images.sliced,
-        shuffle_files=False,
-        read_config=tfds.ReadConfig(try_autocache=False),
-        decoders={images.image_key: tfds.decode.SkipDecoding()},
-    )
-    labels = examples.map(lambda example: example[label_key]).batch(_READ_BATCH)
-    return np.concatenate(list(labels.as_numpy_iterator())).astype(np.int64)
+@dataclasses.dataclass(frozen=True)
+class TfdsLabels:
+    """The labels of streamed `images`, read from their records (without
+    decoding the images) only when used as an array: a run reads the labels
+    it needs (a held-out slice's, say), not a pass over the whole split.
+    Training reads each example's label beside its image (`TfdsImages.shuffled`)."""
+
+    images: TfdsImages
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: slice) -> TfdsLabels:
+        return TfdsLabels(self.images[index])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        images = self.images
+        examples = images.builder.as_dataset(
+            split=images.sliced,
+            shuffle_files=False,
+            read_config=tfds.ReadConfig(try_autocache=False),
+            decoders={images.image_key: tfds.decode.SkipDecoding()},
+        )
+        labels = examples.map(lambda example: example[images.label_key]).batch(_READ_BATCH)
+        found = np.concatenate(list(labels.as_numpy_iterator())).astype(np.int64)
+        return found if dtype is None else found.astype(dtype)
 
 
 def is_binary(*arrays: np.ndarray) -> bool:
