@@ -3,6 +3,7 @@ image's class, the labels through every pipeline, and what a user sees."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import tensorflow as tf
 from harness import TINY_OPTIONS, assert_clean_failure, invoke, tfvae
 from PIL import Image
+from test_cli import grid_cells
 from tiny_tfds import write_tiny_streamed
 
 from tfvae.data import image_pipeline, load_dataset, train_pipeline
@@ -354,21 +356,31 @@ def test_ten_epochs_draw_each_class_a_classifier_recognises(tmp_path, mnist):
     it would call a tenth of them so by chance. `RESULTS.md` ("A
     class-conditional VAE") has the measured shares: the mean's bound here
     fails the model whose class joined only the encoder's head and the
-    decoder's input."""
+    decoder's input. At `--temperature 0.5` at least 90% of every class's
+    samples are that class (measured: 97% for the worst)."""
     run = tmp_path / "run"
     tfvae("train", "--conditional", "--epochs", "10", "--run-dir", run, timeout=1200)
-    out = tfvae("sample", run, "--class", "7", "-n", "64", "--json", "-o", tmp_path / "7.png")
+    picture = tmp_path / "7.png"
+    out = tfvae(
+        "sample", run, "--class", "7", "-n", "64", "--temperature", "0.5", "--json", "-o", picture
+    )
     assert json.loads(out.stdout.strip().splitlines()[-1])["classes"] == ["7"]
     classify = _softmax_regression(mnist.train_images / 255.0, mnist.train_labels)
     assert np.mean(classify(mnist.test_images / 255.0) == mnist.test_labels) > 0.9
+    cell = grid_cells(np.asarray(Image.open(picture)), (28, 28))  # 8 x 8, dark on white
+    cells = itertools.product(range(8), range(8))
+    sevens = np.stack([(255.0 - cell(row, column)[::2, ::2]) / 255.0 for row, column in cells])
+    assert np.mean(classify(sevens) == 7) >= 0.9
     from tfvae.runs import load_model
 
     model = load_model(run)
-    right = []
-    for label in range(10):
-        drawn = np.asarray(model.sample(64, seed=label, labels=np.full(64, label)))
-        right.append(np.mean(classify(drawn) == label))
-    assert min(right) >= 0.5 and np.mean(right) >= 0.72, right
+    right = {1.0: [], 0.5: []}
+    for label, temperature in itertools.product(range(10), right):
+        labels = np.full(64, label)
+        drawn = np.asarray(model.sample(64, seed=label, labels=labels, temperature=temperature))
+        right[temperature].append(np.mean(classify(drawn) == label))
+    assert min(right[1.0]) >= 0.5 and np.mean(right[1.0]) >= 0.72, right
+    assert min(right[0.5]) >= 0.9, right
 
 
 def test_score_rows_are_the_likelihoods_given_each_images_class(conditional_run, tmp_path):
