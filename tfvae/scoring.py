@@ -404,7 +404,7 @@ def _normal_source(
     unseen_labels = None
     if full.train_labels is not None:
         unseen_labels = full.train_labels[config.limit or len(full.train_labels) :]
-        unseen_labels = unseen_labels[:MAX_NORMAL_IMAGES]
+        unseen_labels = np.asarray(unseen_labels[:MAX_NORMAL_IMAGES])
     as_test = dataclasses.replace(
         full, test_images=unseen, test_labels=unseen_labels, test_paths=None
     )
