@@ -40,26 +40,24 @@ INITIAL_RAW_SCALE = math.log(math.expm1(INITIAL_SCALE))
 
 
 class PixelBernoulli(tfd.Bernoulli):
-    """`tfd.Bernoulli` whose `log_prob` from logits is TensorFlow's fused
-    sigmoid cross-entropy, x * l - softplus(l).
+    """`tfd.Bernoulli` whose `log_prob` from logits is x * l - softplus(l):
+    two elementwise kernels over the pixels, the targets broadcast against
+    the logits of several draws without a copy.
 
-    TFP's own evaluates two softplus per pixel, softplus(l) and softplus(-l).
-    In the XLA-compiled step of Burda et al.'s batch-20 model both were
-    unfused log1p kernels over every pixel of the batch; dropping one made
-    that step faster (benchmarks/RESULTS.md). Both forms are exact for any
-    logit and for grey-level targets x in [0, 1].
+    TFP's own evaluates two softplus per pixel, softplus(l) and softplus(-l),
+    and TensorFlow's sigmoid cross-entropy six kernels on shapes it first
+    copies to be equal; the importance-weighted estimate makes these passes
+    over `[samples x images, pixels]` for every chunk, so they bound its
+    speed beside the decoder's matmuls (benchmarks/RESULTS.md). Accurate to
+    float32 rounding for any logit and for grey-level targets x in [0, 1].
     """
 
     def _log_prob(self, event):
         if self._logits is None:
             return super()._log_prob(event)
         logits = tf.convert_to_tensor(self._logits)
-        labels = tf.cast(event, logits.dtype)
         # Codes `[samples, batch, latent]` give logits with a leading axis.
-        shape = tf.broadcast_dynamic_shape(tf.shape(logits), tf.shape(labels))
-        return -tf.nn.sigmoid_cross_entropy_with_logits(
-            labels=tf.broadcast_to(labels, shape), logits=tf.broadcast_to(logits, shape)
-        )
+        return tf.cast(event, logits.dtype) * logits - tf.nn.softplus(logits)
 
 
 def _independent(pixels: tfd.Distribution) -> tfd.Distribution:
