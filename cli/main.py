@@ -917,7 +917,7 @@ PICTURE_JSON = "Print what was written as one JSON object (files, sizes, images)
 )
 @click.option(
     "--temperature",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0, max=10),
     default=1.0,
     show_default=True,
     help="Scale of the prior's standard deviations: 1 draws from the model; lower gives "

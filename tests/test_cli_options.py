@@ -256,6 +256,12 @@ TABLE: dict[str, dict[str, list[Bad]]] = {
         "binary": flag("--binary"),
         # A name or an index of the model's classes, checked once the model loads.
         "classes": [Bad(("--class",), "requires an argument")],
+        "temperature": [
+            Bad(("--temperature", "-0.5"), r"0<=x<=10"),
+            Bad(("--temperature", "11"), r"0<=x<=10"),
+            Bad(("--temperature", "nan"), r"0<=x<=10"),
+            Bad(("--temperature", "warm"), "not a valid float"),
+        ],
         "output": [Bad(("-o", A_FOLDER), "is a directory"), Bad(("--output", A_FOLDER), "")],
         "as_json": flag("--json"),
     },
