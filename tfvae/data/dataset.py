@@ -11,8 +11,7 @@ import numpy as np
 from tfvae.config import LEVELS, pixel_treatment
 
 if TYPE_CHECKING:
-    from tfvae.data.streams import ScoredImages, StreamedImages
-    from tfvae.data.tfds import TfdsLabels
+    from tfvae.data.streams import ScoredImages, StreamedImages, StreamedLabels
 
 # The test split is binarized once with this seed (numpy PCG64), the same
 # draw as the PyTorch peer's, so test figures compare across runs and packages.
@@ -27,7 +26,7 @@ HELD_OUT_FRACTION = 0.1
 class ImageDataset:
     """Train and test images (uint8 `[n, h, w, c]`, in memory or streamed from
     disk) with optional integer labels (a TFDS set streamed from its records
-    reads its training labels when they are used: `tfds.TfdsLabels`).
+    reads its training labels when they are used: `streams.StreamedLabels`).
 
     `binary` marks sets whose pixels are already 0/1 (then they are never
     binarized again); otherwise pixels are grey levels 0..255.
@@ -36,7 +35,7 @@ class ImageDataset:
     name: str
     train_images: np.ndarray | StreamedImages
     test_images: np.ndarray | StreamedImages
-    train_labels: np.ndarray | TfdsLabels | None = None
+    train_labels: np.ndarray | StreamedLabels | None = None
     test_labels: np.ndarray | None = None
     binary: bool = False
     # The class names by label index, where the set names them (folders, TFDS).

@@ -174,12 +174,8 @@ def _streamed_train(
 
     from tfvae.data.streams import scored
 
-    images, classes = data.train_images, None
-    if hasattr(images, "decode"):
-        batches = _file_batches(images, batch_size, seed, share)
-        classes = _label_table(data.train_labels) if labels else None
-    else:
-        batches = _record_batches(images, batch_size, seed, share, labels)
+    images = data.train_images
+    batches, classes = _stream_batches(data, batch_size, seed, share, labels)
 
     def as_batch(idx, levels, *read):
         *label, keys = read
@@ -200,6 +196,17 @@ def _streamed_train(
     if share is None:
         batches = batches.filter(lambda *batch: True)  # length unknown
     return batches.map(as_batch).prefetch(PREFETCH)
+
+
+def _stream_batches(data: ImageDataset, batch_size: int, seed: int, share, labels: bool):
+    """A streamed split's `(index, levels, [labels,] keys)` batches, and the
+    table image files' labels are gathered from by index (records carry
+    their labels in the batch)."""
+    images = data.train_images
+    if hasattr(images, "decode"):
+        classes = _label_table(data.train_labels) if labels else None
+        return _file_batches(images, batch_size, seed, share), classes
+    return _record_batches(images, batch_size, seed, share, labels), None
 
 
 def _file_batches(images, batch_size: int, seed: int, share: Share | None):

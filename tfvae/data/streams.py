@@ -81,6 +81,26 @@ class StreamedImages:
 
 
 @dataclasses.dataclass(frozen=True)
+class StreamedLabels:
+    """The labels of streamed `images`, read (`images.read_labels()`) only
+    when used as an array: a run reads the labels it needs, a held-out
+    slice's say, not a pass over the whole split. Training reads each
+    example's label beside its image instead (`TfdsImages.shuffled`)."""
+
+    images: StreamedImages
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: slice) -> StreamedLabels:
+        return StreamedLabels(self.images[index])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        labels = self.images.read_labels()
+        return labels if dtype is None else labels.astype(dtype)
+
+
+@dataclasses.dataclass(frozen=True)
 class ImageFiles(StreamedImages):
     """A split of image files, decoded only when read: uint8 `[h, w, c]` each."""
 

@@ -23,7 +23,13 @@ import tensorflow_datasets as tfds
 from tfvae import memory
 from tfvae.data.dataset import HELD_OUT_FRACTION, ImageDataset
 from tfvae.data.images import area_resize
-from tfvae.data.streams import ARRAY_BATCH, StreamedImages, in_order, stream_threshold
+from tfvae.data.streams import (
+    ARRAY_BATCH,
+    StreamedImages,
+    StreamedLabels,
+    in_order,
+    stream_threshold,
+)
 from tfvae.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -174,6 +180,18 @@ class TfdsImages(StreamedImages):
 
         return examples.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
 
+    def read_labels(self) -> np.ndarray:
+        """These examples' labels, int64 `[n]` in order, read without
+        decoding the images."""
+        examples = self.builder.as_dataset(
+            split=self.sliced,
+            shuffle_files=False,
+            read_config=tfds.ReadConfig(try_autocache=False),
+            decoders={self.image_key: tfds.decode.SkipDecoding()},
+        )
+        labels = examples.map(lambda example: example[self.label_key]).batch(_READ_BATCH)
+        return np.concatenate(list(labels.as_numpy_iterator())).astype(np.int64)
+
     def batches(self, batch_size: int = ARRAY_BATCH):
         images = self._read().batch(batch_size)
         index = tf.data.Dataset.range(len(self)).batch(batch_size)
@@ -215,38 +233,10 @@ def _streamed(spec: str, builder, splits, keys, shape, resize) -> ImageDataset:
         name=spec,
         train_images=train,
         test_images=test,
-        train_labels=None if label_key is None else TfdsLabels(train),
-        test_labels=None if label_key is None else np.asarray(TfdsLabels(test)),
+        train_labels=None if label_key is None else StreamedLabels(train),
+        test_labels=None if label_key is None else test.read_labels(),
         binary=binary,
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class TfdsLabels:
-    """The labels of streamed `images`, read from their records (without
-    decoding the images) only when used as an array: a run reads the labels
-    it needs (a held-out slice's, say), not a pass over the whole split.
-    Training reads each example's label beside its image (`TfdsImages.shuffled`)."""
-
-    images: TfdsImages
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: slice) -> TfdsLabels:
-        return TfdsLabels(self.images[index])
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        images = self.images
-        examples = images.builder.as_dataset(
-            split=images.sliced,
-            shuffle_files=False,
-            read_config=tfds.ReadConfig(try_autocache=False),
-            decoders={images.image_key: tfds.decode.SkipDecoding()},
-        )
-        labels = examples.map(lambda example: example[images.label_key]).batch(_READ_BATCH)
-        found = np.concatenate(list(labels.as_numpy_iterator())).astype(np.int64)
-        return found if dtype is None else found.astype(dtype)
 
 
 def is_binary(*arrays: np.ndarray) -> bool:
