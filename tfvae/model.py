@@ -197,7 +197,7 @@ class VAE(keras.Model):
             ones = tf.ones([self.code_dim])
             return diag_normal(tf.zeros([self.code_dim]), temperature * ones)
         pseudo_inputs = tf.clip_by_value(self.pseudo_inputs, 0.0, 1.0)
-        no_class = self._labels(tf.zeros([count, len(self.classes or ())]))
+        no_class = tf.zeros([count, len(self.classes)]) if self.conditional else None
         mean, stddev = self.encoder.top_params(pseudo_inputs, no_class)
         components = diag_normal(mean, temperature * stddev)  # batch [K]
         mix = tfd.Categorical(logits=tf.zeros([count]))
