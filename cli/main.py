@@ -253,7 +253,7 @@ def main():
     """tfvae: a variational auto-encoder (Kingma & Welling) in Keras 3 and TFP.
 
     \b
-    Typical session:
+    A typical first run:
       tfvae train --epochs 10 --run-dir runs/mnist
       tfvae resume runs/mnist --epochs 20
       tfvae evaluate runs/mnist --k 5000
@@ -350,7 +350,7 @@ def main():
     type=POSITIVE,
     default=DEFAULTS.epochs,
     show_default=True,
-    help="Passes over the training set (the default takes about 10 minutes on a 2-core CPU).",
+    help="Passes over the training set.",
 )
 @click.option(
     "--batch-size",
@@ -778,7 +778,7 @@ def score(run_dir, dataset, split, k, score_name, fpr, no_threshold, output, out
 
     \b
     Examples:
-      tfvae score runs/mnist -o scores.csv
+      tfvae score runs/mnist-val -o scores.csv
       tfvae score runs/parts --dataset images:new_parts -k 1000 -o scores.jsonl
     """
     from tfvae import plots

@@ -353,8 +353,8 @@ def test_ten_epochs_draw_each_class_a_classifier_recognises(tmp_path, mnist):
     """`tfvae train --conditional --epochs 10`, then 64 samples of each
     class: a linear classifier fitted on the MNIST training pixels (93% on
     the test images) calls most of each class's samples that class, where
-    it would call a tenth of them so by chance. `RESULTS.md` ("A
-    class-conditional VAE") has the measured shares: the mean's bound here
+    it would call a tenth of them so by chance. docs/results/likelihoods.md
+    ("A class-conditional VAE") has the measured shares: the mean's bound here
     fails the model whose class joined only the encoder's head and the
     decoder's input. At `--temperature 0.5` at least 90% of every class's
     samples are that class (measured: 97% for the worst)."""

@@ -1,7 +1,8 @@
 """Exports of models with the grey- and colour-level likelihoods: each format
-carries the mean and the likelihood's parameters under the names the README
-documents, and matches Keras (the SavedModel in a fresh Python without tfvae,
-the TFLite files in LiteRT, the ONNX files in onnxruntime)."""
+carries the mean and the likelihood's parameters under the names the export
+guide (docs/guide/export.md) documents, and matches Keras (the SavedModel in a
+fresh Python without tfvae, the TFLite files in LiteRT, the ONNX files in
+onnxruntime)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tfvae.likelihoods import continuous_bernoulli_mean
 from tfvae.model import VAE
 
 N_IMAGES = 32
-# What the decoders return per likelihood (README, "Export").
+# What the decoders return per likelihood (docs/guide/export.md).
 DECODER_OUTPUTS = {
     "continuous-bernoulli": {"mean", "logits"},
     "logistic": {"mean", "location", "scale"},

@@ -173,7 +173,7 @@ def _limited(command: list[str], cwd: Path, limit: int = ADDRESS_SPACE, script=N
     # TensorFlow's own thread count, not the suite's one: with one intra-op
     # thread, an IWAE step that slips past the estimate made TensorFlow abort
     # (std::bad_alloc, or a thread it could not start) before its
-    # ResourceExhaustedError reached tfvae (README, "Known limits").
+    # ResourceExhaustedError reached tfvae (docs/guide/limits.md, "Known limits").
     unset = {"TF_CPP_MIN_LOG_LEVEL", "TF_NUM_INTRAOP_THREADS"}
     env = {k: v for k, v in os.environ.items() if k not in unset}
     return subprocess.run(

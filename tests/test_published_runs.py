@@ -1,6 +1,6 @@
-"""The run folders behind the README's likelihood table (`benchmarks/runs/`):
+"""The run folders behind the README's results table (`benchmarks/runs/`):
 they load, their weights are the ones that gave the figures recorded when
-they finished, and they have the active units benchmarks/RESULTS.md gives."""
+they finished, and they have the active units docs/results/literature.md gives."""
 
 from pathlib import Path
 
@@ -48,7 +48,7 @@ def test_a_published_run_rescores_its_recorded_test_elbo(published):
 
 
 def test_a_published_run_has_its_recorded_active_units(published):
-    """The counts benchmarks/RESULTS.md quotes. Every unit's variance is far
+    """The counts docs/results/literature.md quotes. Every unit's variance is far
     from the threshold (active ones above 0.2, the rest below 0.0015), so
     rounding cannot move a count; counted by standard deviation instead, the
     IWAE run's 26 collapsed units (sd 0.013 to 0.038) would count too: 50."""

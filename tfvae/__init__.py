@@ -13,7 +13,7 @@ import importlib.util
 import sys
 
 # The one version string; pyproject.toml reads it from here.
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _API = {
     "VAE": "tfvae.model",

@@ -151,7 +151,17 @@ class Settings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
-        """Validate untrusted JSON: unknown keys and wrong types are refused."""
+        """The settings of untrusted JSON, such as a `config.json`, validated.
+
+        Args:
+            values: Field names to JSON values (lists for tuples).
+
+        Returns:
+            (Settings): An instance of this class.
+
+        Raises:
+            ConfigError: An unknown key, or a value of the wrong type or range.
+        """
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"config: unknown settings {sorted(unknown)}")
@@ -165,7 +175,8 @@ class Settings:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON values (lists for tuples)."""
+        """The settings as plain JSON values (lists for tuples), which
+        `from_dict` reads back."""
         return {
             key: list(value) if isinstance(value, tuple) else value
             for key, value in dataclasses.asdict(self).items()
@@ -199,7 +210,33 @@ _OBJECTIVE_RULES: dict[str, Rule] = {
 class ModelConfig(Settings):
     """The shape of the encoder and decoder: with the image shape, all that
     the VAE's weights depend on. Layer sizes run from the image to z; the
-    decoder mirrors them."""
+    decoder mirrors them.
+
+    Attributes:
+        arch: The networks: `mlp` (dense layers), `conv` (two stride-2
+            convolutions before the dense layers, as in the keras.io
+            example) or `resnet` (residual stages, `tfvae.resnet`).
+        latent_dim: The size of z; or one size per stochastic layer, bottom
+            first (`(32, 16)`), for a hierarchical VAE.
+        hidden_units: The dense layers' sizes, from the image towards z.
+        activation: `relu`, `tanh`, `elu` or `softplus`.
+        likelihood: p(x|z) per pixel: `bernoulli`, `continuous-bernoulli`,
+            `logistic` or `gaussian` (`tfvae.likelihoods`).
+        prior: `normal`, N(0, I), or `vamp:K`, the VampPrior of K
+            pseudo-inputs.
+        encoder_body: Your own encoder network (`tfvae.bodies`) as its Keras
+            config; a Keras layer given here is stored as its config.
+        decoder_body: Your own decoder network, likewise.
+        channels: The resnet body's channels, one per stage; each stage
+            halves the grid.
+        blocks: Residual blocks in each resnet stage.
+        classes: A conditional VAE's class names by label index; None for
+            an unconditional VAE.
+
+    Raises:
+        ConfigError: A value is out of its range, or `channels` and `blocks`
+            are given for an arch other than `resnet`.
+    """
 
     arch: str = "mlp"
     latent_dim: int | tuple[int, ...] = 20
@@ -344,7 +381,25 @@ class ObjectiveConfig(Settings):
     gradient below: Kingma et al. 2016); or the negative importance-weighted
     bound of `k` samples (`iwae`), whose encoder gradient is the bound's own
     or DReG's (`gradient_estimator`). With the image shape and the
-    `ModelConfig`, all a VAE is built from."""
+    `ModelConfig`, all a VAE is built from.
+
+    Attributes:
+        objective: `elbo` (Kingma & Welling) or `iwae` (the importance-weighted
+            bound of Burda et al.).
+        k: Samples of z per image: the IWAE's k; the ELBO averages over them.
+        beta: The KL's weight (a beta-VAE); 1 is the ELBO.
+        kl_warmup_steps: Steps over which the KL's weight ramps up linearly
+            from 0 to `beta`; 0 for none.
+        gradient_estimator: The encoder's gradient of the IWAE bound:
+            `standard`, the bound's own, or `dreg`, the doubly reparameterized
+            estimator of Tucker et al. (2018), less noisy as k grows.
+        free_bits: Nats of KL each layer counts as at least, over the batch;
+            0 for none.
+
+    Raises:
+        ConfigError: A value is out of its range, or `dreg` is asked for with
+            the ELBO.
+    """
 
     objective: str = "elbo"
     k: int = 1
@@ -385,8 +440,53 @@ class TrainConfig(ModelConfig):
 
     Defaults are the seed's model (784-400-20 MLP, Adam, batch 128), trained
     for 250 epochs with the learning rate falling from 2e-3 to 0 along a
-    cosine: the best test likelihood this model reached in about ten minutes
-    on a 2-core CPU (benchmarks/RESULTS.md compares the schedules).
+    cosine: of the schedules and lengths tried within a small CPU's short
+    budget, the one with the best likelihood, and chosen again on held-out
+    validation images (docs/results/likelihoods.md#how-the-defaults-were-chosen compares them).
+
+    Every `ModelConfig` field is a field here too; the others are:
+
+    Attributes:
+        likelihood: As in `ModelConfig`; None picks `logistic` for image
+            folders and `bernoulli` for the rest, as the MNIST-family
+            literature scores them.
+        dataset: `mnist`, `idx:DIR`, `images:DIR` or `tfds:NAME[/CONFIG]`
+            (`tfvae.data.load_dataset`).
+        data_dir: TFDS's data folder, for `tfds:` sets.
+        resize: `(height, width)` every image is brought to; None keeps
+            their size.
+        epochs: Passes over the training images.
+        batch_size: The global batch, split across replicas.
+        learning_rate: Adam's learning rate; the peak under `cosine`.
+        lr_schedule: `cosine` (from the rate down to 0 over the run),
+            `constant` or `burda` (Burda et al.'s stages, scaled to `epochs`).
+        adam_epsilon: Adam's epsilon.
+        binarize: For the Bernoulli: `dynamic` (a fresh draw every pass),
+            `static` (one fixed draw) or `none` (grey levels as targets).
+        objective: As in `ObjectiveConfig`.
+        gradient_estimator: As in `ObjectiveConfig`.
+        k: As in `ObjectiveConfig`.
+        beta: As in `ObjectiveConfig`.
+        kl_warmup: Epochs over which the KL's weight ramps up from 0.
+        free_bits: As in `ObjectiveConfig`.
+        clip_norm: The gradient's global norm is clipped to this; None for
+            no clipping.
+        seed: Seeds the weights, the shuffling and every draw of the run.
+        strategy: The `tf.distribute` strategy: `auto`, `default`,
+            `one-device`, `mirrored`, `multi-worker` or `tpu`.
+        jit_compile: XLA-compile the training step; None: on, but off for
+            the convolutional bodies on the CPU and under the mirrored and
+            multi-worker strategies.
+        mixed_precision: float16 compute with float32 variables and losses.
+        steps_per_execution: Training steps per call into TensorFlow; None:
+            32, but 1 under the mirrored and multi-worker strategies.
+        limit: Use only the first N training and test images.
+        validation: Training images held out and scored after every epoch;
+            0 scores the test images instead.
+        init_from: A finished run folder whose weights the run starts from.
+        pictures_every: Epochs between TensorBoard pictures; 0 for none.
+        conditional: Condition on the data set's labels; `classes` is then
+            filled from the set.
     """
 
     # None: `logistic` for image folders, `bernoulli` (binarized) for the rest,
@@ -468,7 +568,15 @@ class TrainConfig(ModelConfig):
         self.objective_config()  # the objective's own rules, said in one place
 
     def objective_config(self, steps_per_epoch: int = 1) -> ObjectiveConfig:
-        """The objective's settings, the KL warm-up counted in steps."""
+        """The objective's settings, from which the VAE is built with `model`.
+
+        Args:
+            steps_per_epoch: Training steps per epoch, to count the KL
+                warm-up's epochs in steps.
+
+        Returns:
+            The objective's settings, the KL warm-up in steps.
+        """
         return ObjectiveConfig(
             objective=self.objective,
             k=self.k,

@@ -149,8 +149,8 @@ class Placement:
             (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy),
         )
         gpus = tf.config.list_logical_devices("GPU")
-        # XLA speeds the MLP up on the CPU but slows the conv body down
-        # (benchmarks/RESULTS.md); on GPUs it helps both.
+        # XLA speeds the MLP up on the CPU but slows the conv body down; on GPUs
+        # it helps both (docs/results/speed.md#the-conv-body-and-a-mirrored-strategy-on-the-cpu).
         auto_jit = not replicated and (config.arch not in CONV_ARCHS or bool(gpus))
         jit = auto_jit if config.jit_compile is None else config.jit_compile
         steps = config.steps_per_execution or (1 if replicated else 32)

@@ -53,7 +53,7 @@ def compiled_vae(config: TrainConfig, data: RunData, placement: Placement) -> VA
                 ),
                 # XLA on by default, CPU included: the step's random numbers
                 # are integer hashes (`tfvae.noise`), and fused the step runs
-                # faster (benchmarks/RESULTS.md).
+                # faster (see docs/results/speed.md#random-numbers-drawn-in-the-step).
                 jit_compile=jit_compile,
                 steps_per_execution=steps_per_execution,
             )

@@ -205,8 +205,9 @@ class _Coder(keras.layers.Layer):
     def through(self, body: keras.Sequential, x, labels=None):
         """`body` on `x`. In a conditional VAE built on tfvae's own networks
         every dense layer reads the class beside its input (`class_dense`),
-        so the class shapes every stage rather than one (RESULTS.md, "A
-        class-conditional VAE"); a user's body runs as given."""
+        so the class shapes every stage rather than one (see
+        docs/results/likelihoods.md#a-class-conditional-vae); a user's body
+        runs as given."""
         if not self.num_classes or self.own_body:
             return body(x)
         for layer in body.layers:
@@ -242,11 +243,21 @@ class GaussianEncoder(_Coder):
     The body outputs 2 * latent numbers per image: the mean and a raw scale
     that softplus (plus a small floor) makes positive. A conditional VAE's,
     q(z|x, y), reads the class (`labels` `[batch]`) in a last dense layer,
-    the `head`, and in every dense layer of tfvae's own body
-    (`_Coder.through`).
+    the `head`, and in every dense layer of tfvae's own body.
     """
 
     def __init__(self, image_shape, model_config: ModelConfig | None = None, body=None, **kwargs):
+        """Make the body (and a conditional encoder's head) from the config.
+
+        Args:
+            image_shape (tuple[int, int, int]): The images' `[height, width,
+                channels]`.
+            model_config: The network's shape (default: `ModelConfig()`).
+            body (keras.layers.Layer | None): Your own body in place of the
+                arch's network (`tfvae.bodies`).
+            **kwargs (Any): `ModelConfig` fields by name, as saved configs
+                hold them, and `keras.layers.Layer`'s own arguments.
+        """
         super().__init__(image_shape, model_config, **kwargs)
         own = _own_body(self.model_config, "encoder_body", body)
         head = not self.num_classes
@@ -261,7 +272,17 @@ class GaussianEncoder(_Coder):
             self.head.build((None, self.model_config.hidden_units[-1] + self.num_classes))
 
     def params(self, images, labels=None):
-        """`(z_mean, z_stddev)`, each `[batch, latent]`: the raw tensors for export."""
+        """q(z|x)'s parameters as plain tensors, the form the exports use.
+
+        Args:
+            images (tf.Tensor): float32 `[batch, height, width, channels]`.
+            labels (tf.Tensor | None): A conditional VAE's classes, int
+                `[batch]`.
+
+        Returns:
+            (tuple[tf.Tensor, tf.Tensor]): `(z_mean, z_stddev)`, float32
+                `[batch, latent]` each.
+        """
         if not self.num_classes:
             return gaussian_params(self.body(images))
         features = self.through(self.body, images, labels)
@@ -285,6 +306,17 @@ class GaussianEncoder(_Coder):
         return diag_normal(*self.params(images, labels)).log_prob(z)
 
     def call(self, images, labels=None):
+        """q(z|x) of `images`.
+
+        Args:
+            images (tf.Tensor): float32 `[batch, height, width, channels]`.
+            labels (tf.Tensor | None): A conditional VAE's classes, int
+                `[batch]`.
+
+        Returns:
+            (tfd.Distribution): `diag_normal`, batch shape `[batch]`, event
+                shape `[latent]`.
+        """
         return diag_normal(*self.params(images, labels))
 
 
@@ -304,7 +336,8 @@ class TopDownEncoder(_Coder):
     [d_i, h_i], so a fresh q is its prior and the KL measures only what x
     adds. Every upper layer is as wide as the body's last hidden layer.
     (With tanh, the learned priors' scales drift up and saturate the
-    decoder: deep models want relu or elu, benchmarks/RESULTS.md.)
+    decoder: deep models want relu or elu; see
+    docs/results/likelihoods.md#tanh-saturates-relu-trains.)
 
     `call` returns q over all layers as one `tfd.JointDistributionCoroutine`
     drawn top first: a sample is a tuple `(z_L, ..., z_1)` (its fields named
@@ -315,6 +348,18 @@ class TopDownEncoder(_Coder):
     """
 
     def __init__(self, image_shape, model_config: ModelConfig | None = None, body=None, **kwargs):
+        """Make the body and the layers' networks from the config, whose
+        `latent_dim` gives one size per stochastic layer, bottom first.
+
+        Args:
+            image_shape (tuple[int, int, int]): The images' `[height, width,
+                channels]`.
+            model_config: The network's shape (default: `ModelConfig()`).
+            body (keras.layers.Layer | None): Your own body in place of the
+                arch's network (`tfvae.bodies`).
+            **kwargs (Any): `ModelConfig` fields by name, as saved configs
+                hold them, and `keras.layers.Layer`'s own arguments.
+        """
         super().__init__(image_shape, model_config, **kwargs)
         config = self.model_config
         dims, width, act = config.latent_dims, config.hidden_units[-1], config.activation
@@ -352,16 +397,35 @@ class TopDownEncoder(_Coder):
         return found
 
     def top_params(self, images, labels=None):
-        """q(z_L | x)'s `(mean, stddev)` `[batch, n_L]`: from the bottom-up pass
-        alone (and a conditional VAE's class, `labels` `[batch]`)."""
+        """q(z_L | x)'s parameters, from the bottom-up pass alone: the top
+        layer's codes are what pictures and exports decode.
+
+        Args:
+            images (tf.Tensor): float32 `[batch, height, width, channels]`.
+            labels (tf.Tensor | None): A conditional VAE's classes, int
+                `[batch]`.
+
+        Returns:
+            (tuple[tf.Tensor, tf.Tensor]): `(mean, stddev)`, float32
+                `[batch, n_L]` each.
+        """
         return self._top(self.features(images, labels), labels)
 
     def _top(self, features, labels):
         return gaussian_params(self.class_dense(self.q_heads[-1], features[-1], labels))
 
     def prior_params(self, i: int, z_above):
-        """p(z_i | z_(i+1))'s `(mean, stddev)` for layer `i` (0: the bottom),
-        given the layer above's codes `[..., n_(i+1)]`."""
+        """p(z_i | z_(i+1))'s parameters: the prior of a layer below the top,
+        given the codes of the layer above.
+
+        Args:
+            i: The layer, 0 for the bottom one (z_1), at most L - 2.
+            z_above (tf.Tensor): The codes of layer i + 1, `[..., n_(i+1)]`.
+
+        Returns:
+            (tuple[tf.Tensor, tf.Tensor]): `(mean, stddev)`, float32
+                `[..., n_i]` each.
+        """
         return gaussian_params(_on_rows(lambda z: self.p_heads[i](self.down[i](z)), z_above))
 
     def posterior_params(self, i: int, d_i, z_above):
@@ -401,11 +465,33 @@ class TopDownEncoder(_Coder):
         return total
 
     def call(self, images, labels=None):
+        """q(z|x) over all the layers of `images`.
+
+        Args:
+            images (tf.Tensor): float32 `[batch, height, width, channels]`.
+            labels (tf.Tensor | None): A conditional VAE's classes, int
+                `[batch]`.
+
+        Returns:
+            (tfd.JointDistributionCoroutine): Drawn top first; a sample is
+                the tuple `(z_L, ..., z_1)`, each `[batch, n_i]`.
+        """
         found = self.features(images, labels)
         top = self._top(found, labels)
         return self._joint(top, lambda i, z: self.posterior_params(i, found[i], z)[0])
 
     def prior(self, top: tfd.Distribution) -> tfd.Distribution:
+        """p(z) over all the layers, in the same form as `call`'s q(z|x).
+
+        Args:
+            top: The top layer's prior, event shape `[n_L]`
+                (`VAE.top_prior`).
+
+        Returns:
+            A joint distribution drawn top first, each layer below given the
+                one above; `sample(n)` gives a tuple `(z_L, ..., z_1)`, each
+                `[n, n_i]`.
+        """
         return self._joint(top, self.prior_params)
 
     def _joint(self, top, below) -> tfd.Distribution:
@@ -443,6 +529,17 @@ class ImageDecoder(_Coder):
     """
 
     def __init__(self, image_shape, model_config: ModelConfig | None = None, body=None, **kwargs):
+        """Make the body from the config; its `likelihood` picks p(x|z).
+
+        Args:
+            image_shape (tuple[int, int, int]): The images' `[height, width,
+                channels]`.
+            model_config: The network's shape (default: `ModelConfig()`).
+            body (keras.layers.Layer | None): Your own body in place of the
+                arch's network (`tfvae.bodies`).
+            **kwargs (Any): `ModelConfig` fields by name, as saved configs
+                hold them, and `keras.layers.Layer`'s own arguments.
+        """
         super().__init__(image_shape, model_config, **kwargs)
         self.likelihood = LIKELIHOOD[self.model_config.likelihood]
         own = _own_body(self.model_config, "decoder_body", body)
@@ -454,17 +551,47 @@ class ImageDecoder(_Coder):
         self.build_through(self.body, (None, codes))
 
     def outputs(self, z, labels=None):
-        """The body's output for codes `[batch, latent]`: pixel logits
-        `[batch, h, w, c]`, or locations then raw scales `[batch, h, w, 2c]`
-        (`Likelihood.split`)."""
+        """The body's raw output, the likelihood's parameters per pixel.
+
+        Args:
+            z (tf.Tensor): Codes `[batch, latent]` (z_1's with several layers).
+            labels (tf.Tensor | None): A conditional VAE's classes, int
+                `[batch]`.
+
+        Returns:
+            (tf.Tensor): float32 pixel logits `[batch, height, width,
+                channels]`, or locations then raw scales `[batch, height,
+                width, 2 * channels]` (`Likelihood.split`).
+        """
         codes = self.conditioned(z, labels) if self.own_body else z
         return tf.cast(self.through(self.body, codes, labels), tf.float32)
 
     def call(self, z, labels=None):
+        """p(x|z) of codes `z`.
+
+        Args:
+            z (tf.Tensor): Codes `[batch, latent]` (z_1's with several layers).
+            labels (tf.Tensor | None): A conditional VAE's classes, int
+                `[batch]`.
+
+        Returns:
+            (tfd.Distribution): batch shape `[batch]`, event shape `[height,
+                width, channels]`.
+        """
         return self.likelihood.distribution(self.outputs(z, labels))
 
     def mean(self, z, labels=None):
-        """E[x|z] as intensities in [0, 1], `[batch, h, w, c]`."""
+        """E[x|z], the images a code stands for.
+
+        Args:
+            z (tf.Tensor): Codes `[batch, latent]` (z_1's with several layers).
+            labels (tf.Tensor | None): A conditional VAE's classes, int
+                `[batch]`.
+
+        Returns:
+            (tf.Tensor): float32 `[batch, height, width, channels]`,
+                intensities in [0, 1].
+        """
         return self.likelihood.mean(self.outputs(z, labels))
 
     def exported(self, z, labels=None):
@@ -474,3 +601,5 @@ class ImageDecoder(_Coder):
 
 # The name of tfvae 0.1.0, whose only likelihood was the Bernoulli (the default).
 BernoulliDecoder = ImageDecoder
+"""`ImageDecoder` under its tfvae 0.1.0 name, when the Bernoulli was the only
+likelihood; kept so that code written then still runs."""

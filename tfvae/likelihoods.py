@@ -2,8 +2,9 @@
 
 The decoder's body gives, per pixel and channel, logits for the Bernoulli
 kinds, and a location and a scale for the others (both functions of z:
-a scale learned per pixel but shared by all images gave 5.4 bits/dim for
-the Gaussian on MNIST, worse than independent pixels, benchmarks/RESULTS.md).
+with a scale learned per pixel but shared by all images, the Gaussian
+scored MNIST worse than independent pixels; see
+docs/results/likelihoods.md#why-the-decoder-predicts-the-scale).
 Images reach the model as floats in [0, 1]; each likelihood scores them as
 its own events:
 
@@ -48,8 +49,9 @@ class PixelBernoulli(tfd.Bernoulli):
     and TensorFlow's sigmoid cross-entropy six kernels on shapes it first
     copies to be equal; the importance-weighted estimate makes these passes
     over `[samples x images, pixels]` for every chunk, so they bound its
-    speed beside the decoder's matmuls (benchmarks/RESULTS.md). Accurate to
-    float32 rounding for any logit and for grey-level targets x in [0, 1].
+    speed beside the decoder's matmuls (see
+    docs/results/speed.md#the-bernoulli-log-probability-in-two-kernels).
+    Accurate to float32 rounding for any logit and for grey-level targets x in [0, 1].
     """
 
     def _log_prob(self, event):

@@ -25,16 +25,19 @@ from tfvae.errors import OutOfMemoryError
 FLOAT = 4  # bytes of a float32
 # Copies of every weight at the peak of a run: the weight, its gradient,
 # Adam's two moments, and the copies that initialising and checkpointing
-# make (measured 7.8 with 6000-unit layers, benchmarks/RESULTS.md).
+# make (measured with wide layers, whose weights dominate; see
+# docs/results/memory.md#the-training-estimate-against-measured-peaks).
 STATE_COPIES = 8
 # Numbers a step holds for each number of the forward pass, kept for the
 # backward pass with their gradients: hidden layers, and pixel-sized tensors
 # (logits, targets broadcast to them, per-pixel log-densities and their
-# gradients). Calibrated on IWAE K=500 and a batch of 4,000 (RESULTS.md).
+# gradients). Calibrated on IWAE K=500 and a batch of 4,000
+# (docs/results/memory.md).
 HIDDEN_COPIES = 3
 PIXEL_COPIES = 12
 # The conv body's feature maps: its unfused convolution gradients keep about
-# twice what dense layers do (calibrated on conv with K=50, RESULTS.md).
+# twice what dense layers do (calibrated on conv with K=50,
+# docs/results/memory.md).
 MAP_COPIES = 6
 
 

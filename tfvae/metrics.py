@@ -18,8 +18,9 @@ class MeanTerms(keras.metrics.Metric):
     One `total` vector `[terms]` and one `count` rather than a
     `keras.metrics.Mean` per term: under XLA on the CPU every Mean update is a
     few tiny kernels of its own, and four of them took a large share of a
-    batch-20 training step (benchmarks/RESULTS.md). `result()` is a dict,
-    which Keras spreads into the logs.
+    batch-20 training step (see
+    docs/results/speed.md#where-a-step-spends-its-time). `result()` is a
+    dict, which Keras spreads into the logs.
     """
 
     def __init__(self, names, name: str = "terms", **kwargs):

@@ -80,14 +80,32 @@ class VAE(keras.Model):
         seed: int | None = None,
         **kwargs,
     ):
-        """Built from the image shape `[h, w, c]` and two configs: the
-        `ModelConfig` shapes the encoder and decoder, the `ObjectiveConfig`
-        says what training minimises. Either may also come as its fields in
-        keyword arguments (`latent_dim=2`, `objective="iwae"`, `k=50`), as
-        tfvae 0.1.0 took them and as saved configs hold them.
-        `encoder_body=` and `decoder_body=` take your own Keras layers in place
-        of the arch's networks, used as given (`tfvae.bodies` says their
-        shapes)."""
+        """Build the encoder, the decoder and, under the VampPrior, its pseudo-inputs.
+
+        Every weight is created here, so a model saves and reloads whole
+        before it has seen a batch.
+
+        Args:
+            image_shape (tuple[int, int, int]): The images' `[height, width,
+                channels]`.
+            model_config: The shape of the encoder and decoder (default:
+                `ModelConfig()`, an MLP with one hidden layer of 400 units and
+                20 latent units).
+            objective_config: What training minimises (default:
+                `ObjectiveConfig()`, the negative ELBO).
+            seed: Seeds the model's own draws: the pseudo-inputs' initial
+                values, and the noise of `sample` and of plain image batches
+                when they come without a seed of their own.
+            **kwargs (Any): Either config's fields by name (`latent_dim=2`,
+                `objective="iwae"`, `k=50`), as tfvae 0.1.0 took them and as
+                saved configs hold them; `encoder_body=` and `decoder_body=`,
+                your own Keras layers in place of the arch's networks, used as
+                given (`tfvae.bodies` says their shapes); the rest go to
+                `keras.Model`.
+
+        Raises:
+            ConfigError: A setting is invalid; the message names it.
+        """
         bodies = {
             side: kwargs.pop(side)
             for side in SIDES
@@ -129,7 +147,18 @@ class VAE(keras.Model):
         return bool(self.classes)
 
     def class_index(self, name: str | int) -> int:
-        """The label index of a class given by its name or its index."""
+        """The label index of a class, for `labels`.
+
+        Args:
+            name: A class name of `classes`, or an index into them.
+
+        Returns:
+            The class's index in `classes`.
+
+        Raises:
+            ConfigError: The model is not conditional, or `name` is not one
+                of its classes.
+        """
         if not self.conditional:
             raise ConfigError(
                 "this model is not conditional: --class needs a model trained with --conditional"
@@ -145,8 +174,15 @@ class VAE(keras.Model):
         )
 
     def every_class(self, n: int) -> np.ndarray | None:
-        """Labels for `n` draws of a conditional VAE, every class in turn,
-        int32 `[n]`; None for an unconditional VAE."""
+        """Labels that take every class in turn (0, 1, ..., 0, 1, ...), for
+        `n` draws of a conditional VAE.
+
+        Args:
+            n: How many labels.
+
+        Returns:
+            int32 `[n]`, or None for an unconditional VAE.
+        """
         return np.arange(n, dtype=np.int32) % len(self.classes) if self.conditional else None
 
     def _labels(self, labels):
@@ -186,12 +222,20 @@ class VAE(keras.Model):
         return sum(self.latent_dims)
 
     def top_prior(self, temperature: float = 1.0) -> tfd.Distribution:
-        """p(z_L), event shape `[code_dim]`: N(0, I), or the VampPrior
-        (Tomczak & Welling, 2018), the equal mixture of q(z_L | u_k) at the K
-        pseudo-inputs u_k (learned images, clipped to [0, 1]). A
-        conditional VAE's pseudo-inputs have no class (a zero one-hot vector),
-        so its prior stays p(z), the same for every class. A `temperature`
-        scales its (each component's) standard deviations (`sample`)."""
+        """p(z_L), the prior of the top layer's codes: N(0, I), or the
+        VampPrior (Tomczak & Welling, 2018), the equal mixture of q(z_L | u_k)
+        at the K pseudo-inputs u_k (learned images, clipped to [0, 1]).
+
+        A conditional VAE's pseudo-inputs have no class (a zero one-hot
+        vector), so its prior stays p(z), the same for every class.
+
+        Args:
+            temperature: Scales the standard deviations (each mixture
+                component's), as `sample` does.
+
+        Returns:
+            A distribution of event shape `[code_dim]`.
+        """
         count = self.model_config.pseudo_inputs
         if not count:
             ones = tf.ones([self.code_dim])
@@ -205,18 +249,41 @@ class VAE(keras.Model):
 
     @property
     def prior(self) -> tfd.Distribution:
-        """p(z): for one layer, event shape `[latent]`; with several, one
-        joint distribution drawn top first (`TopDownEncoder.prior`)."""
+        """p(z): for one layer `top_prior()`, event shape `[latent]`; with
+        several, one joint distribution drawn top first, each layer given the
+        one above (`TopDownEncoder.prior`)."""
         top = self.top_prior()
         return top if len(self.latent_dims) == 1 else self.encoder.prior(top)
 
     def encode(self, images, labels=None) -> tfd.Distribution:
-        """q(z|x): batch shape `[batch]`, event shape `[latent]`; with several
-        layers, one joint distribution drawn top first (`TopDownEncoder`)."""
+        """q(z|x), the approximate posterior of the codes of `images`.
+
+        Args:
+            images (tf.Tensor): float32 `[batch, height, width, channels]` in
+                [0, 1].
+            labels (tf.Tensor | None): A conditional VAE's classes, int
+                `[batch]`; ignored by an unconditional one.
+
+        Returns:
+            Batch shape `[batch]`, event shape `[latent]`; with several
+                layers, one joint distribution drawn top first, whose samples
+                are tuples `(z_L, ..., z_1)` (`TopDownEncoder`).
+        """
         return self.encoder(images, self._labels(labels))
 
     def decode(self, z, labels=None) -> tfd.Distribution:
-        """p(x|z_1): batch shape `[batch]`, event shape `[height, width, channels]`."""
+        """p(x|z_1), the pixel likelihood given the bottom layer's codes.
+
+        Args:
+            z (tf.Tensor): Codes `[batch, latent]` (z_1's, `[batch, n_1]`,
+                with several layers; `decoded_means` starts from the top).
+            labels (tf.Tensor | None): A conditional VAE's classes, int
+                `[batch]`; ignored by an unconditional one.
+
+        Returns:
+            Batch shape `[batch]`, event shape `[height, width, channels]`,
+                of the config's likelihood (`tfvae.likelihoods`).
+        """
         return self.decoder(z, self._labels(labels))
 
     def build(self, input_shape=None):
@@ -235,9 +302,20 @@ class VAE(keras.Model):
             self._symbolic_build()
 
     def call(self, images, labels=None):
-        """Deterministic reconstruction: the pixel means of p(x | z) at the
-        posterior means (layer by layer, each given the means above), as
-        intensities in [0, 1] (for the Bernoulli, its probabilities)."""
+        """Deterministic reconstruction: the pixel means of p(x|z) at the
+        posterior means (layer by layer, each given the means above).
+
+        Args:
+            images (tf.Tensor): float32 `[batch, height, width, channels]` in
+                [0, 1].
+            labels (tf.Tensor | None): A conditional VAE's classes, int
+                `[batch]`; ignored by an unconditional one.
+
+        Returns:
+            (tf.Tensor): float32 `[batch, height, width, channels]`,
+                intensities in [0, 1] (for the Bernoulli, its
+                probabilities).
+        """
         labels = self._labels(labels)
         if len(self.latent_dims) == 1:
             return self.decoder.mean(self.encode(images, labels).mean(), labels)
@@ -261,9 +339,18 @@ class VAE(keras.Model):
         return None if not self.conditional else labels[start : start + size]
 
     def layer_means(self, images, batch_size: int = DECODE_BATCH, labels=None) -> list[np.ndarray]:
-        """E_q[z_i | x] of every layer, bottom first, each `[n, n_i]`, for every
-        image of an array or streamed split (below the top, given the means
-        of the layers above)."""
+        """E_q[z_i | x] of every layer for every image; below the top, given
+        the means of the layers above.
+
+        Args:
+            images (np.ndarray): float32 `[n, height, width, channels]`, an
+                array or a streamed split.
+            batch_size: Images encoded at once.
+            labels (np.ndarray | None): A conditional VAE's classes, int `[n]`.
+
+        Returns:
+            One float32 array `[n, n_i]` per layer, bottom first.
+        """
         batches = []
         for x, y in self._batches(images, labels, batch_size):
             q, _, _ = self._mean_path(x, y)
@@ -271,8 +358,18 @@ class VAE(keras.Model):
         return [np.concatenate(layer) for layer in zip(*batches, strict=True)]
 
     def posterior_means(self, images, batch_size: int = DECODE_BATCH, labels=None) -> np.ndarray:
-        """E_q[z_L | x], the top layer's codes, for every image of an array or
-        streamed split, `[n, code_dim]`."""
+        """E_q[z_L | x], the top layer's codes of every image: what the
+        latent plots show and `decoded_means` decodes.
+
+        Args:
+            images (np.ndarray): float32 `[n, height, width, channels]`, an
+                array or a streamed split.
+            batch_size: Images encoded at once.
+            labels (np.ndarray | None): A conditional VAE's classes, int `[n]`.
+
+        Returns:
+            float32 `[n, code_dim]`.
+        """
         return np.concatenate(
             [
                 np.asarray(self.encoder.top_params(x, y)[0])
@@ -281,8 +378,18 @@ class VAE(keras.Model):
         )
 
     def reconstruct(self, images, labels=None):
-        """`call` on `images` `[n, height, width, channels]`, `DECODE_BATCH` at a
-        time, so memory stays bounded whatever n is."""
+        """`call` on any number of images, `DECODE_BATCH` at a time, so memory
+        stays bounded whatever their number.
+
+        Args:
+            images (np.ndarray | tf.Tensor): float32 `[n, height, width,
+                channels]` in [0, 1].
+            labels (np.ndarray | None): A conditional VAE's classes, int `[n]`.
+
+        Returns:
+            (tf.Tensor): float32 `[n, height, width, channels]`, pixel means
+                in [0, 1].
+        """
         parts = [
             self(images[i : i + DECODE_BATCH], labels=self.batch_labels(labels, i, DECODE_BATCH))
             for i in range(0, len(images), DECODE_BATCH)
@@ -290,10 +397,18 @@ class VAE(keras.Model):
         return tf.concat(parts, axis=0)
 
     def descend(self, codes, seed=None, temperature: float = 1.0):
-        """z_1 `[batch, n_1]` from top-layer `codes` `[batch, code_dim]` down the
-        prior: each layer drawn from p(z_i | z_(i+1)) with stateless `seed`
-        (its standard deviation scaled by `temperature`), or without one its
-        mean. One layer: the codes themselves."""
+        """The bottom layer's codes z_1 for top-layer `codes`, down the prior
+        p(z_i | z_(i+1)) layer by layer. With one layer, the codes themselves.
+
+        Args:
+            codes (tf.Tensor): float32 `[batch, code_dim]`.
+            seed (tf.Tensor | None): A stateless seed, int `[2]`: each layer
+                is drawn from p(z_i | z_(i+1)). None: each layer is its mean.
+            temperature: Scales each drawn layer's standard deviation.
+
+        Returns:
+            (tf.Tensor): float32 `[batch, n_1]`.
+        """
         z = codes
         for i in reversed(range(len(self.latent_dims) - 1)):
             mean, stddev = self.encoder.prior_params(i, z)
@@ -312,8 +427,19 @@ class VAE(keras.Model):
         return self.decoder.exported(self.descend(codes), self._labels(labels))
 
     def decoded_means(self, codes, labels=None):
-        """E[x | z_L] as intensities `[batch, h, w, c]` for top-layer `codes`,
-        the layers below at the prior's means (`descend`)."""
+        """E[x|z_L], the images of top-layer codes: what the manifold,
+        interpolations and exported decoders show. The layers below are at
+        the prior's means (`descend`).
+
+        Args:
+            codes (tf.Tensor): float32 `[batch, code_dim]`.
+            labels (tf.Tensor | None): A conditional VAE's classes, int
+                `[batch]`; ignored by an unconditional one.
+
+        Returns:
+            (tf.Tensor): float32 `[batch, height, width, channels]`,
+                intensities in [0, 1].
+        """
         return self.decoder.mean(self.descend(codes), self._labels(labels))
 
     def sample(
@@ -324,21 +450,29 @@ class VAE(keras.Model):
         labels=None,
         temperature: float = 1.0,
     ):
-        """`n` images from the prior as intensities in [0, 1]: pixel means, or
-        draws from p(x|z) if `binary` (Bernoulli pixels for the Bernoulli).
-        Ancestral: the top layer from its prior, each layer below from
-        p(z_i | z_(i+1)); a conditional VAE's of the classes `labels` `[n]`.
+        """Draw `n` images from the model: ancestral sampling, the top layer
+        from its prior, each layer below from p(z_i | z_(i+1)), then the pixels.
 
-        `temperature` t scales every layer's prior standard deviation (z ~
-        N(0, t^2 I) under the default prior), as Glow and NVAE sample: 1 draws
-        from the model itself; below 1, codes nearer the prior's centre, where
-        the decoder has seen more of them, give more typical and less varied
-        images; 0 decodes the prior's means.
+        Args:
+            n: How many images. A Python int is decoded `DECODE_BATCH`
+                codes at a time; a scalar tensor (inside a traced function,
+                such as the SavedModel's signature) at once.
+            seed: The same seed always gives the same images; None advances
+                the model's seed generator.
+            binary: Draw the pixels from p(x|z) (Bernoulli pixels for the
+                Bernoulli) instead of returning its means.
+            labels (np.ndarray | tf.Tensor | None): A conditional VAE's
+                classes of the images, int `[n]`.
+            temperature: t scales every layer's prior standard deviation
+                (z ~ N(0, t^2 I) under the default prior), as Glow and NVAE
+                sample: 1 draws from the model itself; below 1, codes nearer
+                the prior's centre, where the decoder has seen more of them,
+                give more typical and less varied images; 0 decodes the
+                prior's means.
 
-        The same `seed` always gives the same images; without one the model's
-        seed generator advances. A Python `n` is decoded `DECODE_BATCH` codes
-        at a time; a tensor `n` (inside a traced function such as the
-        SavedModel's signature) at once.
+        Returns:
+            (tf.Tensor): float32 `[n, height, width, channels]`, intensities in
+                [0, 1].
         """
         draw = (seed, 0) if seed is not None else self.seed_generator.next()
         z_seed, x_seed = tf.unstack(
@@ -383,9 +517,16 @@ class VAE(keras.Model):
         return Draw(q, p, z, log_px_z, self.top_prior(), labels)
 
     def log_weights(self, draw: Draw):
-        """Importance log-weights log p(x|z) + log p(z) - log q(z|x), `[k, batch]`,
-        summed over the layers: the one implementation behind the IWAE bound
-        and the NLL estimate."""
+        """Importance log-weights log p(x|z) + log p(z) - log q(z|x), summed
+        over the layers: the one implementation behind the IWAE bound and the
+        NLL estimate.
+
+        Args:
+            draw: k codes per image drawn from q(z|x) (`draw`).
+
+        Returns:
+            (tf.Tensor): float32 `[k, batch]`.
+        """
         log_w = draw.log_px_z
         for q_i, p_i, z_i in zip(draw.q, draw.p, draw.z, strict=True):
             p_z = draw.top_prior if p_i is None else diag_normal(*p_i)
@@ -393,7 +534,17 @@ class VAE(keras.Model):
         return log_w
 
     def log_likelihood(self, images, z, labels=None):
-        """log p(x|z_1) `[samples, batch]` for codes `z` `[samples, batch, n_1]`."""
+        """log p(x|z_1) of `images` under several codes each.
+
+        Args:
+            images (tf.Tensor): float32 `[batch, height, width, channels]`.
+            z (tf.Tensor): The bottom layer's codes, `[samples, batch, n_1]`.
+            labels (tf.Tensor | None): A conditional VAE's classes, int
+                `[batch]`; ignored by an unconditional one.
+
+        Returns:
+            (tf.Tensor): float32 `[samples, batch]`, nats.
+        """
         shape = tf.shape(z)
         labels = self._labels(labels)
         if labels is not None:
@@ -403,10 +554,17 @@ class VAE(keras.Model):
         return self.decoder.likelihood.log_prob(images, outputs)
 
     def kl_divergences(self, draw: Draw) -> list[tf.Tensor]:
-        """KL(q(z_i | z_(i+1), x) || p(z_i | z_(i+1))) per layer, bottom first,
-        each `[batch]`: analytic between the two Gaussians given the parents
-        drawn (averaged over the k draws); under the VampPrior the top
-        layer's is estimated from its draws, log q(z_L|x) - log p(z_L)."""
+        """KL(q(z_i | z_(i+1), x) || p(z_i | z_(i+1))) of every layer: analytic
+        between the two Gaussians given the parents drawn (averaged over the k
+        draws); under the VampPrior, whose KL has no closed form, the top
+        layer's is estimated from its draws, log q(z_L|x) - log p(z_L).
+
+        Args:
+            draw: Codes drawn from q(z|x) (`draw`).
+
+        Returns:
+            One float32 `[batch]` per layer, bottom first, nats.
+        """
         found = []
         for q_i, p_i, z_i in zip(draw.q, draw.p, draw.z, strict=True):
             q_z = diag_normal(*q_i)
@@ -419,16 +577,26 @@ class VAE(keras.Model):
         return found
 
     def elbo_terms(self, images, noise=None, seed=None, labels=None) -> dict[str, tf.Tensor]:
-        """Per-image terms of the objective, each `[batch]`, in nats.
+        """Per-image terms of the objective, with z = z_mean + z_stddev * noise,
+        the reparameterization.
 
-        z = z_mean + z_stddev * noise, the reparameterization, with noise ~ N(0, I)
-        `[batch, noise_dim]` or `[batch, k, noise_dim]` for k samples per image
-        (given, or one sample drawn from `seed` / the model's seed generator).
-        `log_likelihood` is E_q[ln p(x|z)] averaged over the samples, `kl` the
-        sum of the layers' KLs (`kl_divergences`), `elbo` their difference,
-        and `iw_bound` the importance-weighted bound
-        ln (1/k) sum_k p(x, z_k) / q(z_k|x) (Burda et al.), which equals a
-        one-sample ELBO estimate for k = 1.
+        Args:
+            images (tf.Tensor): float32 `[batch, height, width, channels]`.
+            noise (tf.Tensor | None): N(0, I) draws, `[batch, noise_dim]` for
+                one z per image or `[batch, k, noise_dim]` for k. None: one
+                draw from `seed`.
+            seed (tuple[int, int] | None): A stateless seed for the noise;
+                None advances the model's seed generator.
+            labels (tf.Tensor | None): A conditional VAE's classes, int
+                `[batch]`; ignored by an unconditional one.
+
+        Returns:
+            float32 `[batch]` each, in nats: `log_likelihood`, E_q[ln p(x|z)]
+                averaged over the draws; `kl`, the sum of the layers' KLs
+                (`kl_divergences`); `elbo`, their difference; `trained_kl`, the
+                KL with free bits as training counts it; `iw_bound`, the
+                importance-weighted bound ln (1/k) sum_k p(x, z_k) / q(z_k|x)
+                (Burda et al.), a one-sample ELBO estimate for k = 1.
         """
         return self._terms(self._drawn(images, noise, seed, labels))
 
@@ -496,8 +664,16 @@ class VAE(keras.Model):
         return self.beta * tf.minimum(1.0, done)
 
     def per_example_loss(self, terms):
-        """The minimised objective per image: -IW bound for `iwae`, else
-        -(E_q[ln p(x|z)] - weight * KL) (the negative ELBO when the weight is 1)."""
+        """The objective training minimises, per image: the negative IW bound
+        for `iwae`, else -(E_q[ln p(x|z)] - weight * KL), the negative ELBO
+        when the weight (`kl_weight`) is 1.
+
+        Args:
+            terms (dict[str, tf.Tensor]): `elbo_terms`' output.
+
+        Returns:
+            (tf.Tensor): float32 `[batch]`, nats.
+        """
         if self.objective == "iwae":
             return -terms["iw_bound"]
         return -(terms["log_likelihood"] - self.kl_weight() * terms["trained_kl"])
@@ -505,7 +681,7 @@ class VAE(keras.Model):
     def _standard_normal(self, shape, seed=None):
         seed = self.seed_generator.next() if seed is None else seed
         # philox explicitly: XLA's auto-selected generator is far slower on the
-        # CPU (benchmarks/RESULTS.md).
+        # CPU (see docs/results/speed.md).
         return tf.random.stateless_normal(shape, seed=_stateless_seed(seed), alg="philox")
 
     def _record(self, terms, loss) -> dict[str, tf.Tensor]:
@@ -552,7 +728,8 @@ class VAE(keras.Model):
         return images, noise, self._labels(labels)
 
     # tfvae's steps branch on Python values only, so AutoGraph has nothing to
-    # convert: skipping it saves about 3 s of source rewriting per process.
+    # convert: skipping it spares every process the start-up time of rewriting
+    # their source (see docs/results/speed.md#process-start-up).
     @tf.autograph.experimental.do_not_convert
     def train_step(self, data):
         images, noise, labels = self._unpack(data)

@@ -6,10 +6,10 @@ batches. Its Bernoulli pixels (dynamic binarization) and the standard-normal
 noise of its reparameterized z are hashes of (key, stream, position) drawn
 inside the training and the validation step alike, where they cost two
 murmur3 finalizers per number: integer multiplies and shifts that XLA
-vectorizes. On the CPU that is far cheaper than XLA's philox
-(benchmarks/RESULTS.md), and it leaves the input pipeline nothing to do but
-gather uint8 images. The draws of an image depend on its key alone, so 1 and
-N replicas give the same update.
+vectorizes. On the CPU that is far cheaper than XLA's philox (see
+docs/results/speed.md#random-numbers-drawn-in-the-step), and it leaves the
+input pipeline nothing to do but gather uint8 images. The draws of an image
+depend on its key alone, so 1 and N replicas give the same update.
 """
 
 from __future__ import annotations

@@ -306,9 +306,18 @@ def _check_space(folder: Path, model: keras.Model) -> None:
 
 @dataclasses.dataclass
 class Run:
-    """A finished run: its folder, state and trained model. Read from a model
-    file (`file`), the state holds the model's own settings and no data set,
-    and `path` is the folder the file lies in (where pictures go)."""
+    """A finished run: its folder, state and trained model, as `load_run`
+    and `open_run` give it.
+
+    Attributes:
+        path: The run folder; for a model file, the folder it lies in
+            (where pictures go).
+        state: What `config.json` says: `state.config` is the run's
+            `TrainConfig`, `state.extra` its versions and final scores. A
+            model file's holds the model's own settings and no data set.
+        model: The trained `VAE`.
+        file: The model file it was read from; None for a run folder.
+    """
 
     path: Path
     state: RunState
@@ -316,9 +325,22 @@ class Run:
     file: str | None = None
 
     def data(self, dataset: str | None = None, progress: Progress | None = None) -> RunData:
-        """The run's own data as training built it, or `dataset` (a spec as
-        `--dataset` takes it) read and scored as the run would: in its size and
-        under its pixel treatment, with no images held out."""
+        """The run's images.
+
+        Args:
+            dataset: Another set (a spec as `load_dataset` takes it), read
+                and scored as the run would: in its size and under its pixel
+                treatment, with no images held out. None: the run's own data
+                as training built it.
+            progress: Hears how far the check of an image folder's files is.
+
+        Returns:
+            The data, as `RunData.load` makes it.
+
+        Raises:
+            RunError: A model file, which holds no data set, without `dataset`.
+            DataError: The images are not the size the model was trained on.
+        """
         config = self.state.config
         if dataset is None:
             if self.file is not None:
@@ -343,7 +365,18 @@ class Run:
         dataset: str | None = None,
         progress: Progress | None = None,
     ):
-        """A split of `data(dataset)` as scored (the first `limit` images)."""
+        """A split of `data(dataset)` as scored.
+
+        Args:
+            split: `test`, `train` or `validation`.
+            limit: Only the first this many images; None for all.
+            dataset: Another set, as `data` takes it.
+            progress: Hears how far loading is.
+
+        Returns:
+            (np.ndarray | ScoredImages): float32 `[n, height, width,
+                channels]`.
+        """
         return self.split(split, limit, dataset, progress)[0]
 
     def split(
@@ -353,8 +386,23 @@ class Run:
         dataset: str | None = None,
         progress: Progress | None = None,
     ):
-        """`images(...)` and their labels: the classes a conditional model
-        reads (`[n]`, by the model's class indices), None for another."""
+        """`images(...)` and, for a conditional model, their labels.
+
+        Args:
+            split: `test`, `train` or `validation`.
+            limit: Only the first this many images; None for all.
+            dataset: Another set, as `data` takes it.
+            progress: Hears how far loading is.
+
+        Returns:
+            (tuple[np.ndarray | ScoredImages, np.ndarray | None]): The images
+                as `images` gives them, and the classes a conditional model
+                reads, int `[n]` by its class indices (None for another).
+
+        Raises:
+            DataError: A conditional model's images have no labels, or other
+                classes than the model's.
+        """
         data = self.data(dataset, progress)
         images = data.scored(split, limit)
         if not self.model.conditional:
@@ -400,14 +448,27 @@ class RunFolder:
     """
 
     def __init__(self, path: str | Path):
+        """A run folder at `path`; nothing is read or written until asked.
+
+        Args:
+            path: The run folder (for a multi-worker job's other workers, the
+                sibling folder they keep their own state in).
+        """
         self.path = Path(path)
         self.checkpoints = Checkpoints(self.path / BACKUP_DIR)
 
     def state(self) -> RunState:
+        """What `config.json` says: the settings, the images' shape, the
+        status and the rest (versions, placement, final scores).
+
+        Raises:
+            RunError: The folder or its `config.json` is missing or damaged.
+        """
         return read_state(self.path)
 
     @property
     def finished(self) -> bool:
+        """True once training finished: `model.keras` and the scores are written."""
         return (self.path / CONFIG_FILE).is_file() and self.state().status == "finished"
 
     @contextlib.contextmanager
@@ -591,12 +652,31 @@ class RunFolder:
     # --- a finished run --------------------------------------------------------------
 
     def images(self, split: str = "test", limit: int | None = None, progress=None):
-        """The finished run and its data's `split` as scored (`Run.images`)."""
+        """The finished run and its data's `split` as scored.
+
+        Args:
+            split: `test`, `train` or `validation`.
+            limit: Only the first this many images; None for all.
+            progress (Progress | None): Hears how far loading is.
+
+        Returns:
+            (tuple[Run, np.ndarray | ScoredImages]): The run (`load`) and the
+                images (`Run.images`).
+        """
         run = self.load()
         return run, run.images(split, limit, progress=progress)
 
     def score(self, split: str = "test", k: int = 1, progress: Progress | None = None) -> dict:
-        """What `tfvae evaluate` reports of the finished run (`score_run`)."""
+        """What `tfvae evaluate` reports of the finished run; see `score_run`.
+
+        Args:
+            split: `test`, `train` or `validation`.
+            k: Importance samples per image of the NLL estimate.
+            progress: Hears each stage.
+
+        Returns:
+            The scores, as `score_run` gives them.
+        """
         return score_run(self.path, split, k, progress)
 
     def unusable_model(self) -> str | None:
@@ -630,7 +710,16 @@ class RunFolder:
         )
 
     def load(self) -> Run:
-        """The finished run, its model loaded in Keras safe mode."""
+        """The finished run, its model loaded in Keras safe mode.
+
+        Returns:
+            The run's folder, state and model.
+
+        Raises:
+            RunError: The run has not finished, or its `model.keras` is
+                missing, damaged or not the run's; the message says which
+                command repairs it.
+        """
         state = self.state()
         model_path = self.path / MODEL_FILE
         if state.status != "finished":
@@ -678,7 +767,19 @@ def starting_weights(config: TrainConfig, model: VAE) -> list:
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Load a finished run's model in Keras safe mode (no code from the file runs)."""
+    """Load a finished run folder, its model in Keras safe mode (no code from
+    the file runs).
+
+    Args:
+        run_dir: The run folder `tfvae train` wrote.
+
+    Returns:
+        The run's folder, state and model.
+
+    Raises:
+        RunError: Not a finished run folder, or its model file is missing or
+            damaged.
+    """
     return RunFolder(run_dir).load()
 
 
@@ -694,8 +795,21 @@ def is_model_file(source: str | Path) -> bool:
 
 
 def open_run(source: str | Path) -> Run:
-    """A finished run folder, or a model tfvae wrote (`is_model_file`), loaded
-    in Keras safe mode."""
+    """A finished run folder, or a model tfvae wrote, loaded in Keras safe
+    mode: what every command that reads a trained model opens.
+
+    Args:
+        source: A run folder, a `.keras` file, a Keras model folder
+            (`config.json` beside `model.weights.h5`) or an `hf://user/repo`
+            path (which needs the `huggingface_hub` package).
+
+    Returns:
+        The run. A model file's has no data set (`Run.file` names the file,
+            `Run.path` its folder).
+
+    Raises:
+        RunError: The source is missing, damaged or not a tfvae VAE.
+    """
     if not is_model_file(source):
         return load_run(source)
     text = str(source)
@@ -725,9 +839,19 @@ def output_folder(source: str | Path) -> Path:
 
 
 def load_model(source: str | Path) -> VAE:
-    """The VAE of a finished run folder, a `.keras` file tfvae wrote, a Keras
-    model folder or an `hf://user/repo` path (Keras downloads it; the
-    `huggingface_hub` package must be installed), loaded in safe mode."""
+    """The trained VAE of a run folder or model file, loaded in Keras safe mode.
+
+    Args:
+        source: A finished run folder, a `.keras` file tfvae wrote, a Keras
+            model folder or an `hf://user/repo` path (Keras downloads it; the
+            `huggingface_hub` package must be installed).
+
+    Returns:
+        The model, ready to encode, decode and sample.
+
+    Raises:
+        RunError: The source is missing, damaged or not a tfvae VAE.
+    """
     return open_run(source).model
 
 
@@ -738,13 +862,30 @@ def score_run(
     progress: Progress | None = None,
     dataset: str | None = None,
 ) -> dict:
-    """What `tfvae evaluate` reports of a finished run (or model file) on its
-    data's `split` (or `dataset`'s): ELBO, KL, log-likelihood, IW negative
-    log-likelihood (K samples) and the number of active units, in nats per
-    image, and the NLL in bits per dimension where the likelihood scores
-    8-bit levels (else None). A conditional model's are of p(x|y), each
-    image given its class (`conditional` says which). `progress` hears each
-    stage, and how far the IW estimate is."""
+    """What `tfvae evaluate` reports of a finished run or model file.
+
+    Args:
+        source: A run folder or model file, as `open_run` takes it.
+        split: `test`, `train` or `validation` of the run's data (or of
+            `dataset`).
+        k: Importance samples per image of the NLL estimate (1: the ELBO).
+        progress: Hears each stage, and how far the IW estimate is.
+        dataset: Another set to score, as `Run.data` takes it; a model
+            file needs one.
+
+    Returns:
+        `elbo`, `kl`, `log_likelihood` and `nll` (the IW estimate of
+            -ln p(x) at `k`), means in nats per image; `bits_per_dim`, the
+            NLL in bits per dimension where the likelihood scores 8-bit
+            levels (else None); `active_units` and `active_units_per_layer`;
+            `split`, `n_images`, `k`, `latent_dim`, and `conditional`: a
+            conditional model's scores are of p(x|y), each image given its
+            class.
+
+    Raises:
+        RunError: The source cannot be opened.
+        DataError: The images cannot be loaded or do not fit the model.
+    """
     progress = progress or Progress.quiet()
     run = open_run(source)
     images, labels = run.split(split, dataset=dataset, progress=progress)

@@ -9,8 +9,8 @@ scores correct for it: the Likelihood Regret (Xiao et al., 2020), how much an
 image's ELBO rises when q(z|x) is refitted to it alone, the default for
 one-layer models; and `complexity`, which subtracts what a generic lossless
 compressor needs for the same image (Serrà et al., 2020), the default for
-several stochastic layers. benchmarks/RESULTS.md (per-image scores) has the
-measurements behind the choice.
+several stochastic layers. docs/results/scoring.md#which-score-flags-anomalies has the measurements
+behind the choice.
 """
 
 from __future__ import annotations
@@ -178,13 +178,31 @@ def score(
     regret: bool = False,
     labels=None,
 ) -> dict[str, np.ndarray]:
-    """Per-image columns, each `[n]` float64 in the order of `images`
-    (float32 `[n, h, w, c]`, as the model scores them): `elbo`, `kl`,
-    `log_likelihood` (one z per image from its fixed key), `nll` (the IW
-    estimate at `k`, nats), `bits_per_dim`, `complexity_bits`, and a
-    `score_<name>` column per anomaly score of `SCORES` (`regret` only with
-    `regret=True`: it costs a hundred gradient steps an image). A
-    conditional model's are given each image's class (`labels` `[n]`)."""
+    """Score every image: the ELBO's terms, the NLL, its code length and the
+    anomaly scores, as `tfvae score` writes them.
+
+    Args:
+        model (VAE): The model.
+        images: float32 `[n, height, width, channels]`, as the model scores
+            them (`ImageDataset.scored`).
+        k: Importance samples per image of the NLL estimate.
+        progress: Called with `n` after each chunk of `n` (image, sample)
+            pairs of the NLL estimate.
+        regret: Also compute the Likelihood Regret, which costs
+            `REGRET_STEPS` gradient steps an image (one-layer models only).
+        labels (np.ndarray | None): A conditional VAE's classes, int `[n]`:
+            each image is scored given its class.
+
+    Returns:
+        Columns, each float64 `[n]` in the order of `images`: `elbo`, `kl`,
+            `log_likelihood` (one z per image from its fixed key), `nll` (the
+            IW estimate at `k`, nats), `bits_per_dim`, `complexity_bits`
+            (the PNG code length), and a `score_<name>` column per anomaly
+            score of `SCORES` (`score_regret` only with `regret`).
+
+    Raises:
+        TfvaeError: `regret` for a model of several stochastic layers.
+    """
     terms = {name: [] for name in ("elbo", "kl", "log_likelihood")}
     for batch in elbo_term_batches(model, images, labels=labels):
         for name in terms:
@@ -194,7 +212,7 @@ def score(
     dims = math.prod(images.shape[1:])
     columns["bits_per_dim"] = columns["nll"] / (dims * math.log(2))
 
-    @tf.function(reduce_retracing=True, autograph=False)  # a PNG per image: eager is 10x slower
+    @tf.function(reduce_retracing=True, autograph=False)  # a PNG per image: eager is far slower
     def bits_of(x):
         return complexity_bits(image_levels(model, x))
 
@@ -293,12 +311,37 @@ def score_report(
     fpr: float | None = 0.01,
     progress: Progress | None = None,
 ) -> ScoreReport:
-    """Score every image of `split` of the run's data (or of `dataset`, a spec
-    as `--dataset` takes it, under the run's pixel treatment; `split=None` is
-    `test` of the run's data and `all` of another set), and flag those
-    whose `score_name` (None: `default_score`) exceeds the threshold that
-    gives a false-positive rate of `fpr` on normal images the run never
-    trained on (`_normal_source`); `fpr=None` scores without a threshold."""
+    """Score every image of a split and flag the anomalies, as `tfvae score`
+    does.
+
+    The threshold is set on normal images the run never trained on: its
+    validation images, or the training images after its `--limit`.
+
+    Args:
+        run_dir: A run folder or model file, as `open_run` takes it.
+        dataset: Another set to score, as `load_dataset` takes it, under the
+            run's pixel treatment; None: the run's own data.
+        split: `test`, `train`, `validation` or `all`; None: `test` of the
+            run's data, `all` of another set.
+        k: Importance samples per image of the NLL estimate.
+        score_name: The anomaly score flagged, one of `SCORES`; None: the
+            Likelihood Regret for one stochastic layer, else `complexity`.
+        fpr: The false-positive rate the threshold allows on the normal
+            images; None scores without a threshold.
+        progress: Hears each stage.
+
+    Returns:
+        One row per image (`rows`, with the chosen `score` and, with a
+            threshold, `outlier`) and what the flag rests on (`summary`);
+            `write` saves them as CSV or JSON Lines.
+
+    Raises:
+        TfvaeError: An unknown score or split, an `fpr` outside (0, 1), or
+            `regret` for a model of several stochastic layers.
+        RunError: No normal images to set the threshold on (a model file).
+        DataError: No normal images left (a run that trained on every
+            image), or images without the labels a conditional model reads.
+    """
     split = split or ("test" if dataset is None else "all")
     _check_options(score_name, split, fpr)
     progress = progress or Progress.quiet()

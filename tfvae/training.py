@@ -30,6 +30,18 @@ LOWER = "--batch-size, --k or --hidden (with --overwrite); the last checkpoint i
 
 @dataclasses.dataclass
 class TrainResult:
+    """What `train` and `resume` return.
+
+    Attributes:
+        run_dir: The run folder.
+        test: The test scores (`elbo`, `kl`, `log_likelihood`, nats per
+            image); empty on a worker that is not the chief.
+        initial_epoch: The epoch training started after (0 for a fresh run).
+        model: The trained VAE.
+        epochs: The run's epochs in all.
+        seconds: The call's wall-clock time.
+    """
+
     run_dir: Path
     test: dict[str, float]
     initial_epoch: int
@@ -58,12 +70,33 @@ def train(
 ) -> TrainResult:
     """Train `config` into `run_dir`, resuming it if it holds an unfinished run.
 
-    The folder is locked first, so a second process on it is refused at once
-    (`runs.lock_folder`). `overwrite` replaces a run already there; `extend`
-    (what `resume` passes) lets the run change its number of epochs and go
-    on with a finished run. `echo` takes the log's lines (or is a `Progress`,
-    which also draws the live line); `verbose` 0 turns the live line off, 1
-    on (default: on when stdout is a terminal).
+    The folder is locked first, so a second process on it is refused at once.
+    Nothing is written before the data and the starting weights have loaded,
+    so a bad request leaves no folder behind; every epoch is checkpointed, so
+    the same call after an interruption resumes where it stopped.
+
+    Args:
+        config: Every setting of the run.
+        run_dir: The run folder; None for `runs/<date-time>`.
+        overwrite: Replace a run already in the folder.
+        echo: Takes the log's lines (or is a `Progress`, which also draws the
+            live line).
+        verbose: 0 turns the live line off, 1 on; None: on when stdout is a
+            terminal.
+        extend: Let the run change its number of epochs and go on with a
+            finished run (what `resume` passes).
+
+    Returns:
+        The run folder, its test scores and the trained model.
+
+    Raises:
+        RunError: The folder is locked by another process, is not a run
+            folder, or holds a finished run or one of other settings.
+        DataError: The data set cannot be loaded.
+        OutOfMemoryError: The run needs more memory than the process can
+            have; the message says what to lower.
+        NonFiniteLossError: The loss became NaN or Inf; the last good
+            checkpoint is kept.
     """
     start = time.perf_counter()
     progress = echo if isinstance(echo, Progress) else Progress(echo, live=_live(verbose))
@@ -131,15 +164,30 @@ def resume(
 ) -> TrainResult:
     """Continue the run in `run_dir` with the settings of its `config.json`.
 
-    `placement` may change where it runs (`strategy`, `jit_compile`,
-    `steps_per_execution`, `pictures_every`; None keeps the run's). `epochs`
-    sets a new total: more than a finished run's extends it. The learning
-    rate schedule is stretched to the new total and continues from the step
-    the run reached: a cosine that had reached 0 rises to the stretched
-    curve's rate there (half the peak rate when the epochs double), a
-    constant rate stays. A finished run whose `model.keras` is lost is
-    rebuilt from its last checkpoint if one is kept; `restart` trains the run
-    again from scratch with its settings, replacing its files.
+    The learning rate schedule is stretched to the new total and continues
+    from the step the run reached: a cosine that had reached 0 rises to the
+    stretched curve's rate there (half the peak rate when the epochs double),
+    a constant rate stays. A finished run whose `model.keras` is lost is
+    rebuilt from its last checkpoint if one is kept.
+
+    Args:
+        run_dir: The run folder.
+        epochs: A new total of epochs, more than the run has trained: a
+            finished run is extended. None: an unfinished run's own.
+        echo: Takes the log's lines, as in `train`.
+        verbose: The live line, as in `train`.
+        restart: Train the run again from scratch with its settings,
+            replacing its files.
+        **placement (Any): Where it runs, changed: `strategy`, `jit_compile`,
+            `steps_per_execution`, `pictures_every`; None keeps the run's.
+
+    Returns:
+        As `train`.
+
+    Raises:
+        RunError: Not a run folder; a finished run without `epochs`, or
+            `epochs` not above what it trained; a setting other than the
+            placement's; or a lost model with no checkpoint to rebuild it.
     """
     run = RunFolder(run_dir)
     state = run.state()

@@ -24,12 +24,25 @@ HELD_OUT_FRACTION = 0.1
 
 @dataclasses.dataclass(frozen=True)
 class ImageDataset:
-    """Train and test images (uint8 `[n, h, w, c]`, in memory or streamed from
-    disk) with optional integer labels (a TFDS set streamed from its records
-    reads its training labels when they are used: `streams.StreamedLabels`).
+    """Train and test images with optional integer labels, as
+    `load_dataset` gives them.
 
-    `binary` marks sets whose pixels are already 0/1 (then they are never
-    binarized again); otherwise pixels are grey levels 0..255.
+    Attributes:
+        name: The set's name in logs and errors: its spec (`mnist`,
+            `idx:DIR`, `images:DIR`), or a TFDS set's `NAME[/CONFIG]`.
+        train_images: uint8 `[n, height, width, channels]`, in memory or
+            streamed from disk (`streams.StreamedImages`).
+        test_images: uint8 `[n, height, width, channels]`, likewise.
+        train_labels: int `[n]`, or None; a TFDS set streamed from its
+            records reads them when they are used (`streams.StreamedLabels`).
+        test_labels: int `[n]`, or None.
+        binary: The pixels are already 0/1, and are never binarized again;
+            otherwise they are grey levels 0..255.
+        classes: The class names by label index, where the set names them
+            (folders, TFDS).
+        train_paths: Each training image's file, for sets read from image
+            files.
+        test_paths: Each test image's file, likewise.
     """
 
     name: str
@@ -51,6 +64,7 @@ class ImageDataset:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """The images' `(height, width, channels)`."""
         return tuple(int(d) for d in self.train_images.shape[1:])
 
     def describe(self, validation: int = 0) -> str:
@@ -93,9 +107,15 @@ class ImageDataset:
         return None if labels is None else np.asarray(labels), paths
 
     def class_names(self) -> tuple[str, ...]:
-        """The names of the classes a conditional VAE reads, by label index:
-        the set's own (folders, TFDS), or the labels as numbers (the digits
-        of MNIST). A set without labels is refused."""
+        """The names of the classes a conditional VAE reads, by label index.
+
+        Returns:
+            The set's own names (folders, TFDS), or the labels as numbers
+                (the digits of MNIST).
+
+        Raises:
+            DataError: The set has no labels.
+        """
         from tfvae.errors import DataError
 
         if self.train_labels is None:
@@ -114,7 +134,15 @@ class ImageDataset:
         return images.astype(np.float32) / np.float32(scale)
 
     def limit(self, n_train: int | None, n_test: int | None = None) -> ImageDataset:
-        """The first `n_train` / `n_test` images, for quick runs and tests."""
+        """The set cut to its first images, for quick runs and tests.
+
+        Args:
+            n_train: Training images kept; None keeps all.
+            n_test: Test images kept; None keeps all.
+
+        Returns:
+            A new set with those images, and their labels and files.
+        """
 
         def head(array, n):
             return array if array is None or n is None else array[:n]
@@ -132,10 +160,22 @@ class ImageDataset:
     def hold_out(
         self, n: int, pixels: str = "dynamic", *, binarize: str | None = None
     ) -> tuple[ImageDataset, np.ndarray | ScoredImages]:
-        """The set without its last `n` training images, and those images as
-        scored (`scored`, with their own draw): a validation split that
-        training never sees, always the same images. (`binarize=` is the old
-        name of `pixels`.)"""
+        """Hold the last `n` training images out: a validation split that
+        training never sees, always the same images.
+
+        Args:
+            n: Images held out, from 1 to one less than the training images.
+            pixels: The pixel treatment they are scored under (`scored`),
+                with a fixed draw of their own.
+            binarize: The old name of `pixels`, still taken.
+
+        Returns:
+            (tuple[ImageDataset, np.ndarray | ScoredImages]): The set without
+                them, and the held-out images as scored, float32.
+
+        Raises:
+            DataError: `n` leaves no training image, or is not positive.
+        """
         from tfvae.errors import DataError
 
         if not 0 < n < len(self.train_images):
@@ -158,10 +198,20 @@ class ImageDataset:
         return self.scored("test")
 
     def scored(self, split: str, pixels: str = "dynamic") -> np.ndarray | ScoredImages:
-        """A split's images as they are scored under the pixel treatment
-        `pixels`: one fixed binarization (float32 0/1), the intensities
-        themselves (`none`), or one fixed uniform dequantization
-        (`dequantize`)."""
+        """A split's images as every score sees them: fixed, so scores
+        compare across runs and packages.
+
+        Args:
+            split: `train` or `test`.
+            pixels: The pixel treatment: `dynamic` or `static`, one fixed
+                binarization (float32 0/1, the same draw for every run);
+                `none`, the intensities themselves; `dequantize`, one fixed
+                uniform dequantization.
+
+        Returns:
+            float32 `[n, height, width, channels]` in [0, 1]; streamed
+                splits are decoded as they are read.
+        """
         images = {"train": self.train_images, "test": self.test_images}[split]
         return self._as_scored(images, pixel_treatment(pixels), TEST_BINARIZATION_SEED)
 

@@ -32,8 +32,9 @@ def _as_float(images, binary: bool):
 
 def _quiet(dataset):
     """A pipeline on one private thread, without autotuning: its work per batch
-    is a gather, and on a 2-core CPU autotuning delayed the start of some epochs
-    while extra threads competed with the training step (benchmarks/RESULTS.md)."""
+    is a gather, and on a CPU of few cores autotuning delayed the start of
+    some epochs while extra threads competed with the training step (see
+    docs/results/speed.md#random-numbers-drawn-in-the-step)."""
     import tensorflow as tf
 
     options = tf.data.Options()
@@ -68,26 +69,44 @@ def train_pipeline(
     binarize: str | None = None,
     labels: bool = False,
 ):
-    """Shuffled batches of training images, each a dict with the images' `keys`
-    (uint32 `[batch, 2]`) and either `intensities` (uint8 `[batch, h, w, c]`, to
-    binarize) or `images` (float32, used as they are); with `labels` (for a
-    conditional VAE), their classes too (`labels`, int32 `[batch]`).
+    """Shuffled batches of training images, in the one batch format the VAE
+    trains on.
 
-    `pixels` is the pixel treatment (`binarize=`, its name before it also
-    carried `dequantize`, still works). `dynamic` binarizes every batch
-    afresh on every pass (the usual choice in the literature): the training
-    step draws the pixels from the keys, so the pipeline ships uint8 and
-    never touches a random pixel (`noise.training_batch` turns a batch into
-    images and noise, as `VAE.train_step` does). `static` draws one binary
-    sample up front; `none` keeps the intensities in [0, 1] as Bernoulli
-    targets (for colour or grey-level sets), and the likelihoods other than
-    the Bernoulli score them so. `dequantize` ships uint8 `levels`, which
-    the step turns into (level + u) / 256 afresh on every pass, like
-    `dynamic`. Sets that are already binary are never binarized. Deterministic
-    for a given `seed` (and TensorFlow global seed). Streamed image files give
-    the batches the same images give in memory; with a `share` they yield
-    only that share of each, without end (the in-memory path is split by
-    `tf.distribute`).
+    `dynamic` binarization draws every batch's pixels afresh on every pass
+    (the usual choice in the literature): the training step draws them from
+    the images' keys, so the pipeline ships uint8 and never touches a random
+    pixel (`noise.training_batch` turns a batch into images and noise, as
+    `VAE.train_step` does). Deterministic for a given `seed` (and TensorFlow
+    global seed). Streamed image files give the batches the same images give
+    in memory.
+
+    Args:
+        data: The set whose training images are batched.
+        batch_size: Images per batch (the global batch).
+        pixels: The pixel treatment: `dynamic` (a fresh binarization every
+            pass), `static` (one binary draw up front), `none` (intensities
+            in [0, 1], the Bernoulli's targets for grey or colour sets, and
+            what the other likelihoods score) or `dequantize` ((level + u) /
+            256 afresh every pass). Sets that are already binary are never
+            binarized.
+        seed: Seeds the shuffling and the images' keys.
+        share: For a multi-worker job whose workers read their own images:
+            the rows of every global batch this worker yields, without end.
+            None: whole batches (the in-memory path is split by
+            `tf.distribute`).
+        binarize: The old name of `pixels`, still taken.
+        labels: Add each image's class, for a conditional VAE.
+
+    Returns:
+        (tf.data.Dataset): dicts with the images' `keys` (uint32
+            `[batch, 2]`) and either `intensities` (uint8 `[batch, height,
+            width, channels]`, to binarize), `levels` (uint8, to dequantize)
+            or `images` (float32, used as they are); with `labels`, int32
+            `[batch]`.
+
+    Raises:
+        ValueError: `pixels` is not a pixel treatment, or `labels` is asked
+            of a set without labels.
     """
     pixels = pixel_treatment(pixels, binarize)
     if data.streamed:
@@ -309,11 +328,22 @@ def image_pipeline(
     seed: int = 1,
     labels: np.ndarray | None = None,
 ):
-    """Batches of float32 `images` `[n, height, width, channels]` in order, in
-    the training batch format (`{"images", "keys"}`, and `labels` when
-    given) with fixed keys, so every evaluation of the same weights gives the
-    same numbers. Streamed images (`streams.ScoredImages`) are decoded as the
-    batches are read."""
+    """Batches of images in order, in the training batch format with fixed
+    keys, so every evaluation of the same weights gives the same numbers.
+
+    Args:
+        images (np.ndarray | ScoredImages): float32 `[n, height, width,
+            channels]`, as scored (`ImageDataset.scored`); streamed images
+            are decoded as the batches are read.
+        batch_size: Images per batch.
+        seed: Seeds the keys, and so each image's draws of z.
+        labels: A conditional VAE's classes, int `[n]`.
+
+    Returns:
+        (tf.data.Dataset): dicts of `images` (float32 `[batch, height,
+            width, channels]`), `keys` (uint32 `[batch, 2]`) and, when given,
+            `labels` (int32 `[batch]`).
+    """
     import tensorflow as tf
 
     fixed = {"keys": fixed_keys(len(images), seed)}
@@ -337,6 +367,19 @@ def test_pipeline(
     *,
     binarize: str | None = None,
 ):
-    """Batches of the test images as scored (`ImageDataset.scored`), in
-    order, with fixed keys."""
+    """Batches of the test images as scored, in order, with fixed keys
+    (`image_pipeline`).
+
+    Args:
+        data: The set whose test images are batched.
+        batch_size: Images per batch.
+        pixels: The pixel treatment they are scored under
+            (`ImageDataset.scored`).
+        seed: Seeds the keys, and so each image's draws of z.
+        binarize: The old name of `pixels`, still taken.
+
+    Returns:
+        (tf.data.Dataset): dicts of `images` and `keys`, as `image_pipeline`
+            gives them.
+    """
     return image_pipeline(data.scored("test", pixel_treatment(pixels, binarize)), batch_size, seed)

@@ -26,11 +26,18 @@ SPLITS = ("test", "train", "validation")
 
 @dataclasses.dataclass(frozen=True)
 class RunData:
-    """The data set of a run: `data`, its training images without those held
-    out (the last `--validation` of them) and its test images; `validation`,
-    the held-out images as scored (None without them); and `pixels`, the
-    pixel treatment they are trained and scored under; `validation_facts`,
-    the held-out images' labels and files where the set has them."""
+    """The data set of a run as its settings make it: the one place a run's
+    images are rebuilt, by training and by everything that reads a finished
+    run.
+
+    Attributes:
+        data: The set, its training images without those held out (the last
+            `--validation` of them), and its test images.
+        validation: The held-out images as scored; None without them.
+        pixels: The pixel treatment the images are trained and scored under.
+        validation_facts: The held-out images' labels and files, each None
+            where the set has none.
+    """
 
     data: ImageDataset
     validation: np.ndarray | ScoredImages | None
@@ -39,8 +46,20 @@ class RunData:
 
     @classmethod
     def load(cls, config: TrainConfig, progress: Progress | None = None) -> RunData:
-        """The set `config` names, limited to `--limit` images, with the last
-        `--validation` training images held out."""
+        """The set `config` names, as the run trains on it.
+
+        Args:
+            config: The run's settings: its data set, `limit`, `validation`
+                and pixel treatment.
+            progress: Hears how far the check of an image folder's files is.
+
+        Returns:
+            The set, limited to `limit` images, with the last `validation`
+                training images held out.
+
+        Raises:
+            DataError: The set cannot be loaded, or holds too few images.
+        """
         data = load_dataset(config.dataset, config.data_dir, config.resize, progress)
         if config.limit is not None:
             data = data.limit(config.limit, config.limit)
@@ -60,8 +79,20 @@ class RunData:
         return "test" if self.validation is None else "validation"
 
     def scored(self, split: str, limit: int | None = None) -> np.ndarray | ScoredImages:
-        """A split's images as they are scored (the first `limit` of them):
-        `train` is the images trained on, without the validation images."""
+        """A split's images as they are scored.
+
+        Args:
+            split: `test`, `train` (the images trained on, without the
+                validation images) or `validation`.
+            limit: Only the first this many images; None for all.
+
+        Returns:
+            float32 `[n, height, width, channels]` in [0, 1].
+
+        Raises:
+            DataError: An unknown split, or `validation` of a run that held
+                none out.
+        """
         if split not in SPLITS:
             raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
         if split == "validation":
@@ -76,7 +107,15 @@ class RunData:
         return images if limit is None else np.asarray(images[:limit])
 
     def facts(self, split: str) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
-        """A split's labels and image files, each None where the set has none."""
+        """A split's labels and image files.
+
+        Args:
+            split: `test`, `train` or `validation`.
+
+        Returns:
+            The labels, int `[n]`, and the files, each None where the set
+                has none.
+        """
         if split == "validation":
             return self.validation_facts
         return self.data.facts(split)

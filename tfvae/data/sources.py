@@ -92,12 +92,24 @@ def load_dataset(
 ) -> ImageDataset:
     """Load a data set by name.
 
-    `mnist` (bundled, offline), `idx:DIR` (four MNIST-format IDX files),
-    `images:DIR` (PNG, JPEG, BMP or GIF files; class subfolders give labels)
-    or `tfds:NAME[/CONFIG]` (the TensorFlow Datasets catalog; `data_dir` is
-    TFDS's data folder). `resize=(height, width)` brings every image to that
-    size (area averaging), for sets whose images differ in size. `progress`
-    hears how far the check of an image folder's files is.
+    Args:
+        spec: `mnist` (bundled, offline), `idx:DIR` (four MNIST-format IDX
+            files), `images:DIR` (PNG, JPEG, BMP or GIF files; class
+            subfolders give labels, `train/` and `test/` subfolders the
+            splits) or `tfds:NAME[/CONFIG]` (a prepared TensorFlow Datasets
+            set).
+        data_dir: TFDS's data folder, for `tfds:` sets.
+        resize: `(height, width)` to bring every image to (area averaging),
+            for sets whose images differ in size; None keeps their size.
+        progress: Hears how far the check of an image folder's files is.
+
+    Returns:
+        The train and test images, uint8 `[n, height, width, channels]`, in
+            memory or (large image folders and TFDS sets) streamed from disk.
+
+    Raises:
+        DataError: The spec is malformed, or the set is missing, damaged or
+            not what it should be; the message says what to do.
     """
     if problem := dataset_problem(spec):
         raise DataError(problem)

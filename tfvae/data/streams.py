@@ -124,8 +124,8 @@ class ImageFiles(StreamedImages):
         """The paths as one string tensor and the orientations as one int32
         tensor, made eagerly (lifted out of any function being traced) so
         that pipelines capture them: as a constant inside a `tf.data`
-        function, whose graph its rewrites copy, 100,000 paths held 190 MiB;
-        captured, 19 MiB."""
+        function, whose graph its rewrites copy, the paths would be held
+        many times over; captured, once (see docs/results/memory.md#streamed-image-folders)."""
         turns = self.orientations or (1,) * len(self.paths)
         with tf.init_scope():
             return tf.constant(self.paths), tf.constant(turns, tf.int32)

@@ -22,11 +22,12 @@ if TYPE_CHECKING:
 # The most a converted file may differ from the Keras model, per quantization
 # (`FIDELITY["none"]` also for ONNX): the mean and the 99th percentile of the
 # scaled error over every value of every output. Set from trained models,
-# with margin (benchmarks/export_fidelity.py and benchmarks/RESULTS.md); a
-# file that lost weights or an op is far above them. int8 has the least room:
-# the default model's logits reach -347, so its int8 logits step by about 1,
-# intact files reach a p99 of 0.30 and broken ones start at 0.96 (the mean,
-# 0.053 against 0.70, is the wide guard).
+# with margin (benchmarks/export_fidelity.py; see
+# docs/results/export-fidelity.md#intact-and-broken-conversions);
+# a file that lost weights or an op is far above them. int8 has the least
+# room: a trained decoder's logits span hundreds, so its int8 logits step by
+# whole units, and the p99 limit sits between the intact files and the
+# broken ones with less margin on either side (the mean is the wide guard).
 FIDELITY: dict[str, dict[str, float]] = {
     "none": {"mean": 1e-5, "p99": 1e-4},
     "float16": {"mean": 2e-3, "p99": 2e-2},
@@ -63,7 +64,8 @@ def fidelity_report(outputs: dict[str, np.ndarray], reference: dict[str, np.ndar
 def check_fidelity(label: str, report: dict, limits: dict[str, float]) -> None:
     """Refuse a file whose mean or 99th-percentile scaled error on any output
     is above `limits`: rounding and quantization stay far below them, a file
-    that lost weights or an op lands far above (benchmarks/RESULTS.md)."""
+    that lost weights or an op lands far above (see
+    docs/results/export-fidelity.md#intact-and-broken-conversions)."""
     for key, stats in report.items():
         for stat, limit in limits.items():
             if not stats[stat] <= limit:  # also catches NaN

@@ -211,7 +211,7 @@ def _representative_sets(
     on their posterior means (a conditional model's with the images'
     `labels`). Not on prior draws too: their rarer, wider activations
     stretch the min/max ranges, and codes from the prior then come out
-    worse, not better (benchmarks/RESULTS.md)."""
+    worse, not better (see docs/results/export-fidelity.md#the-int8-calibration-set)."""
     z_mean = model.encoder.top_params(tf.constant(images), labels)[0].numpy()
     classes = {} if labels is None else {"labels": labels}
     inputs = {"encode": {"images": images, **classes}, "decode": {"z": z_mean, **classes}}

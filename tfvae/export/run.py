@@ -47,13 +47,38 @@ def export_run(
     litert_js: str | None = None,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
-    """Export the run (a finished run folder or a model file, `open_run`) in
-    `formats` (savedmodel, tflite, onnx, all or web); return one record per
-    artifact written: its format, folder, files and (for the SavedModel)
-    version, or why it was skipped. `quantize` and `batch` shape TFLite files
-    and are refused for formats without them; `litert_js` is where a web page
-    loads LiteRT.js from (`tfvae.export.web.import_map`). `progress` hears
-    each stage."""
+    """Export a trained model to the formats people deploy, as `tfvae export`
+    does. Every converted file (TFLite, ONNX, the web page's) is run and
+    checked against the Keras model on the run's test images (a model
+    file's own samples) first; every folder is published atomically.
+
+    Args:
+        run_dir: A finished run folder or a model file, as `open_run` takes
+            it.
+        formats: `savedmodel` (TF Serving), `tflite`, `onnx`, `all` (the
+            three; ONNX where its extra is installed) or `web` (a page that
+            runs the model in the browser).
+        out: The folder exports go under, `out/name/`.
+        name: The model's name; None: the run folder's.
+        version: The SavedModel's version folder; None: the next free one.
+        quantize: The TFLite files' quantization: `none` (float32),
+            `float16`, `dynamic` (int8 weights) or `int8` (integer only,
+            calibrated on training images).
+        batch: A fixed batch for the TFLite files (static shapes); None keeps
+            it dynamic.
+        litert_js: Where the web page loads LiteRT.js from
+            (`tfvae.export.web.import_map`).
+        progress: Hears each stage.
+
+    Returns:
+        One record per artifact written: its format, folder, files and (for
+            the SavedModel) version, or why it was skipped.
+
+    Raises:
+        ExportError: An option that shapes nothing the formats write, or a
+            converted file that differs from the Keras model.
+        RunError: The run cannot be opened.
+    """
     _check_options(formats, version, quantize, batch, litert_js)
     progress = progress or Progress.quiet()
     run = open_run(run_dir)
