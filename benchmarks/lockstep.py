@@ -10,7 +10,7 @@ each epoch and then waits for a line on its standard input before it goes
 on. A program that does not (the PyTorch peer) runs under this module, which
 makes its `print` wait after each marker line:
 
-    python benchmarks/lockstep.py "epoch " ../shared/peers/torch_vae.py --epochs 6
+    python benchmarks/lockstep.py "epoch " PEER.py --epochs 6    # PEER.py: the peer's script
 """
 
 from __future__ import annotations
