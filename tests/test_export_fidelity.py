@@ -27,7 +27,7 @@ from tfvae.export.run import CALIBRATION_IMAGES
 from tfvae.runs import RunFolder, run_images
 from tfvae.testing import DAMAGES, damaged_copy
 
-README = Path(__file__).parents[1] / "README.md"
+EXPORT_GUIDE = Path(__file__).parents[1] / "docs" / "guide" / "export.md"
 
 # Mean scaled error of the decoder's probabilities on the test's codes (the
 # posterior means of the fixture's 256 check images and 64 prior draws; int8
@@ -200,7 +200,7 @@ def test_nan_figures_are_refused():
 
 
 def test_the_largest_difference_is_recorded_not_judged():
-    """README's example: one saturated pixel of a `dynamic` file moved by 0.43
+    """The export fidelity results' example: one saturated pixel of a `dynamic` file moved by 0.43
     while the image's mean error stayed at 1.3e-3. The report records that
     maximum, above every limit, and the file passes: only the mean and the
     99th percentile are judged. Moving 2% of the pixels that far is refused."""
@@ -222,10 +222,10 @@ def test_the_largest_difference_is_recorded_not_judged():
         fidelity_check.check_fidelity("decoder.tflite", report, limits)
 
 
-def test_the_readmes_fidelity_limits_are_the_ones_applied():
-    """The limits table in README.md ("Every TFLite and ONNX file is checked")
+def test_the_guides_fidelity_limits_are_the_ones_applied():
+    """The limits table of the export guide (docs/guide/export.md)
     states FIDELITY exactly: changing one without the other fails here."""
-    lines = README.read_text().splitlines()
+    lines = EXPORT_GUIDE.read_text().splitlines()
     (header,) = [
         i for i, line in enumerate(lines) if "| limit: mean | limit: 99th percentile |" in line
     ]
