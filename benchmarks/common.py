@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tfvae import __version__ as TFVAE_VERSION
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -67,7 +69,8 @@ def machine(with_gpus: bool = True) -> dict[str, Any]:
         "tensorflow": _version("tensorflow"),
         "keras": _version("keras"),
         "tensorflow_probability": _version("tensorflow-probability"),
-        "tfvae": _version("tfvae"),
+        # The code that ran, not an editable install's metadata of when it was made.
+        "tfvae": TFVAE_VERSION,
     }
     if with_gpus:
         info["gpus"] = gpu_names()

@@ -180,7 +180,7 @@ def _train_child(spec: dict[str, Any]) -> dict[str, Any]:
         callbacks=[timer],
     )
     timed = timer.seconds[spec["warmup"] :]
-    n_images = len(data.train_images)
+    n_images = len(data.data.train_images)
     median_s = statistics.median(timed)
     return {
         "config": config.to_dict(),
