@@ -85,23 +85,20 @@ def iw_log_likelihood(
 
         log p(x) ~ log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x),  z_k ~ q(z|x)
 
-    K = 1 is the ELBO; the estimate rises towards log p(x) as K grows. The K
-    samples are drawn in chunks of at most `IW_NUMBERS / (batch * pixels)`
-    and combined with a running log-sum-exp, so memory stays bounded for any
-    K. The draws are seeded: the same model and images give the same
-    figures.
+    K = 1 is the ELBO; the estimate rises towards log p(x) with K. Chunks of
+    at most `IW_NUMBERS` numbers joined by a running log-sum-exp bound the
+    memory for any K; seeded draws give the same figures every time.
 
     Args:
         model (VAE): The model.
-        images: float32 `[n, height, width, channels]`, as scored, an array
-            or a streamed split.
+        images: float32 `[n, height, width, channels]` as scored (an array
+            or a streamed split).
         k: Importance samples per image.
         batch_size: Images per chunk.
         seed: Seeds the draws of z.
-        progress: Called with `n` after each chunk of `n` (image, sample)
-            pairs, so a K in the millions still shows how far it is.
-        labels (np.ndarray | None): A conditional VAE's classes, int `[n]`:
-            the estimate is then of log p(x|y).
+        progress: Called with `n` after each chunk of `n` (image, sample) pairs.
+        labels (np.ndarray | None): A conditional VAE's classes, int `[n]`
+            (the estimate is then of log p(x|y)).
 
     Returns:
         float64 `[n]`, nats.
@@ -111,8 +108,25 @@ def iw_log_likelihood(
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    rows = IW_NUMBERS // math.prod(images.shape[1:])
-    chunk = max(1, min(k, rows // batch_size))
+    chunk = max(1, min(k, IW_NUMBERS // math.prod(images.shape[1:]) // batch_size))
+    log_sum_weights, progress = _log_sum_weights(model), progress or (lambda n: None)
+    out = np.empty(len(images), dtype=np.float64)
+    for start, x in array_batches(images, batch_size):
+        x, y = tf.constant(x), model.batch_labels(labels, start, len(x))
+        total = np.full(len(x), -np.inf)
+        for first in range(0, k, chunk):
+            n_samples = min(chunk, k - first)
+            chunk_seed = tf.constant([seed, start * k + first], tf.int32)
+            part = log_sum_weights(x, y, tf.constant(n_samples), chunk_seed).numpy()
+            total = np.logaddexp(total, part.astype(np.float64))
+            progress(n_samples * len(x))
+        out[start : start + len(x)] = total - math.log(k)
+    return out
+
+
+def _log_sum_weights(model):
+    """log sum_k w_k of `n_samples` draws for each image of a batch, traced
+    once for every chunk size."""
 
     @tf.function(reduce_retracing=True, autograph=False)
     def log_sum_weights(x, y, n_samples, chunk_seed):
@@ -123,19 +137,7 @@ def iw_log_likelihood(
         draw = model.draw(x, noise, y)  # z [samples, batch, n_i] per layer
         return tf.reduce_logsumexp(model.log_weights(draw), axis=0)  # [batch]
 
-    out = np.empty(len(images), dtype=np.float64)
-    for start, x in array_batches(images, batch_size):
-        x, y = tf.constant(x), model.batch_labels(labels, start, len(x))
-        total = np.full(len(x), -np.inf)
-        for first in range(0, k, chunk):
-            n_samples = min(chunk, k - first)
-            chunk_seed = tf.constant([seed, start * k + first], tf.int32)
-            part = log_sum_weights(x, y, tf.constant(n_samples), chunk_seed).numpy()
-            total = np.logaddexp(total, part.astype(np.float64))
-            if progress is not None:
-                progress(n_samples * len(x))
-        out[start : start + len(x)] = total - math.log(k)
-    return out
+    return log_sum_weights
 
 
 def active_units(model, images: np.ndarray, threshold: float = 0.01, labels=None) -> int:

@@ -70,6 +70,30 @@ class VAE(keras.Model):
     Its methods then take `labels`, int `[batch]` (the class indices, in
     the order of `classes`), beside the images or codes; an unconditional
     VAE ignores them.
+
+    Every weight is created in `__init__`, so a model saves and reloads whole
+    before it has seen a batch.
+
+    Args:
+        image_shape (tuple[int, int, int]): The images' `[height, width,
+            channels]`.
+        model_config (ModelConfig | None): The shape of the encoder and
+            decoder (default: `ModelConfig()`, an MLP with one hidden layer
+            of 400 units and 20 latent units).
+        objective_config (ObjectiveConfig | None): What training minimises
+            (default: `ObjectiveConfig()`, the negative ELBO).
+        seed (int | None): Seeds the model's own draws: the pseudo-inputs'
+            initial values, and the noise of `sample` and of plain image
+            batches when they come without a seed of their own.
+        **kwargs (Any): Either config's fields by name (`latent_dim=2`,
+            `objective="iwae"`, `k=50`), as tfvae 0.1.0 took them and as
+            saved configs hold them; `encoder_body=` and `decoder_body=`,
+            your own Keras layers in place of the arch's networks, used as
+            given (`tfvae.bodies` says their shapes); the rest go to
+            `keras.Model`.
+
+    Raises:
+        ConfigError: A setting is invalid; the message names it.
     """
 
     def __init__(
@@ -80,32 +104,7 @@ class VAE(keras.Model):
         seed: int | None = None,
         **kwargs,
     ):
-        """Build the encoder, the decoder and, under the VampPrior, its pseudo-inputs.
-
-        Every weight is created here, so a model saves and reloads whole
-        before it has seen a batch.
-
-        Args:
-            image_shape (tuple[int, int, int]): The images' `[height, width,
-                channels]`.
-            model_config: The shape of the encoder and decoder (default:
-                `ModelConfig()`, an MLP with one hidden layer of 400 units and
-                20 latent units).
-            objective_config: What training minimises (default:
-                `ObjectiveConfig()`, the negative ELBO).
-            seed: Seeds the model's own draws: the pseudo-inputs' initial
-                values, and the noise of `sample` and of plain image batches
-                when they come without a seed of their own.
-            **kwargs (Any): Either config's fields by name (`latent_dim=2`,
-                `objective="iwae"`, `k=50`), as tfvae 0.1.0 took them and as
-                saved configs hold them; `encoder_body=` and `decoder_body=`,
-                your own Keras layers in place of the arch's networks, used as
-                given (`tfvae.bodies` says their shapes); the rest go to
-                `keras.Model`.
-
-        Raises:
-            ConfigError: A setting is invalid; the message names it.
-        """
+        """Build the encoder, the decoder and, under the VampPrior, its pseudo-inputs."""
         bodies = {
             side: kwargs.pop(side)
             for side in SIDES
@@ -478,14 +477,7 @@ class VAE(keras.Model):
         z_seed, x_seed = tf.unstack(
             tf.random.experimental.stateless_split(_stateless_seed(draw), 2)
         )
-        if self.model_config.pseudo_inputs:
-            z = self.top_prior(temperature).sample(n, seed=z_seed)
-        else:
-            normal = tf.random.stateless_normal([n, self.code_dim], seed=z_seed, alg="philox")
-            z = temperature * normal
-        if len(self.latent_dims) > 1:
-            layer_seed = tf.random.experimental.stateless_fold_in(z_seed, 1)
-            z = self.descend(z, layer_seed, temperature)
+        z = self._prior_codes(n, z_seed, temperature)
         eager = isinstance(n, int | np.integer)
         step = DECODE_BATCH if eager else n
         likelihood, parts = self.decoder.likelihood, []
@@ -497,6 +489,19 @@ class VAE(keras.Model):
                 likelihood.draw(outputs, pixel_seed) if binary else likelihood.mean(outputs)
             )
         return tf.concat(parts, axis=0)
+
+    def _prior_codes(self, n, seed, temperature: float) -> tf.Tensor:
+        """The bottom layer's codes of `n` ancestral draws from the prior,
+        `[n, latent_dims[0]]`: the top layer first, then down the layers."""
+        if self.model_config.pseudo_inputs:
+            z = self.top_prior(temperature).sample(n, seed=seed)
+        else:
+            normal = tf.random.stateless_normal([n, self.code_dim], seed=seed, alg="philox")
+            z = temperature * normal
+        if len(self.latent_dims) > 1:
+            layer_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+            z = self.descend(z, layer_seed, temperature)
+        return z
 
     # --- objective ----------------------------------------------------------
 

@@ -866,21 +866,16 @@ def score_run(
 
     Args:
         source: A run folder or model file, as `open_run` takes it.
-        split: `test`, `train` or `validation` of the run's data (or of
-            `dataset`).
+        split: `test`, `train` or `validation` of the run's data (or `dataset`).
         k: Importance samples per image of the NLL estimate (1: the ELBO).
         progress: Hears each stage, and how far the IW estimate is.
-        dataset: Another set to score, as `Run.data` takes it; a model
-            file needs one.
+        dataset: Another set (`Run.data`); a model file needs one.
 
     Returns:
-        `elbo`, `kl`, `log_likelihood` and `nll` (the IW estimate of
-            -ln p(x) at `k`), means in nats per image; `bits_per_dim`, the
-            NLL in bits per dimension where the likelihood scores 8-bit
-            levels (else None); `active_units` and `active_units_per_layer`;
-            `split`, `n_images`, `k`, `latent_dim`, and `conditional`: a
-            conditional model's scores are of p(x|y), each image given its
-            class.
+        Means in nats per image of `elbo`, `kl`, `log_likelihood` and `nll`
+            (the IW estimate of -ln p(x), or -ln p(x|y) when `conditional`);
+            `bits_per_dim` (8-bit likelihoods, else None); `active_units`,
+            `active_units_per_layer`, `split`, `n_images`, `k`, `latent_dim`.
 
     Raises:
         RunError: The source cannot be opened.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -203,25 +204,35 @@ def score(
     Raises:
         TfvaeError: `regret` for a model of several stochastic layers.
     """
+    columns = _elbo_columns(model, images, labels)
+    columns["nll"] = -iw_log_likelihood(model, images, k=k, progress=progress, labels=labels)
+    dims = math.prod(images.shape[1:])
+    columns["bits_per_dim"] = columns["nll"] / (dims * math.log(2))
+    columns["complexity_bits"] = _complexity_column(model, images)
+    scores = anomaly_scores(columns["nll"], columns["complexity_bits"])
+    if regret:
+        scores["regret"] = likelihood_regret(model, images, labels=labels)
+    return columns | {f"score_{name}": values for name, values in scores.items()}
+
+
+def _elbo_columns(model, images, labels) -> dict[str, np.ndarray]:
+    """The ELBO's terms per image, float64 `[n]` each (one z per image)."""
     terms = {name: [] for name in ("elbo", "kl", "log_likelihood")}
     for batch in elbo_term_batches(model, images, labels=labels):
         for name in terms:
             terms[name].append(batch[name].astype(np.float64))
-    columns = {name: np.concatenate(parts) for name, parts in terms.items()}
-    columns["nll"] = -iw_log_likelihood(model, images, k=k, progress=progress, labels=labels)
-    dims = math.prod(images.shape[1:])
-    columns["bits_per_dim"] = columns["nll"] / (dims * math.log(2))
+    return {name: np.concatenate(parts) for name, parts in terms.items()}
+
+
+def _complexity_column(model, images) -> np.ndarray:
+    """Each image's PNG code length in bits, float64 `[n]`."""
 
     @tf.function(reduce_retracing=True, autograph=False)  # a PNG per image: eager is far slower
     def bits_of(x):
         return complexity_bits(image_levels(model, x))
 
     bits = [bits_of(tf.constant(x)).numpy() for _, x in array_batches(images, 1000)]
-    columns["complexity_bits"] = np.concatenate(bits).astype(np.float64)
-    scores = anomaly_scores(columns["nll"], columns["complexity_bits"])
-    if regret:
-        scores["regret"] = likelihood_regret(model, images, labels=labels)
-    return columns | {f"score_{name}": values for name, values in scores.items()}
+    return np.concatenate(bits).astype(np.float64)
 
 
 def threshold_for_fpr(normal_scores: np.ndarray, fpr: float) -> float:
@@ -312,68 +323,56 @@ def score_report(
     progress: Progress | None = None,
 ) -> ScoreReport:
     """Score every image of a split and flag the anomalies, as `tfvae score`
-    does.
-
-    The threshold is set on normal images the run never trained on: its
-    validation images, or the training images after its `--limit`.
+    does, with a threshold set on normal images the run never trained on (its
+    validation images, or the training images after its `--limit`).
 
     Args:
         run_dir: A run folder or model file, as `open_run` takes it.
-        dataset: Another set to score, as `load_dataset` takes it, under the
-            run's pixel treatment; None: the run's own data.
-        split: `test`, `train`, `validation` or `all`; None: `test` of the
-            run's data, `all` of another set.
+        dataset: Another set (as `load_dataset` takes it); None: the run's own.
+        split: `test`, `train`, `validation` or `all`; None: `test` (`all` with `dataset`).
         k: Importance samples per image of the NLL estimate.
-        score_name: The anomaly score flagged, one of `SCORES`; None: the
-            Likelihood Regret for one stochastic layer, else `complexity`.
-        fpr: The false-positive rate the threshold allows on the normal
-            images; None scores without a threshold.
+        score_name: One of `SCORES`; None: `regret` for one stochastic layer,
+            else `complexity`.
+        fpr: The false-positive rate on the normal images; None: no threshold.
         progress: Hears each stage.
 
     Returns:
-        One row per image (`rows`, with the chosen `score` and, with a
-            threshold, `outlier`) and what the flag rests on (`summary`);
-            `write` saves them as CSV or JSON Lines.
+        The `rows` (one per image: the scores and, with a threshold,
+            `outlier`) and the `summary` the flag rests on; `write` saves them.
 
     Raises:
         TfvaeError: An unknown score or split, an `fpr` outside (0, 1), or
-            `regret` for a model of several stochastic layers.
-        RunError: No normal images to set the threshold on (a model file).
-        DataError: No normal images left (a run that trained on every
-            image), or images without the labels a conditional model reads.
+            `regret` for several stochastic layers.
+        RunError, DataError: No normal images to set the threshold on.
     """
     split = split or ("test" if dataset is None else "all")
     _check_options(score_name, split, fpr)
     progress = progress or Progress.quiet()
     run = open_run(run_dir)
     score_name = score_name or default_score(run.model)
-    regret = score_name == "regret"
-    if regret:
+    if regret := score_name == "regret":
         check_regret(run.model)
     source = run.data(dataset, progress)
     normal = _normal_source(run, source, dataset, progress) if fpr is not None else None
-    splits = _splits(source, split)
-    parts = {name: _score_split(run, source, name, k, progress, regret) for name in splits}
+    scored = functools.partial(_score_split, run, k=k, progress=progress, regret=regret)
+    parts = {name: scored(source, name) for name in _splits(source, split)}
     rows = _rows(list(parts.values()), score_name)
-    summary = {
-        "run": str(run_dir),
-        "dataset": dataset or run.state.config.dataset,
-        "split": split,
-        "n_images": int(len(rows["score"])),
-        "k": k,
-        "score": score_name,
-        "score_means": SCORES[score_name],
-    }
+    what = {"run": str(run_dir), "dataset": dataset or run.state.config.dataset, "split": split}
+    summary = what | {"n_images": int(len(rows["score"])), "k": k, "score": score_name}
+    summary["score_means"] = SCORES[score_name]
     if normal is not None:
-        normal_source, normal_split, called = normal
-        same = normal_source is source and normal_split in parts
-        if same:
-            scored = parts[normal_split]
-        else:
-            scored = _score_split(run, normal_source, normal_split, k, progress, regret)
-        summary |= _flag(rows, scored.columns[f"score_{score_name}"], fpr)
-        summary["threshold_split"] = called
+        summary |= _threshold(rows, normal, source, parts, scored, score_name, fpr)
     return ScoreReport(rows, summary, [part.images for part in parts.values()])
+
+
+def _threshold(rows, normal, source, parts, scored, score_name: str, fpr: float) -> dict:
+    """The threshold at `fpr` on the normal images' scores (those of a split
+    scored already are not scored again), and the rows' outlier flags."""
+    normal_source, normal_split, called = normal
+    same = normal_source is source and normal_split in parts
+    normal_part = parts[normal_split] if same else scored(normal_source, normal_split)
+    flagged = _flag(rows, normal_part.columns[f"score_{score_name}"], fpr)
+    return flagged | {"threshold_split": called}
 
 
 def _check_options(score_name: str | None, split: str, fpr: float | None) -> None:

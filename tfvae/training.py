@@ -200,16 +200,21 @@ def resume(
             raise run.lost_model()
         finished = False  # rebuilt from its last checkpoint
     done = state.config.epochs if finished else max(run.checkpoints.epochs(), default=0)
+    _check_extension(run.path, finished, done, epochs)
+    return train(config, run_dir, echo=echo, verbose=verbose, extend=True)
+
+
+def _check_extension(path: Path, finished: bool, done: int, epochs: int | None) -> None:
+    """A finished run is extended only to more epochs than it has trained."""
     if finished and epochs is None:
         raise RunError(
-            f"{run.path}: this run has finished its {done} epochs; give --epochs N "
+            f"{path}: this run has finished its {done} epochs; give --epochs N "
             f"(more than {done}) to extend it"
         )
     if epochs is not None and epochs <= done:
         raise RunError(
-            f"{run.path}: --epochs {epochs} must be more than the {done} epochs it has trained"
+            f"{path}: --epochs {epochs} must be more than the {done} epochs it has trained"
         )
-    return train(config, run_dir, echo=echo, verbose=verbose, extend=True)
 
 
 def _changes(epochs: int | None, placement: dict) -> dict:

@@ -70,15 +70,9 @@ def train_pipeline(
     labels: bool = False,
 ):
     """Shuffled batches of training images, in the one batch format the VAE
-    trains on.
-
-    `dynamic` binarization draws every batch's pixels afresh on every pass
-    (the usual choice in the literature): the training step draws them from
-    the images' keys, so the pipeline ships uint8 and never touches a random
-    pixel (`noise.training_batch` turns a batch into images and noise, as
-    `VAE.train_step` does). Deterministic for a given `seed` (and TensorFlow
-    global seed). Streamed image files give the batches the same images give
-    in memory.
+    trains on. The training step draws random pixels from the images' keys
+    (`noise.training_batch`), so the pipeline ships uint8 and is deterministic
+    for a given `seed`; streamed files give the batches memory gives.
 
     Args:
         data: The set whose training images are batched.
@@ -111,6 +105,11 @@ def train_pipeline(
     pixels = pixel_treatment(pixels, binarize)
     if data.streamed:
         return _streamed_train(data, batch_size, pixels, seed, share, labels)
+    return _memory_train(data, batch_size, pixels, seed, labels)
+
+
+def _memory_train(data: ImageDataset, batch_size: int, pixels: str, seed: int, labels: bool):
+    """`train_pipeline` of images held in memory."""
     classes = _label_table(data.train_labels) if labels else None
     import tensorflow as tf
 

@@ -93,11 +93,9 @@ def load_dataset(
     """Load a data set by name.
 
     Args:
-        spec: `mnist` (bundled, offline), `idx:DIR` (four MNIST-format IDX
-            files), `images:DIR` (PNG, JPEG, BMP or GIF files; class
-            subfolders give labels, `train/` and `test/` subfolders the
-            splits) or `tfds:NAME[/CONFIG]` (a prepared TensorFlow Datasets
-            set).
+        spec: `mnist` (bundled), `idx:DIR` (four MNIST-format IDX files),
+            `images:DIR` (PNG, JPEG, BMP or GIF; class subfolders give labels,
+            `train/` and `test/` the splits) or `tfds:NAME[/CONFIG]`.
         data_dir: TFDS's data folder, for `tfds:` sets.
         resize: `(height, width)` to bring every image to (area averaging),
             for sets whose images differ in size; None keeps their size.
@@ -127,8 +125,11 @@ def load_dataset(
         data = load_idx_folder(folder, name="mnist")
     else:
         data = load_idx_folder(spec[len("idx:") :])
-    if resize is None:
-        return data
+    return data if resize is None else _resized(data, spec, resize)
+
+
+def _resized(data: ImageDataset, spec: str, resize: tuple[int, int]) -> ImageDataset:
+    """An IDX set's images brought to `resize`, if memory holds them."""
     n_images = len(data.train_images) + len(data.test_images)
     shape = (*resize, data.image_shape[2])
     memory.check(memory.images_need(n_images, shape), f"resizing {spec} to {resize[0]}x{resize[1]}")

@@ -53,21 +53,16 @@ def export_run(
     file's own samples) first; every folder is published atomically.
 
     Args:
-        run_dir: A finished run folder or a model file, as `open_run` takes
-            it.
+        run_dir: A finished run folder or a model file (`open_run`).
         formats: `savedmodel` (TF Serving), `tflite`, `onnx`, `all` (the
-            three; ONNX where its extra is installed) or `web` (a page that
-            runs the model in the browser).
-        out: The folder exports go under, `out/name/`.
-        name: The model's name; None: the run folder's.
+            three; ONNX where its extra is installed) or `web` (a page).
+        out, name: Exports go under `out/name/`; `name` None: the run folder's.
         version: The SavedModel's version folder; None: the next free one.
         quantize: The TFLite files' quantization: `none` (float32),
             `float16`, `dynamic` (int8 weights) or `int8` (integer only,
             calibrated on training images).
-        batch: A fixed batch for the TFLite files (static shapes); None keeps
-            it dynamic.
-        litert_js: Where the web page loads LiteRT.js from
-            (`tfvae.export.web.import_map`).
+        batch: A fixed batch for the TFLite files; None: dynamic.
+        litert_js: Where the web page loads LiteRT.js from (`import_map`).
         progress: Hears each stage.
 
     Returns:
@@ -87,11 +82,10 @@ def export_run(
         quantize, batch, litert_js,
     )  # fmt: skip
     stages = _stages(formats)
-    written = []
-    for step, kind in enumerate(stages, 1):
-        head = f"[{step}/{len(stages)}] " if len(stages) > 1 else ""
-        written.append(_EXPORTS[kind](request, progress, head))
-    return written
+    return [
+        _EXPORTS[kind](request, progress, f"[{step}/{len(stages)}] " if len(stages) > 1 else "")
+        for step, kind in enumerate(stages, 1)
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
