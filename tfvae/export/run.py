@@ -48,15 +48,15 @@ def export_run(
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Export a trained model to the formats people deploy, as `tfvae export`
-    does. Every converted file (TFLite, ONNX, the web page's) is run and
-    checked against the Keras model on the run's test images (a model
-    file's own samples) first; every folder is published atomically.
+    does. Every converted file is run and checked against the Keras model on
+    the run's test images first; every folder is published atomically.
 
     Args:
         run_dir: A finished run folder or a model file (`open_run`).
         formats: `savedmodel` (TF Serving), `tflite`, `onnx`, `all` (the
             three; ONNX where its extra is installed) or `web` (a page).
-        out, name: Exports go under `out/name/`; `name` None: the run folder's.
+        out: The folder exports go under, `out/name/`.
+        name: The model's name; None: the run folder's.
         version: The SavedModel's version folder; None: the next free one.
         quantize: The TFLite files' quantization: `none` (float32),
             `float16`, `dynamic` (int8 weights) or `int8` (integer only,
