@@ -114,7 +114,8 @@ def test_ctrl_c_names_the_run_folder_to_resume(tmp_path):
     this very folder (the default one here, made up of the date and time)."""
     work = tmp_path / "work"
     work.mkdir()
-    args = [*TFVAE, "train", *SMALL_OPTIONS, "--epochs", "200", "--pictures-every", "0"]
+    # Far more epochs than a loaded machine could finish before the signal lands.
+    args = [*TFVAE, "train", *SMALL_OPTIONS, "--epochs", "5000", "--pictures-every", "0"]
     process = subprocess.Popen(
         args, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=USER_ENV
     )
