@@ -35,7 +35,15 @@ def mnist_slice():
     return load_dataset("mnist").limit(6_400, N_IMAGES)
 
 
-@pytest.fixture(scope="module", params=sorted(DECODER_OUTPUTS))
+# The fast lane keeps the discrete likelihoods; the continuous ones' exports
+# run with the slow tests (the whole suite, as CI runs it).
+LANES = {"continuous-bernoulli": pytest.mark.slow, "gaussian": pytest.mark.slow}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(name, marks=LANES.get(name, ())) for name in sorted(DECODER_OUTPUTS)],
+)
 def model_per_likelihood(request, mnist_slice):
     """A model of each likelihood after 100 steps on 8-bit MNIST: its scale
     and locations have moved far from their initial values."""

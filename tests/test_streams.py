@@ -62,6 +62,7 @@ def test_a_streamed_folder_holds_the_same_images_and_labels(folder, monkeypatch)
     )
 
 
+@pytest.mark.slow
 def test_streamed_channels_follow_the_in_memory_rules(tmp_path, monkeypatch):
     """Grey and grey-with-alpha among colour images become RGB with the grey
     repeated, alpha is dropped, and mixed sizes are resized, as in memory."""
