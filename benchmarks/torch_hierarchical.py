@@ -63,7 +63,7 @@ from common import (
 from lockstep import Lockstep
 from torch import nn
 from torch.nn import functional as F
-from train_throughput import EPOCH_MARKER, TORCH_EPOCH_MARKER
+from train_throughput import TORCH_EPOCH_MARKER, lockstep_child
 
 NAME = "torch_hierarchical"
 # tfvae's bundled copy: the same four files (same SHA-256) the peer reads.
@@ -319,19 +319,8 @@ def check(images: int = 256) -> dict[str, Any]:
 
 
 def tfvae_program(latent_dim: list[int], pairs: int, log: Path) -> Lockstep:
-    """tfvae's training child (`train_throughput.py`), stopping after each
-    epoch: a warm-up epoch (tracing, XLA) and then `pairs` timed ones."""
-    spec = {
-        "config": {**TFVAE_MODEL, "latent_dim": latent_dim},
-        "pipeline": "default",
-        "logical_cpus": 0,
-        "epochs": pairs,
-        "warmup": 1,
-        "limit": None,
-        "lockstep": True,
-    }
-    command = [sys.executable, str(BENCH_DIR / "train_throughput.py"), "--train-child"]
-    return Lockstep([*command, json.dumps(spec)], EPOCH_MARKER, log)
+    """tfvae's model of `latent_dim` as `train_throughput.py`'s training child."""
+    return lockstep_child({**TFVAE_MODEL, "latent_dim": latent_dim}, pairs, log)
 
 
 def torch_program(pairs: int, log: Path) -> Lockstep:

@@ -322,6 +322,23 @@ def peer_rounds(
     }
 
 
+def lockstep_child(config: dict[str, Any], pairs: int, log: Path) -> Lockstep:
+    """tfvae's training child of `config` (the defaults where it says
+    nothing), stopping after each epoch: a warm-up epoch (tracing, XLA) and
+    then `pairs` timed ones."""
+    spec = {
+        "config": config,
+        "pipeline": "default",
+        "logical_cpus": 0,
+        "epochs": pairs,
+        "warmup": 1,
+        "limit": None,
+        "lockstep": True,
+    }
+    command = [sys.executable, str(Path(__file__).resolve()), "--train-child", json.dumps(spec)]
+    return Lockstep(command, EPOCH_MARKER, log)
+
+
 def paired_epochs(pairs: int, python: Path, script: Path, threads: int = 0) -> dict[str, Any]:
     """tfvae's defaults and the PyTorch peer in lockstep, one epoch each in turn.
 
@@ -331,21 +348,8 @@ def paired_epochs(pairs: int, python: Path, script: Path, threads: int = 0) -> d
     give one images/s ratio per pair, measured seconds apart, so the drifts of
     a shared VM's speed that whole runs in turn cannot escape mostly cancel.
     """
-    spec = {
-        "config": {},
-        "pipeline": "default",
-        "logical_cpus": 0,
-        "epochs": pairs,
-        "warmup": 1,
-        "limit": None,
-        "lockstep": True,
-    }
     with tempfile.TemporaryDirectory() as tmp:
-        ours = Lockstep(
-            [sys.executable, __file__, "--train-child", json.dumps(spec)],
-            EPOCH_MARKER,
-            Path(tmp) / "tfvae.log",
-        )
+        ours = lockstep_child({}, pairs, Path(tmp) / "tfvae.log")
         theirs = Lockstep(
             [
                 str(python),
